@@ -1,0 +1,39 @@
+"""Shared fixtures: the identities and vectors of ../shared/vectors (no fresh 24-bit PoW)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from drasyl.identity import Identity
+
+VECTORS = Path(os.environ.get("DRASYL_VECTORS", Path(__file__).resolve().parents[2] / "shared" / "vectors"))
+
+
+def load_vectors(name: str) -> dict:
+    path = VECTORS / name
+    if not path.exists():
+        pytest.fail(f"test vectors not found at {path} (set DRASYL_VECTORS)")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def derived() -> dict:
+    return load_vectors("derived.json")
+
+
+@pytest.fixture(scope="session")
+def capture() -> dict:
+    return load_vectors("drasyl-rs-capture.json")
+
+
+@pytest.fixture(scope="session")
+def ids(derived) -> dict[str, Identity]:
+    """id_1, id_2, id_3: real difficulty-24+ identities from the drasyl-rs sources."""
+    return {
+        name: Identity.from_hex(v["secret_key_hex"], v["proof_of_work"])
+        for name, v in derived["identities"].items()
+    }
