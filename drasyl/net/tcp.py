@@ -1,0 +1,78 @@
+"""drasyl over TCP: each message is one frame, ``u16 big-endian length ‖ message``.
+
+This is tokio's ``LengthDelimitedCodec`` with a 2-byte length field, as drasyl-rs uses it on
+both sides (spec §7). :class:`FramedProtocol` is an asyncio protocol that splits the byte
+stream into frames and writes frames; what the frames mean is the sans-I/O core's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Callable
+
+MAX_FRAME = 0xFFFF
+
+
+def frame(data: bytes | bytearray) -> bytes:
+    if len(data) > MAX_FRAME:
+        raise ValueError("frame longer than 65535 bytes")
+    return len(data).to_bytes(2, "big") + data
+
+
+class FramedProtocol(asyncio.Protocol):
+    """Length-prefixed frames over one TCP connection."""
+
+    def __init__(
+        self,
+        on_frame: Callable[["FramedProtocol", bytes], None],
+        on_close: Callable[["FramedProtocol"], None],
+    ) -> None:
+        self._on_frame = on_frame
+        self._on_close = on_close
+        self._buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.peername: tuple = ()
+        self.last_activity = 0.0  # loop.time() of the last frame read or written
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peername = transport.get_extra_info("peername") or ()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.last_activity = asyncio.get_running_loop().time()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        start = 0
+        end = len(buf)
+        while end - start >= 2:
+            n = (buf[start] << 8) | buf[start + 1]
+            if end - start - 2 < n:
+                break
+            payload = bytes(buf[start + 2 : start + 2 + n])
+            start += 2 + n
+            self._on_frame(self, payload)
+            if self.transport is None or self.transport.is_closing():
+                return
+        if start:
+            del buf[:start]
+        self.last_activity = asyncio.get_running_loop().time()
+
+    def send(self, data: bytes | bytearray) -> bool:
+        if self.transport is None or self.transport.is_closing() or len(data) > MAX_FRAME:
+            return False
+        self.transport.write(frame(data))
+        self.last_activity = asyncio.get_running_loop().time()
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._buffer.clear()
+        self._on_close(self)

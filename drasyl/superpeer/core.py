@@ -1,0 +1,241 @@
+"""Sans-I/O super peer (spec §6.1, §6.3): ACKs HELLOs, keeps the peer table, relays, UNITEs.
+
+:meth:`SuperPeerCore.receive` takes one datagram or TCP frame with the time in µs since the
+epoch and appends what to send to :attr:`SuperPeerCore.outbox`; :meth:`handle_timer` runs
+housekeeping. No sockets, clocks, threads or logging inside, so every rule is testable with
+a fake clock and a benchmark can drive many thousands of simulated nodes.
+
+Same bytes on the wire as drasyl-rs, with these deliberate differences:
+
+- only APPs whose *sender* holds a current registration are relayed (no open relay);
+- the peer table only holds senders whose HELLO authenticated: a flood of HELLOs with bad
+  PoW or bad tags cannot fill it and lock out real nodes (drasyl-rs stores them first);
+- UNITE rate limiting checks both registrations *before* recording the attempt and expires
+  records after ``send_unites`` ms (drasyl-rs compares µs with ms, see spec §6.3).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from ..crypto import session_keys
+from ..errors import CryptoError, DrasylError
+from ..identity import DEFAULT_POW_DIFFICULTY, Identity, pow_is_valid
+from ..messages import (
+    ACK,
+    APP,
+    HELLO,
+    MAX_HOP_COUNT,
+    UNITE,
+    Ack,
+    HelloSuperPeer,
+    Unite,
+    encode_endpoint,
+    encode_message,
+    open_body,
+    parse_long_header,
+)
+from ..transmit import UDP, Address, Transmit
+
+HOUSEKEEPING_INTERVAL_MS = 5_000
+
+
+@dataclass(frozen=True)
+class SuperPeerConfig:
+    """Protocol settings; names and defaults are those of drasyl-sp (spec §8.1)."""
+
+    network_id: int = 1
+    arm_messages: bool = True
+    send_unites_ms: int = 5_000  # < 0: never, 0: after every relayed APP
+    max_peers: int = 8192
+    min_pow_difficulty: int = DEFAULT_POW_DIFFICULTY
+    hello_timeout_ms: int = 30_000
+    hello_max_age_ms: int = 300_000
+    housekeeping_interval_ms: int = HOUSEKEEPING_INTERVAL_MS
+
+
+class Peer:
+    """One registered node: where its last HELLO came from and what it reported."""
+
+    __slots__ = (
+        "public_key", "rx", "tx", "hello_time", "proto", "local", "src", "endpoints",
+        "hello_rx", "ack_tx", "app_rx", "app_tx", "unite_tx", "relayed_bytes",
+    )
+
+    def __init__(self, public_key: bytes, rx: bytes | None, tx: bytes | None) -> None:
+        self.public_key = public_key
+        self.rx = rx
+        self.tx = tx
+        self.hello_time = 0
+        self.proto = UDP
+        self.local: Address | None = None
+        self.src: Address = ()
+        self.endpoints = b""
+        self.hello_rx = self.ack_tx = self.app_rx = self.app_tx = self.unite_tx = 0
+        self.relayed_bytes: dict[bytes, int] | None = None  # recipient -> bytes, lazily
+
+    def contact_candidates(self) -> bytes:
+        """Reported endpoints, plus the observed UDP source (drasyl-rs appends it as is)."""
+        if self.proto == UDP:
+            return self.endpoints + encode_endpoint(self.src)
+        return self.endpoints
+
+
+class SuperPeerCore:
+    """The super peer's protocol state. Feed it packets and timer ticks, drain ``outbox``."""
+
+    def __init__(self, identity: Identity, config: SuperPeerConfig | None = None, now: int = 0) -> None:
+        self.identity = identity
+        self.config = cfg = config or SuperPeerConfig()
+        self.public_key = identity.public_key
+        self.peers: dict[bytes, Peer] = {}
+        self.outbox: list[Transmit] = []
+        #: Packets dropped, by reason. Never logged per packet; exported as metrics.
+        self.drops: Counter[str] = Counter()
+        self._keys: dict[bytes, tuple[bytes | None, bytes | None]] = {}  # PoW ok, not yet registered
+        self._unites: dict[tuple[bytes, bytes], int] = {}
+        self._timeout_us = cfg.hello_timeout_ms * 1000
+        self._max_age_us = cfg.hello_max_age_ms * 1000
+        self._unite_us = cfg.send_unites_ms * 1000
+        self._interval_us = cfg.housekeeping_interval_ms * 1000
+        self._next_tick = now
+
+    # --- input -------------------------------------------------------------------------
+
+    def receive(self, data: bytes, proto: int, local: Address | None, remote: Address, now: int) -> bool:
+        """Handle one datagram/frame. False means invalid input (a TCP stream should close)."""
+        try:
+            header = parse_long_header(data)
+            if header.network_id != self.config.network_id:
+                self.drops["network_id"] += 1
+                return False
+            if header.recipient == self.public_key:
+                return self._on_hello(data, header, proto, local, remote, now)
+            return self._relay(data, header, now)
+        except DrasylError:
+            self.drops["malformed"] += 1
+            return False
+
+    def handle_timer(self, now: int) -> None:
+        """Housekeeping: expire peers and UNITE records, forget unregistered keys."""
+        if now < self._next_tick:
+            return
+        self._next_tick = now + self._interval_us
+        timeout = self._timeout_us
+        for pk in [pk for pk, p in self.peers.items() if now - p.hello_time > timeout]:
+            del self.peers[pk]
+        if self._unites:
+            window = self._unite_us
+            self._unites = {k: t for k, t in self._unites.items() if now - t < window}
+        self._keys.clear()
+
+    def next_timer(self) -> int:
+        return self._next_tick
+
+    # --- HELLO -> ACK ------------------------------------------------------------------
+
+    def _on_hello(self, data: bytes, header, proto: int, local, remote, now: int) -> bool:
+        cfg = self.config
+        if header.armed != cfg.arm_messages:
+            self.drops["armed_mismatch"] += 1
+            return False
+        if header.message_type != HELLO:
+            self.drops["unexpected_type"] += 1
+            return False
+        sender = header.sender
+        peer = self.peers.get(sender)
+        if peer is not None:
+            rx = peer.rx
+        else:
+            keys = self._keys.get(sender)
+            if keys is None:
+                if not pow_is_valid(sender, header.proof_of_work, cfg.min_pow_difficulty):
+                    self.drops["pow_invalid"] += 1
+                    return False
+                try:
+                    keys = session_keys(self.identity, sender) if cfg.arm_messages else (None, None)
+                except CryptoError:
+                    self.drops["bad_key"] += 1
+                    return False
+                self._keys[sender] = keys
+            rx = keys[0]
+        hello = HelloSuperPeer.parse(open_body(data, header, rx))
+        if now - hello.time > self._max_age_us:  # future timestamps are accepted
+            self.drops["hello_too_old"] += 1
+            return False
+        if peer is None:
+            if len(self.peers) >= cfg.max_peers:
+                self.drops["max_peers"] += 1
+                return False
+            rx, tx = self._keys.pop(sender)
+            peer = self.peers[sender] = Peer(sender, rx, tx)
+        peer.hello_time = now
+        peer.proto = proto
+        peer.local = local
+        peer.src = remote
+        peer.endpoints = hello.endpoints
+        peer.hello_rx += 1
+        peer.ack_tx += 1
+        ack = encode_message(ACK, cfg.network_id, sender, self.public_key, self.identity.proof_of_work,
+                             Ack(hello.time).encode(), peer.tx)
+        self.outbox.append((ack, proto, local, remote))
+        return True
+
+    # --- relay and UNITE ---------------------------------------------------------------
+
+    def _relay(self, data: bytes, header, now: int) -> bool:
+        if header.message_type != APP:
+            self.drops["unexpected_type"] += 1
+            return False
+        sender, recipient = header.sender, header.recipient
+        if sender == recipient:
+            self.drops["loopback"] += 1
+            return False
+        if header.hop_count > MAX_HOP_COUNT:
+            self.drops["hop_limit"] += 1
+            return True
+        timeout = self._timeout_us
+        src = self.peers.get(sender)
+        if src is None or now - src.hello_time > timeout:
+            self.drops["unregistered_sender"] += 1
+            return True
+        dst = self.peers.get(recipient)
+        if dst is None or now - dst.hello_time > timeout:
+            self.drops["unknown_recipient"] += 1
+            return True
+        packet = bytearray(data)
+        packet[4] += 1
+        self.outbox.append((packet, dst.proto, dst.local, dst.src))
+        src.app_rx += 1
+        dst.app_tx += 1
+        relayed = src.relayed_bytes
+        if relayed is None:
+            relayed = src.relayed_bytes = {}
+        relayed[recipient] = relayed.get(recipient, 0) + len(data)
+        if self._unite_us >= 0:
+            self._unite(src, dst, now)
+        return True
+
+    def _unite(self, a: Peer, b: Peer, now: int) -> None:
+        """Introduce a and b to each other, at most once per ``send_unites`` per pair."""
+        if self._unite_us > 0:
+            key = (a.public_key, b.public_key) if a.public_key < b.public_key else (b.public_key, a.public_key)
+            last = self._unites.get(key)
+            if last is not None and now - last < self._unite_us:
+                return
+            self._unites[key] = now
+        cfg = self.config
+        for to, about in ((a, b), (b, a)):
+            body = Unite(about.public_key, about.contact_candidates()).encode()
+            msg = encode_message(UNITE, cfg.network_id, to.public_key, self.public_key,
+                                 self.identity.proof_of_work, body, to.tx)
+            self.outbox.append((msg, to.proto, to.local, to.src))
+            to.unite_tx += 1
+
+    # --- views -------------------------------------------------------------------------
+
+    def registered(self, now: int) -> int:
+        timeout = self._timeout_us
+        return sum(1 for p in self.peers.values() if now - p.hello_time <= timeout)
+

@@ -1,0 +1,101 @@
+"""Super peer URLs: ``udp://host:port?publicKey=<hex>&networkId=<i32>&tcpPort=<u16>``.
+
+Parsing follows drasyl-rs (spec §6.2.1): ``publicKey`` required, ``networkId`` defaults to 1,
+``tcpPort`` to 443, unknown keys are ignored. Two deliberate differences: a value that does
+not parse is a :class:`~drasyl.errors.ConfigError` instead of silently becoming the default,
+and bracketed IPv6 literals work for UDP *and* TCP (drasyl-rs builds a broken TCP address
+for them). Pure: no name resolution here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigError, CryptoError
+from .identity import parse_public_key
+
+DEFAULT_NETWORK_ID = 1
+DEFAULT_TCP_PORT = 443
+
+
+@dataclass(frozen=True)
+class SuperPeerUrl:
+    host: str
+    port: int
+    public_key: bytes
+    network_id: int = DEFAULT_NETWORK_ID
+    tcp_port: int = DEFAULT_TCP_PORT
+
+    @classmethod
+    def parse(cls, text: str) -> SuperPeerUrl:
+        url = text.strip()
+        if not url.startswith("udp://"):
+            raise ConfigError(f"super peer URL must start with 'udp://': {text!r}")
+        address, _, query = url[len("udp://") :].partition("?")
+        host, port = _split_host_port(address, text)
+        params: dict[str, str] = {}
+        for item in query.split("&"):
+            key, _, value = item.partition("=")
+            params[key] = value
+        if "publicKey" not in params:
+            raise ConfigError(f"super peer URL has no publicKey: {text!r}")
+        try:
+            public_key = parse_public_key(params["publicKey"])
+        except CryptoError as exc:
+            raise ConfigError(f"super peer URL {text!r}: {exc}") from None
+        network_id = _int_param(params, "networkId", DEFAULT_NETWORK_ID, -(2**31), 2**31 - 1, text)
+        tcp_port = _int_param(params, "tcpPort", DEFAULT_TCP_PORT, 1, 65535, text)
+        return cls(host, port, public_key, network_id, tcp_port)
+
+    def __str__(self) -> str:
+        return (
+            f"udp://{format_host_port(self.host, self.port)}?publicKey={self.public_key.hex()}"
+            f"&networkId={self.network_id}&tcpPort={self.tcp_port}"
+        )
+
+
+def format_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _split_host_port(address: str, text: str) -> tuple[str, int]:
+    if address.startswith("["):
+        host, sep, rest = address[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"super peer URL has a bad IPv6 address: {text!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = address.rpartition(":")
+        if not sep or ":" in host:
+            raise ConfigError(f"super peer URL needs host:port (IPv6 in brackets): {text!r}")
+    if not host:
+        raise ConfigError(f"super peer URL has no host: {text!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"super peer URL has a bad port {port_text!r}: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"super peer URL port out of range: {text!r}")
+    return host, port
+
+
+def _int_param(params: dict[str, str], key: str, default: int, lo: int, hi: int, text: str) -> int:
+    if key not in params:
+        return default
+    try:
+        value = int(params[key])
+    except ValueError:
+        raise ConfigError(f"super peer URL: {key}={params[key]!r} is not a number: {text!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"super peer URL: {key}={value} is out of range: {text!r}")
+    return value
+
+
+def parse_super_peers(text: str) -> list[SuperPeerUrl]:
+    """Whitespace-separated URLs; all must share one network id (spec §6.2.1)."""
+    urls = [SuperPeerUrl.parse(part) for part in text.split()]
+    if not urls:
+        raise ConfigError("at least one super peer URL is required")
+    if len({u.network_id for u in urls}) > 1:
+        raise ConfigError("all super peers must have the same networkId")
+    return urls
