@@ -1,0 +1,366 @@
+"""``drasyl.Node``: the node core driven by asyncio (UDP sockets, TCP fallback, timers, DNS).
+
+Thin glue only: every protocol decision is in :class:`~drasyl.node.core.NodeCore`. Received
+datagrams are processed in batches (all that are ready per wake-up) and the outbox is sent
+right after, so the data path has no per-packet task, future or log call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import socket
+import time
+from collections import deque
+from typing import Iterable
+
+from ..errors import ConfigError, DrasylError
+from ..identity import Identity
+from ..net.interfaces import local_addresses
+from ..net.tcp import FramedProtocol
+from ..net.udp import UdpSocket, bind_udp
+from ..transmit import TCP, Address
+from ..urls import SuperPeerUrl, parse_super_peers
+from .core import NodeConfig, NodeCore
+from .events import CloseTcp, OpenTcp, PathChanged, PeerInfo
+
+log = logging.getLogger(__name__)
+
+DNS_TIMEOUT = 2.0
+TCP_CONNECT_TIMEOUT = 5.0
+INBOX_LIMIT = 65536
+
+
+def _now() -> int:
+    return time.time_ns() // 1000
+
+
+def derived_udp_port(public_key: bytes) -> int:
+    """A stable per-identity port in 22528..65534, like drasyl-rs (its hash is not portable)."""
+    return 22528 + int.from_bytes(hashlib.sha256(public_key).digest()[:8], "big") % 43007
+
+
+def _as_key(public_key: bytes | str) -> bytes:
+    if isinstance(public_key, str):
+        try:
+            public_key = bytes.fromhex(public_key)
+        except ValueError:
+            raise DrasylError(f"not a hex public key: {public_key!r}") from None
+    if len(public_key) != 32:
+        raise DrasylError("a public key is 32 bytes (64 hex characters)")
+    return bytes(public_key)
+
+
+class Node:
+    """An asyncio drasyl node. Create it with :meth:`start`; use ``async with`` or :meth:`close`."""
+
+    def __init__(self, core: NodeCore, udp_addrs: list[str] | None, udp_port: int) -> None:
+        self._core = core
+        self._fixed_addrs = udp_addrs
+        self._port = udp_port
+        self._loop = asyncio.get_running_loop()
+        self._sockets: dict[Address, UdpSocket] = {}
+        self._tcp: dict[bytes, FramedProtocol] = {}
+        self._received: deque[tuple[bytes, bytes]] = deque()
+        self._reader: asyncio.Future | None = None
+        self._path_waiters: list[tuple[bytes, str, asyncio.Future]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+        #: Messages dropped because the application did not read them fast enough.
+        self.inbox_drops = 0
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    @classmethod
+    async def start(
+        cls,
+        identity: Identity,
+        super_peers: Iterable[str | SuperPeerUrl] | str,
+        *,
+        udp_port: int | None = None,
+        udp_addrs: list[str] | None = None,
+        config: NodeConfig | None = None,
+    ) -> Node:
+        """Bind UDP sockets, resolve the super peers and register with them.
+
+        ``udp_port``: None derives a stable port from the public key, 0 picks a free one.
+        ``udp_addrs``: local IPs to bind (one socket each); None means every usable interface
+        address, re-read at each housekeeping tick.
+        """
+        if isinstance(super_peers, str):
+            urls = parse_super_peers(super_peers)
+        else:
+            urls = [u if isinstance(u, SuperPeerUrl) else SuperPeerUrl.parse(u) for u in super_peers]
+        core = NodeCore(identity, urls, config, _now())
+        port = derived_udp_port(identity.public_key) if udp_port is None else udp_port
+        node = cls(core, udp_addrs, port)
+        try:
+            node._sync_sockets()
+            await node._resolve_super_peers()
+        except BaseException:
+            node._close_sockets()
+            raise
+        node._on_timer()
+        return node
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for proto in self._tcp.values():
+            proto.close()
+        self._tcp.clear()
+        self._close_sockets()
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_exception(DrasylError("node closed"))
+        for _, _, fut in self._path_waiters:
+            if not fut.done():
+                fut.set_exception(DrasylError("node closed"))
+
+    async def __aenter__(self) -> Node:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- application API ------------------------------------------------------------------
+
+    @property
+    def public_key(self) -> bytes:
+        return self._core.public_key
+
+    @property
+    def udp_port(self) -> int:
+        return self._port
+
+    @property
+    def core(self) -> NodeCore:
+        """The protocol state, for inspection (tests, status output)."""
+        return self._core
+
+    def send_nowait(self, recipient: bytes | str, payload: bytes) -> None:
+        """Send one message now (direct, relayed or queued until a super peer answers)."""
+        if self._closed:
+            raise DrasylError("node closed")
+        self._core.send(_as_key(recipient), payload, _now())
+        self._flush()
+
+    async def send(self, recipient: bytes | str, payload: bytes) -> None:
+        self.send_nowait(recipient, payload)
+
+    def send_many(self, recipient: bytes | str, payloads: Iterable[bytes]) -> None:
+        """Send a batch to one peer with one clock read and one flush."""
+        if self._closed:
+            raise DrasylError("node closed")
+        key = _as_key(recipient)
+        now = _now()
+        send = self._core.send
+        for payload in payloads:
+            send(key, payload, now)
+        self._flush()
+
+    async def recv(self) -> tuple[bytes, bytes]:
+        """The next ``(sender public key, payload)``."""
+        while not self._received:
+            await self._wait_received()
+        return self._received.popleft()
+
+    async def recv_batch(self, limit: int = 1024) -> list[tuple[bytes, bytes]]:
+        """Everything received so far (at least one message, at most ``limit``)."""
+        while not self._received:
+            await self._wait_received()
+        q = self._received
+        n = min(limit, len(q))
+        return [q.popleft() for _ in range(n)]
+
+    def peers(self) -> list[PeerInfo]:
+        """Super peers and node peers with their path (direct/relayed/tcp, udp/tcp) and RTT."""
+        return self._core.peer_list()
+
+    async def wait_path(self, peer: bytes | str, path: str, timeout: float) -> None:
+        """Wait until APPs to ``peer`` travel ``path`` (``direct``, ``relayed``, ``tcp``)."""
+        key = _as_key(peer)
+        entry = self._core.peers.get(key)
+        if entry is not None and entry.route == path:
+            return
+        fut = self._loop.create_future()
+        waiter = (key, path, fut)
+        self._path_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            if waiter in self._path_waiters:
+                self._path_waiters.remove(waiter)
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until no APP is held back waiting for a super peer."""
+        deadline = self._loop.time() + timeout
+        while self._core._relay_queue and self._loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return not self._core._relay_queue
+
+    # --- internals: data path -------------------------------------------------------------
+
+    def _wait_received(self) -> asyncio.Future:
+        if self._closed:
+            raise DrasylError("node closed")
+        if self._reader is None or self._reader.done():
+            self._reader = self._loop.create_future()
+        return self._reader
+
+    def _on_datagrams(self, sock: UdpSocket, packets: list[tuple[bytes, Address]]) -> None:
+        now = _now()
+        receive = self._core.receive_datagram
+        local = sock.local
+        for data, addr in packets:
+            try:
+                receive(data, local, addr, now)
+            except Exception:  # a bug must not stop the node: drop the packet, keep going
+                log.exception("dropping a datagram that raised")
+        self._flush()
+
+    def _flush(self) -> None:
+        core = self._core
+        if core.outbox:
+            out, core.outbox = core.outbox, []
+            sockets = self._sockets
+            for data, proto, local, remote in out:
+                if proto == TCP:
+                    conn = self._tcp.get(remote)
+                    if conn is not None:
+                        conn.send(data)
+                else:
+                    sock = sockets.get(local)
+                    if sock is not None:
+                        sock.send(data, remote)
+        if core.inbox:
+            self._received.extend(core.inbox)
+            core.inbox.clear()
+            excess = len(self._received) - INBOX_LIMIT
+            if excess > 0:
+                for _ in range(excess):
+                    self._received.popleft()
+                self.inbox_drops += excess
+            if self._reader is not None and not self._reader.done():
+                self._reader.set_result(None)
+        while core.events:
+            self._on_event(core.events.popleft())
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, PathChanged):
+            for key, path, fut in list(self._path_waiters):
+                if key == event.peer and path == event.path and not fut.done():
+                    fut.set_result(None)
+        elif isinstance(event, OpenTcp):
+            self._spawn(self._open_tcp(event))
+        elif isinstance(event, CloseTcp):
+            conn = self._tcp.pop(event.super_peer, None)
+            if conn is not None:
+                conn.close()
+
+    # --- internals: timers, sockets, DNS, TCP ---------------------------------------------
+
+    def _on_timer(self) -> None:
+        if self._closed:
+            return
+        now = _now()
+        if self._fixed_addrs is None:
+            self._sync_sockets()
+        self._core.handle_timer(now)
+        self._flush()
+        self._spawn(self._resolve_super_peers())
+        delay = max(0.0, (self._core.next_timer() - _now()) / 1e6)
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _spawn(self, coro) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _sync_sockets(self) -> None:
+        """One UDP socket per local address, all on the same port (spec §6.2.1)."""
+        wanted = self._fixed_addrs if self._fixed_addrs is not None else local_addresses()
+        if not wanted:
+            raise ConfigError("no usable local IP address to bind; set udp_addrs")
+        current = {local[0]: local for local in self._sockets}
+        for ip in wanted:
+            if ip in current:
+                continue
+            try:
+                sock = bind_udp(ip, self._port, reuse_port=True)
+            except OSError as exc:
+                if self._fixed_addrs is not None or not self._sockets:
+                    raise ConfigError(f"cannot bind UDP {ip} port {self._port}: {exc.strerror}") from None
+                log.warning("cannot bind UDP %s port %s: %s", ip, self._port, exc.strerror)
+                continue
+            if self._port == 0:
+                self._port = sock.getsockname()[1]
+            udp = UdpSocket(sock, self._on_datagrams)
+            self._sockets[tuple(udp.local[:2])] = udp
+        for ip, local in current.items():
+            if ip not in wanted:
+                self._sockets.pop(local).close()
+        self._core.set_local_addresses(list(self._sockets))
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
+    async def _resolve_super_peers(self) -> None:
+        for sp in self._core.super_peers.values():
+            host = sp.url.host
+            try:
+                ipaddress.ip_address(host)
+                addrs = [(host, sp.url.port)]
+            except ValueError:
+                try:
+                    infos = await asyncio.wait_for(
+                        self._loop.getaddrinfo(host, sp.url.port, type=socket.SOCK_DGRAM), DNS_TIMEOUT
+                    )
+                except (OSError, asyncio.TimeoutError) as exc:
+                    log.warning("cannot resolve super peer %s: %s", host, exc)
+                    continue  # keep the previous addresses
+                addrs = [info[4][:2] for info in infos]
+            if not self._closed:
+                self._core.set_super_peer_addresses(sp.public_key, addrs)
+
+    async def _open_tcp(self, event: OpenTcp) -> None:
+        pk = event.super_peer
+        proto: FramedProtocol | None = None
+
+        def on_frame(conn: FramedProtocol, frame: bytes) -> None:
+            if self._tcp.get(pk) is not conn:
+                return
+            if not self._core.receive_tcp(pk, frame, _now()):
+                conn.close()
+            self._flush()
+
+        def on_close(conn: FramedProtocol) -> None:
+            if self._tcp.get(pk) is conn:
+                del self._tcp[pk]
+                self._core.tcp_closed(pk, _now())
+                self._flush()
+
+        try:
+            _, proto = await asyncio.wait_for(
+                self._loop.create_connection(lambda: FramedProtocol(on_frame, on_close), event.host, event.port),
+                TCP_CONNECT_TIMEOUT,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.info("TCP to super peer %s:%s failed: %s", event.host, event.port, exc)
+            self._core.tcp_closed(pk, _now())
+            return
+        if self._closed or self._core.super_peers[pk].tcp != "connecting":
+            proto.close()  # UDP came back while we were connecting
+            return
+        self._tcp[pk] = proto
+        self._core.tcp_connected(pk, _now())
+        self._flush()

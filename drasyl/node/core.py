@@ -1,0 +1,543 @@
+"""Sans-I/O drasyl node (spec §6.2, §7): registration, relaying, hole punching, TCP fallback.
+
+Input: :meth:`NodeCore.receive_datagram`, :meth:`receive_tcp`, :meth:`send`,
+:meth:`handle_timer`, and the adapter's reports (local addresses, resolved super peer
+addresses, TCP connected/closed), each with ``now`` in µs since the epoch. Output:
+:attr:`outbox` (transmit tuples, see :mod:`drasyl.transmit`), :attr:`inbox` (received
+``(sender, payload)``) and :attr:`events`. No sockets, clocks, DNS or threads inside.
+
+Same bytes on the wire as drasyl-rs; behaviour improved where drasyl-rs loses data or time:
+
+- a direct path is used as soon as its first ACK arrives (drasyl-rs waits for the next tick);
+- TCP is opened when a super peer has not answered UDP for one HELLO interval at start-up
+  (``hello_timeout`` once UDP has worked), UDP keeps being probed, and the first UDP ACK
+  moves traffic back (drasyl-rs needs ~30 s and loses what is sent meanwhile);
+- relayed APPs sent before any super peer has answered wait in a bounded queue instead of
+  being sprayed over unconfirmed paths;
+- a direct path whose HELLOs go unanswered for two intervals stops carrying traffic (relay
+  takes over) until it answers again, instead of black-holing it until ``hello_timeout``;
+- packets from senders with invalid PoW, and unarmed packets when arming is on, are dropped
+  (drasyl-rs processes the first one and accepts unarmed packets).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from ..crypto import session_keys
+from ..errors import CryptoError, DrasylError
+from ..identity import DEFAULT_POW_DIFFICULTY, Identity, pow_is_valid
+from ..messages import (
+    ACK,
+    APP,
+    HELLO,
+    HELLO_MAX_ENDPOINTS,
+    LONG_HEADER_LEN,
+    MAGIC_BYTES,
+    MTU,
+    NO_SHORT_ID,
+    SHORT_ID_LEN,
+    UNITE,
+    Ack,
+    HelloNodePeer,
+    HelloSuperPeer,
+    Unite,
+    decode_endpoints,
+    encode_endpoints,
+    encode_message,
+    encode_short,
+    open_body,
+    open_short,
+    parse_long_header,
+)
+from ..crypto import ARM_OVERHEAD
+from ..path import Path, best_path
+from ..transmit import TCP, UDP, Address, Transmit
+from ..urls import SuperPeerUrl
+from .events import DIRECT, RELAYED, TCP_PATH, CloseTcp, OpenTcp, PathChanged, PeerInfo
+
+
+class PayloadTooLarge(DrasylError):
+    """An APP payload does not fit into one datagram of at most 1472 bytes."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Node settings; defaults are drasyl-rs' (hello_max_age as its example node and agent)."""
+
+    arm_messages: bool = True
+    max_peers: int = 8192  # 0 = unlimited
+    min_pow_difficulty: int = DEFAULT_POW_DIFFICULTY
+    hello_timeout_ms: int = 30_000
+    hello_max_age_ms: int = 60_000
+    housekeeping_interval_ms: int = 5_000
+    direct_link_timeout_ms: int = 60_000
+    process_unites: bool = True
+    enforce_tcp: bool = False
+    relay_queue_limit: int = 1024  # APPs held while no super peer has answered yet
+
+
+def _family(addr: Address) -> bool:
+    """True for IPv6."""
+    return ":" in addr[0]
+
+
+class SuperPeer:
+    """A configured super peer: its UDP paths, TCP state and keys."""
+
+    __slots__ = ("url", "public_key", "rx", "tx", "addresses", "paths", "best_udp",
+                 "udp_answered", "tcp", "tcp_path")
+
+    def __init__(self, url: SuperPeerUrl, rx: bytes | None, tx: bytes | None) -> None:
+        self.url = url
+        self.public_key = url.public_key
+        self.rx = rx
+        self.tx = tx
+        self.addresses: list[Address] = []
+        self.paths: dict[tuple[Address, Address], Path] = {}
+        self.best_udp: Path | None = None
+        self.udp_answered = False  # has UDP ever worked? decides the TCP fallback delay
+        self.tcp: str | None = None  # None, "connecting" or "up"
+        self.tcp_path = Path(None, ())
+
+    def median(self) -> int | None:
+        if self.tcp == "up":
+            return self.tcp_path.median
+        return self.best_udp.median if self.best_udp is not None else None
+
+
+class NodePeer:
+    """Another node: keys, short ids, direct paths and traffic times."""
+
+    __slots__ = ("public_key", "rx", "tx", "pow_ok", "rx_short_id", "tx_short_id", "paths",
+                 "best", "created", "app_tx", "app_rx", "route")
+
+    def __init__(self, public_key: bytes, rx: bytes | None, tx: bytes | None, short_id: bytes, now: int) -> None:
+        self.public_key = public_key
+        self.rx = rx
+        self.tx = tx
+        self.pow_ok: bool | None = None
+        self.rx_short_id = short_id
+        self.tx_short_id: bytes | None = None
+        self.paths: dict[tuple[Address, Address], Path] = {}
+        self.best: Path | None = None
+        self.created = now
+        self.app_tx = 0
+        self.app_rx = 0
+        self.route = RELAYED  # last reported PathChanged kind
+
+
+class NodeCore:
+    """The node's protocol state. Feed it input, then drain outbox, inbox and events."""
+
+    def __init__(self, identity: Identity, super_peers: list[SuperPeerUrl],
+                 config: NodeConfig | None = None, now: int = 0) -> None:
+        if not super_peers:
+            raise DrasylError("at least one super peer is required")
+        if len({u.network_id for u in super_peers}) > 1:
+            raise DrasylError("all super peers must have the same networkId")
+        self.identity = identity
+        self.config = cfg = config or NodeConfig()
+        self.public_key = identity.public_key
+        self.network_id = super_peers[0].network_id
+        self.super_peers: dict[bytes, SuperPeer] = {}
+        for url in super_peers:
+            keys = session_keys(identity, url.public_key) if cfg.arm_messages else (None, None)
+            self.super_peers[url.public_key] = SuperPeer(url, *keys)
+        self.default: SuperPeer = next(iter(self.super_peers.values()))
+        self.peers: dict[bytes, NodePeer] = {}
+        self.short_ids: dict[bytes, NodePeer] = {}
+        self.locals: list[Address] = []
+        self.outbox: list[Transmit] = []
+        self.inbox: list[tuple[bytes, bytes]] = []
+        self.events: deque = deque()
+        self.drops: Counter[str] = Counter()
+        self._relay_queue: deque[tuple[NodePeer, bytes]] = deque()
+        self._hello_endpoints = b""
+        self._interval = cfg.housekeeping_interval_ms * 1000
+        self._timeout = cfg.hello_timeout_ms * 1000
+        self._max_age = cfg.hello_max_age_ms * 1000
+        self._direct_timeout = cfg.direct_link_timeout_ms * 1000
+        self._path_failing = 2 * self._interval
+        self._next_tick = now
+        self._arm = cfg.arm_messages
+
+    # --- adapter reports ------------------------------------------------------------------
+
+    def set_local_addresses(self, locals_: list[Address]) -> None:
+        """The bound UDP sockets' addresses; paths via vanished sockets are dropped."""
+        self.locals = [tuple(a[:2]) for a in locals_]
+        self._hello_endpoints = encode_endpoints(self.locals[:HELLO_MAX_ENDPOINTS])
+        for sp in self.super_peers.values():
+            self._sync_super_peer_paths(sp)
+        alive = set(self.locals)
+        for peer in self.peers.values():
+            for key in [k for k in peer.paths if k[0] not in alive]:
+                del peer.paths[key]
+            peer.best = best_path(peer.paths.values(), self._path_failing, 0)
+
+    def set_super_peer_addresses(self, public_key: bytes, addresses: list[Address]) -> None:
+        """Resolved UDP addresses of a super peer (kept as they are when resolution fails)."""
+        sp = self.super_peers[public_key]
+        sp.addresses = [tuple(a[:2]) for a in addresses]
+        self._sync_super_peer_paths(sp)
+
+    def _sync_super_peer_paths(self, sp: SuperPeer) -> None:
+        """One UDP path per local socket to the first super peer address of its family."""
+        wanted: set[tuple[Address, Address]] = set()
+        for local in self.locals:
+            remote = next((a for a in sp.addresses if _family(a) == _family(local)), None)
+            if remote is not None:
+                wanted.add((local, remote))
+        for key in [k for k in sp.paths if k not in wanted]:
+            del sp.paths[key]
+        for key in wanted:
+            if key not in sp.paths:
+                sp.paths[key] = Path(*key)
+        if sp.best_udp is not None and (sp.best_udp.local, sp.best_udp.remote) not in sp.paths:
+            sp.best_udp = best_path(sp.paths.values(), self._timeout, 0)
+
+    def tcp_connected(self, public_key: bytes, now: int) -> None:
+        sp = self.super_peers[public_key]
+        sp.tcp = "up"
+        self.outbox.append((self._hello_for(sp, now), TCP, None, public_key))
+        sp.tcp_path.hello_sent(now)
+
+    def tcp_closed(self, public_key: bytes, now: int) -> None:
+        sp = self.super_peers[public_key]
+        sp.tcp = None
+        sp.tcp_path = Path(None, ())
+        self._update_routes(now)
+
+    # --- sending --------------------------------------------------------------------------
+
+    def send(self, recipient: bytes, payload: bytes, now: int) -> None:
+        """Send one APP: direct if a path is confirmed, else relayed via the default super peer."""
+        peer = self.peers.get(recipient)
+        if peer is None:
+            peer = self._add_peer(recipient, now)
+        peer.app_tx = now
+        path = peer.best
+        if path is not None:
+            sid = peer.tx_short_id
+            if sid is not None:
+                if len(payload) > MTU - SHORT_ID_LEN - (ARM_OVERHEAD if self._arm else 0):
+                    raise PayloadTooLarge(f"APP payload of {len(payload)} bytes is too large")
+                data = encode_short(sid, payload, peer.tx)
+            else:
+                data = self._app(peer, payload)
+            self.outbox.append((data, UDP, path.local, path.remote))
+            return
+        self._relay(peer, self._app(peer, payload))
+
+    def _app(self, peer: NodePeer, payload: bytes) -> bytes:
+        if len(payload) > MTU - LONG_HEADER_LEN - (ARM_OVERHEAD if self._arm else 0):
+            raise PayloadTooLarge(f"APP payload of {len(payload)} bytes is too large (max 1345 armed)")
+        return encode_message(APP, self.network_id, peer.public_key, self.public_key,
+                              self.identity.proof_of_work, payload, peer.tx)
+
+    def _relay(self, peer: NodePeer, data: bytes) -> None:
+        sp = self.default
+        if sp.tcp == "up" and sp.tcp_path.median is not None:
+            self.outbox.append((data, TCP, None, sp.public_key))
+        elif sp.best_udp is not None:
+            self.outbox.append((data, UDP, sp.best_udp.local, sp.best_udp.remote))
+        else:
+            queue = self._relay_queue
+            if len(queue) >= self.config.relay_queue_limit:
+                queue.popleft()
+                self.drops["relay_queue_full"] += 1
+            queue.append((peer, data))
+
+    def _flush_relay_queue(self) -> None:
+        queue, self._relay_queue = self._relay_queue, deque()
+        for peer, data in queue:
+            if peer.best is not None and peer.best.median is not None:
+                # a direct path came up meanwhile; the long-header APP works there too
+                self.outbox.append((data, UDP, peer.best.local, peer.best.remote))
+            else:
+                self._relay(peer, data)
+
+    # --- receiving ------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, local: Address, remote: Address, now: int) -> None:
+        """One UDP datagram that arrived on the socket bound to ``local`` from ``remote``."""
+        peer = self.short_ids.get(data[:SHORT_ID_LEN])
+        if peer is not None:
+            try:
+                payload = open_short(data, peer.rx)
+            except DrasylError:
+                self.drops["bad_short_app"] += 1
+                return
+            peer.app_rx = now
+            self.inbox.append((peer.public_key, bytes(payload)))
+            return
+        self._receive_long(data, UDP, local, remote, now)
+
+    def receive_tcp(self, public_key: bytes, data: bytes, now: int) -> bool:
+        """One frame from the TCP connection to a super peer; False: close the connection."""
+        return self._receive_long(data, TCP, None, public_key, now)
+
+    def _receive_long(self, data: bytes, proto: int, local: Address | None, remote, now: int) -> bool:
+        try:
+            header = parse_long_header(data)
+            if header.network_id != self.network_id or header.recipient != self.public_key:
+                self.drops["not_for_us"] += 1
+                return False
+            if self._arm and not header.armed:
+                self.drops["unarmed"] += 1
+                return False
+            sp = self.super_peers.get(header.sender)
+            if sp is not None:
+                return self._from_super_peer(sp, data, header, proto, local, remote, now)
+            if proto == TCP:
+                self.drops["unexpected"] += 1
+                return False
+            return self._from_node(data, header, local, remote, now)
+        except DrasylError:
+            self.drops["malformed"] += 1
+            return False
+
+    def _from_super_peer(self, sp: SuperPeer, data, header, proto, local, remote, now: int) -> bool:
+        mtype = header.message_type
+        if mtype == ACK:
+            ack = Ack.parse(open_body(data, header, sp.rx))
+            self._on_super_peer_ack(sp, ack.time, proto, local, remote, now)
+            return True
+        if mtype == UNITE:
+            self._on_unite(Unite.parse(open_body(data, header, sp.rx)), now)
+            return True
+        self.drops["unexpected"] += 1
+        return False
+
+    def _on_super_peer_ack(self, sp: SuperPeer, time: int, proto, local, remote, now: int) -> None:
+        rtt = now - time if time <= now else None
+        if proto == UDP:
+            key = (local, tuple(remote[:2]))
+            path = sp.paths.get(key)
+            if path is None:
+                path = sp.paths[key] = Path(*key)
+            path.ack_received(now, rtt)
+            sp.udp_answered = True
+            sp.best_udp = best_path(sp.paths.values(), self._timeout, now)
+            if sp.tcp is not None and not self.config.enforce_tcp:
+                sp.tcp = None
+                sp.tcp_path = Path(None, ())
+                self.events.append(CloseTcp(sp.public_key))
+        else:
+            sp.tcp_path.ack_received(now, rtt)
+        if self.default.median() is None:
+            self._choose_default()
+        if self._relay_queue:
+            self._flush_relay_queue()
+
+    def _choose_default(self) -> None:
+        """Lowest median RTT wins; super peers without samples are not considered."""
+        best = None
+        for sp in self.super_peers.values():
+            m = sp.median()
+            if m is not None and (best is None or m < best[0]):
+                best = (m, sp)
+        if best is not None:
+            self.default = best[1]
+
+    def _on_unite(self, unite: Unite, now: int) -> None:
+        if not self.config.process_unites:
+            return
+        peer = self.peers.get(unite.address)
+        if peer is None:
+            return
+        known = {p.remote for p in peer.paths.values()}
+        for endpoint in decode_endpoints(unite.endpoints):
+            if endpoint in known:
+                continue
+            known.add(endpoint)
+            for local in self.locals:
+                if _family(local) == _family(endpoint):
+                    self._punch(peer, local, endpoint, now)
+
+    def _punch(self, peer: NodePeer, local: Address, remote: Address, now: int) -> None:
+        path = peer.paths[(local, remote)] = Path(local, remote)
+        self._node_hello(peer, path, now)
+
+    def _node_hello(self, peer: NodePeer, path: Path, now: int) -> None:
+        body = HelloNodePeer(now, peer.rx_short_id).encode()
+        msg = encode_message(HELLO, self.network_id, peer.public_key, self.public_key,
+                             self.identity.proof_of_work, body, peer.tx)
+        self.outbox.append((msg, UDP, path.local, path.remote))
+        path.hello_sent(now)
+
+    def _from_node(self, data: bytes, header, local: Address, remote: Address, now: int) -> bool:
+        sender = header.sender
+        peer = self.peers.get(sender)
+        if peer is None or peer.pow_ok is None:
+            if not pow_is_valid(sender, header.proof_of_work, self.config.min_pow_difficulty):
+                self.drops["pow_invalid"] += 1
+                return False
+        fresh = peer is None
+        if fresh:
+            peer = self._add_peer(sender, now)
+        try:
+            body = open_body(data, header, peer.rx)
+        except DrasylError:
+            if fresh:
+                self._remove_peer(peer)  # unauthenticated packets never create entries
+            raise
+        peer.pow_ok = True
+        mtype = header.message_type
+        remote = tuple(remote[:2])
+        if mtype == APP:
+            peer.app_rx = now
+            self.inbox.append((sender, bytes(body)))
+        elif mtype == HELLO:
+            self._on_node_hello(peer, HelloNodePeer.parse(body), local, remote, now)
+        elif mtype == ACK:
+            self._on_node_ack(peer, Ack.parse(body).time, local, remote, now)
+        else:
+            self.drops["unexpected"] += 1
+            return False
+        return True
+
+    def _on_node_hello(self, peer: NodePeer, hello: HelloNodePeer, local, remote, now: int) -> None:
+        if now - hello.time > self._max_age:
+            self.drops["hello_too_old"] += 1
+            return
+        if hello.short_id != NO_SHORT_ID:
+            peer.tx_short_id = hello.short_id
+        ack = encode_message(ACK, self.network_id, peer.public_key, self.public_key,
+                             self.identity.proof_of_work, Ack(hello.time).encode(), peer.tx)
+        self.outbox.append((ack, UDP, local, remote))
+        if (local, remote) not in peer.paths:
+            # probably a NAT mapping the UNITE did not know: answering completes the punch
+            self._punch(peer, local, remote, now)
+
+    def _on_node_ack(self, peer: NodePeer, time: int, local, remote, now: int) -> None:
+        time = min(time, now)
+        if now - time > self._max_age:
+            self.drops["ack_too_old"] += 1
+            return
+        path = peer.paths.get((local, remote))
+        if path is None:
+            return
+        path.ack_received(now, now - time)
+        self._update_peer_route(peer, now)  # use the direct path at once
+
+    # --- peers ----------------------------------------------------------------------------
+
+    def _add_peer(self, public_key: bytes, now: int) -> NodePeer:
+        if public_key in self.super_peers:
+            raise DrasylError("cannot send APP messages to a super peer")
+        if public_key == self.public_key:
+            raise DrasylError("cannot send to oneself")
+        if self.config.max_peers and len(self.peers) >= self.config.max_peers:
+            self.drops["max_peers"] += 1
+            raise DrasylError("peer table is full")
+        if len(public_key) != 32:
+            raise DrasylError("a public key is 32 bytes")
+        try:
+            rx, tx = session_keys(self.identity, public_key) if self._arm else (None, None)
+        except CryptoError:
+            raise DrasylError("not a valid public key") from None
+        short_id = os.urandom(SHORT_ID_LEN)
+        while short_id in (NO_SHORT_ID, MAGIC_BYTES) or short_id in self.short_ids:
+            short_id = os.urandom(SHORT_ID_LEN)
+        peer = self.peers[public_key] = NodePeer(public_key, rx, tx, short_id, now)
+        self.short_ids[short_id] = peer
+        return peer
+
+    def _remove_peer(self, peer: NodePeer) -> None:
+        del self.peers[peer.public_key]
+        del self.short_ids[peer.rx_short_id]
+
+    def _update_peer_route(self, peer: NodePeer, now: int) -> None:
+        peer.best = best_path(peer.paths.values(), self._path_failing, now)
+        if peer.best is not None:
+            kind, rtt = DIRECT, peer.best.median
+        else:
+            kind = TCP_PATH if self.default.tcp == "up" else RELAYED
+            rtt = None
+        if kind != peer.route:
+            peer.route = kind
+            self.events.append(PathChanged(peer.public_key, kind, rtt))
+
+    def _update_routes(self, now: int) -> None:
+        for peer in self.peers.values():
+            self._update_peer_route(peer, now)
+
+    # --- housekeeping ---------------------------------------------------------------------
+
+    def next_timer(self) -> int:
+        return self._next_tick
+
+    def handle_timer(self, now: int) -> None:
+        """Every ``housekeeping_interval``: register, fall back to TCP, keep paths alive."""
+        if now < self._next_tick:
+            return
+        self._next_tick = now + self._interval
+        for sp in self.super_peers.values():
+            self._super_peer_tick(sp, now)
+        self._choose_default()
+        for peer in list(self.peers.values()):
+            self._node_peer_tick(peer, now)
+
+    def _super_peer_tick(self, sp: SuperPeer, now: int) -> None:
+        if sp.tcp is None and (self.config.enforce_tcp or self._udp_failing(sp, now)):
+            sp.tcp = "connecting"
+            host = sp.url.host
+            self.events.append(OpenTcp(sp.public_key, host, sp.url.tcp_port))
+        sp.best_udp = best_path(sp.paths.values(), self._timeout, now)
+        hello = self._hello_for(sp, now)
+        for path in sp.paths.values():
+            self.outbox.append((hello, UDP, path.local, path.remote))
+            path.hello_sent(now)
+        if sp.tcp == "up":
+            self.outbox.append((hello, TCP, None, sp.public_key))
+            sp.tcp_path.hello_sent(now)
+
+    def _udp_failing(self, sp: SuperPeer, now: int) -> bool:
+        """No UDP path, or none answered within one interval (start) / hello_timeout (later)."""
+        limit = self._timeout if sp.udp_answered else self._interval
+        return all(p.unanswered_for(now) >= limit for p in sp.paths.values())
+
+    def _hello_for(self, sp: SuperPeer, now: int) -> bytes:
+        body = HelloSuperPeer(now, 1, self._hello_endpoints).encode()
+        return encode_message(HELLO, self.network_id, sp.public_key, self.public_key,
+                              self.identity.proof_of_work, body, sp.tx)
+
+    def _node_peer_tick(self, peer: NodePeer, now: int) -> None:
+        active = now - max(peer.app_tx, peer.app_rx) <= self._direct_timeout
+        if active:
+            timeout = self._timeout
+            for key in [k for k, p in peer.paths.items() if p.unanswered_for(now) > timeout]:
+                del peer.paths[key]
+            for path in peer.paths.values():
+                self._node_hello(peer, path, now)
+        else:
+            peer.paths.clear()
+        if not any(now - p.last_ack <= self._timeout for p in peer.paths.values() if p.last_ack):
+            peer.tx_short_id = None
+        self._update_peer_route(peer, now)
+        if not active and now - peer.created >= self._timeout:
+            self._remove_peer(peer)
+
+    # --- views ----------------------------------------------------------------------------
+
+    def peer_list(self) -> list[PeerInfo]:
+        rows: list[PeerInfo] = []
+        for sp in self.super_peers.values():
+            if sp.tcp == "up":
+                kind, path = TCP_PATH, None
+            else:
+                path = sp.best_udp
+                kind = "udp" if path is not None else "none"
+            m = sp.median()
+            rows.append(PeerInfo(sp.public_key, "super_peer", kind, None if m is None else m / 1000,
+                                 path.remote if path is not None else None))
+        for peer in self.peers.values():
+            best = peer.best
+            rtt = best.median / 1000 if best is not None and best.median is not None else None
+            rows.append(PeerInfo(peer.public_key, "node", peer.route, rtt,
+                                 best.remote if best is not None else None))
+        return rows

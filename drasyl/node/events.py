@@ -1,0 +1,49 @@
+"""Events a node core emits for its application and requests for its I/O adapter.
+
+Received payloads do not go through here: they are ``(sender, payload)`` tuples in
+:attr:`NodeCore.inbox`, the hot path has no object per packet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DIRECT = "direct"
+RELAYED = "relayed"
+TCP_PATH = "tcp"
+
+
+@dataclass(frozen=True, slots=True)
+class PathChanged:
+    """How APPs to ``peer`` now travel: ``direct``, ``relayed`` (UDP via a super peer) or ``tcp``."""
+
+    peer: bytes
+    path: str
+    rtt_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTcp:
+    """Adapter: connect to a super peer over TCP, then call ``tcp_connected``/``tcp_closed``."""
+
+    super_peer: bytes
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseTcp:
+    """Adapter: close the TCP connection to this super peer (UDP answers again)."""
+
+    super_peer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """A row of :meth:`NodeCore.peer_list`."""
+
+    public_key: bytes
+    role: str  # "super_peer" or "node"
+    path: str  # direct / relayed / tcp for nodes; udp / tcp / none for super peers
+    rtt_ms: float | None
+    remote: tuple | None
