@@ -293,8 +293,12 @@ class NodeCore:
             if sp is not None:
                 return self._from_super_peer(sp, data, header, proto, local, remote, now)
             if proto == TCP:
-                self.drops["unexpected"] += 1
-                return False
+                # over TCP a super peer relays APPs from other nodes (spec §7: frames are
+                # handled like UDP datagrams); HELLO and ACK between nodes never come this way
+                if header.message_type != APP:
+                    self.drops["unexpected"] += 1
+                    return False
+                return self._from_node(data, header, None, None, now)
             return self._from_node(data, header, local, remote, now)
         except DrasylError:
             self.drops["malformed"] += 1
@@ -369,7 +373,8 @@ class NodeCore:
         self.outbox.append((msg, UDP, path.local, path.remote))
         path.hello_sent(now)
 
-    def _from_node(self, data: bytes, header, local: Address, remote: Address, now: int) -> bool:
+    def _from_node(self, data: bytes, header, local: Address | None, remote: Address | None, now: int) -> bool:
+        """A packet from another node: over UDP from ``remote``, or (None, None) relayed over TCP."""
         sender = header.sender
         peer = self.peers.get(sender)
         if peer is None or peer.pow_ok is None:
@@ -387,14 +392,13 @@ class NodeCore:
             raise
         peer.pow_ok = True
         mtype = header.message_type
-        remote = tuple(remote[:2])
         if mtype == APP:
             peer.app_rx = now
             self.inbox.append((sender, bytes(body)))
         elif mtype == HELLO:
-            self._on_node_hello(peer, HelloNodePeer.parse(body), local, remote, now)
+            self._on_node_hello(peer, HelloNodePeer.parse(body), local, tuple(remote[:2]), now)
         elif mtype == ACK:
-            self._on_node_ack(peer, Ack.parse(body).time, local, remote, now)
+            self._on_node_ack(peer, Ack.parse(body).time, local, tuple(remote[:2]), now)
         else:
             self.drops["unexpected"] += 1
             return False
