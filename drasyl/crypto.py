@@ -31,6 +31,13 @@ _from_buffer = ffi.from_buffer
 _urandom = os.urandom
 
 
+def _c(buf: bytes | bytearray | memoryview) -> bytes | object:
+    """A C argument for ``buf``: cffi takes ``bytes`` as they are, and ``bytearray`` or
+    ``memoryview`` (receive buffers, or a body that :func:`disarm` returned) only through a
+    buffer view; passed directly they raise ``TypeError``. No copy either way."""
+    return buf if type(buf) is bytes else _from_buffer(buf)
+
+
 def x25519_public_key(ed25519_public_key: bytes) -> bytes:
     """Birational map of an Ed25519 public key; fails for keys that do not decompress."""
     try:
@@ -60,6 +67,7 @@ def arm(body: bytes, tx_key: bytes, ad: bytes, random: bytes | None = None) -> b
     """``R ‖ tag ‖ ciphertext`` of ``body``; ``random`` fixes R (test vectors only)."""
     r = _urandom(RANDOM_LEN) if random is None else random
     n = len(body)
+    body, ad = _c(body), _c(ad)
     out = bytearray(ARM_OVERHEAD + n)
     out[:RANDOM_LEN] = r
     p = _from_buffer(out)
@@ -72,6 +80,7 @@ def arm_into(out: bytearray, offset: int, body: bytes, tx_key: bytes, ad: bytes)
     """Arm ``body`` into ``out[offset:]`` (which must be large enough); returns the end."""
     r = _urandom(RANDOM_LEN)
     n = len(body)
+    body, ad = _c(body), _c(ad)
     out[offset : offset + RANDOM_LEN] = r
     p = _from_buffer(out) + offset
     _encrypt(p + ARM_OVERHEAD, p + RANDOM_LEN, TAG_LEN, body, n, ad, len(ad), tx_key, r)
@@ -84,6 +93,7 @@ def disarm(data: bytes, body_offset: int, ad: bytes, rx_key: bytes) -> bytearray
     if n < 0:
         raise DisarmError("armed body shorter than 48 bytes")
     out = bytearray(n)
+    ad = _c(ad)
     p = _from_buffer(data) + body_offset
     # key = R (in clear, at p) and nonce = session key: the swap of spec §3.3
     if _decrypt(_from_buffer(out), p + ARM_OVERHEAD, n, p + RANDOM_LEN, TAG_LEN, ad, len(ad), rx_key, p):
