@@ -14,6 +14,27 @@ from typing import Callable
 MAX_FRAME = 0xFFFF
 
 
+def bind_tcp(host: str, port: int, *, dual_stack: bool = False, backlog: int = 1024) -> socket.socket:
+    """A listening, non-blocking TCP socket on (host, port), for ``create_server(sock=...)``.
+
+    As in :func:`~drasyl.net.udp.bind_udp`, IPv6 sockets get ``IPV6_V6ONLY`` unless
+    ``dual_stack`` is asked for; ``loop.create_server(host=...)`` would always set it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def frame(data: bytes | bytearray) -> bytes:
     if len(data) > MAX_FRAME:
         raise ValueError("frame longer than 65535 bytes")

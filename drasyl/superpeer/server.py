@@ -1,0 +1,294 @@
+"""The ``drasyl-sp`` daemon's I/O: sockets and timers around the sans-I/O :class:`SuperPeerCore`.
+
+:class:`SuperPeerServer` binds the configured UDP4/UDP6/TCP4/TCP6 listeners and the
+Prometheus endpoint, feeds every datagram and TCP frame to the core, sends what the core
+put in its outbox, and runs one housekeeping timer. Protocol rules live in the core,
+configuration parsing in :mod:`.config`, console output in :mod:`.cli`.
+
+Socket choices (deliberate differences from drasyl-rs):
+
+- with both an IPv4 and an IPv6 listener of a transport, the IPv6 socket is
+  ``IPV6_V6ONLY``, so drasyl-rs' defaults (``0.0.0.0`` and ``[::]`` on the same port) bind on
+  Linux instead of failing with EADDRINUSE;
+- with the IPv4 listener of a transport disabled, the IPv6 socket is dual-stack and serves
+  IPv4 nodes too (the Docker image's and the self-hosting guide's setup);
+- more than ``max_peers`` simultaneous TCP connections are refused at accept (drasyl-rs
+  keeps reading them), and a TCP client that does not read gets at most
+  :data:`TCP_BACKLOG_LIMIT` bytes queued; what does not fit is dropped and counted.
+
+Nothing a peer sends may stop the process: an unexpected exception while handling input is
+counted, logged at most once per 10 s, and the loop goes on. Nothing here logs per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from ..errors import DrasylError
+from ..identity import Identity
+from ..net.tcp import FramedProtocol, bind_tcp
+from ..net.udp import UdpSocket, bind_udp
+from ..transmit import TCP, UDP, Address
+from .config import DaemonConfig, ListenAddress
+from .core import SuperPeerCore
+from .metrics import MAX_LINE, MetricsEndpoint, SuperPeerMetrics
+
+log = logging.getLogger(__name__)
+
+FAULT_LOG_INTERVAL_S = 10.0
+#: Bytes queued for one TCP client beyond which we drop instead of buffering more.
+TCP_BACKLOG_LIMIT = 128 * 1024
+
+
+def now_us() -> int:
+    """The core's clock: microseconds since the Unix epoch (the protocol's timestamps)."""
+    return time.time_ns() // 1000
+
+
+class BindError(DrasylError):
+    """A listener could not be set up; the message names it, its address and the OS reason."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str  # UDP4, UDP6, TCP4, TCP6 or Prometheus
+    address: ListenAddress  # as bound: port 0 is replaced by the port the OS chose
+    dual_stack: bool = False
+
+
+class FaultLog:
+    """Logs unexpected exceptions at most once per interval, saying how many occurred."""
+
+    def __init__(self, counter: Counter[str], interval_s: float = FAULT_LOG_INTERVAL_S) -> None:
+        self._counter = counter
+        self._interval_s = interval_s
+        self._last = -interval_s
+        self._unreported = 0
+
+    def report(self, during: str) -> None:
+        """Call from an ``except`` block; the traceback of the current exception is logged."""
+        self._counter["internal_error"] += 1
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._last < self._interval_s:
+            return
+        self._last = now
+        count, self._unreported = self._unreported, 0
+        log.error("Unexpected error while %s (%d since the last report); continuing", during, count,
+                  exc_info=True)
+
+
+class TcpClient(FramedProtocol):
+    """A framed TCP connection that also reports when it is established."""
+
+    def __init__(
+        self,
+        on_open: Callable[[TcpClient], None],
+        on_frame: Callable[[FramedProtocol, bytes], None],
+        on_close: Callable[[FramedProtocol], None],
+    ) -> None:
+        super().__init__(on_frame, on_close)
+        self._on_open = on_open
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._on_open(self)
+
+
+class SuperPeerServer:
+    """One super peer: its core, its sockets, its TCP clients and its housekeeping timer."""
+
+    def __init__(self, identity: Identity, config: DaemonConfig) -> None:
+        self.config = config
+        self.core = SuperPeerCore(identity, config.core_config(), now_us())
+        #: Drops the I/O layer decides (the core counts protocol drops in ``core.drops``).
+        self.drops: Counter[str] = Counter()
+        self.listeners: list[Listener] = []
+        self.metrics = SuperPeerMetrics(self.core, self.io_drops)
+        self._faults = FaultLog(self.drops)
+        self._udp: dict[Address, UdpSocket] = {}
+        self._connections: dict[Address, FramedProtocol] = {}
+        self._servers: list[asyncio.Server] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every configured listener and start housekeeping; BindError if one fails."""
+        cfg = self.config
+        try:
+            for name, listen, dual_stack in (
+                ("UDP4", cfg.udp4_listen, False),
+                ("UDP6", cfg.udp6_listen, cfg.udp4_listen is None),
+            ):
+                if listen is not None:
+                    self._bind_udp(name, listen, dual_stack)
+            for name, listen, dual_stack in (
+                ("TCP4", cfg.tcp4_listen, False),
+                ("TCP6", cfg.tcp6_listen, cfg.tcp4_listen is None),
+            ):
+                if listen is not None:
+                    await self._bind_tcp(name, listen, dual_stack)
+            if cfg.prometheus_listen is not None:
+                await self._bind_prometheus(cfg.prometheus_listen)
+        except BindError:
+            await self.close()
+            raise
+        self._timer = asyncio.get_running_loop().call_soon(self._housekeeping)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for sock in self._udp.values():
+            sock.close()
+        self._udp.clear()
+        for client in list(self._connections.values()):
+            client.close()
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+    def io_drops(self) -> Counter[str]:
+        drops = Counter(self.drops)
+        drops["udp_send_failed"] += sum(sock.send_drops for sock in self._udp.values())
+        return drops
+
+    # --- binding ---------------------------------------------------------------------------
+
+    def _bind_udp(self, name: str, listen: ListenAddress, dual_stack: bool) -> None:
+        with _binding(name, listen):
+            sock = UdpSocket(bind_udp(listen.host, listen.port, dual_stack=dual_stack), self._on_datagrams)
+        self._udp[sock.local] = sock
+        self.listeners.append(Listener(name, ListenAddress(listen.host, sock.local[1]), dual_stack))
+
+    async def _bind_tcp(self, name: str, listen: ListenAddress, dual_stack: bool) -> None:
+        loop = asyncio.get_running_loop()
+        with _binding(name, listen):
+            sock = bind_tcp(listen.host, listen.port, dual_stack=dual_stack)
+            try:
+                server = await loop.create_server(
+                    lambda: TcpClient(self._on_connect, self._on_frame, self._on_disconnect), sock=sock
+                )
+            except BaseException:
+                sock.close()
+                raise
+        self._servers.append(server)
+        port = sock.getsockname()[1]
+        self.listeners.append(Listener(name, ListenAddress(listen.host, port), dual_stack))
+
+    async def _bind_prometheus(self, listen: ListenAddress) -> None:
+        endpoint = MetricsEndpoint(self.metrics, self.config.prometheus_token)
+        with _binding("Prometheus", listen):
+            server = await asyncio.start_server(endpoint.handle, listen.host, listen.port, limit=MAX_LINE)
+        self._servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        self.listeners.append(Listener("Prometheus", ListenAddress(listen.host, port)))
+
+    # --- input -----------------------------------------------------------------------------
+
+    def _on_datagrams(self, sock: UdpSocket, packets: list[tuple[bytes, Address]]) -> None:
+        now = now_us()
+        receive = self.core.receive
+        local = sock.local
+        for data, addr in packets:
+            try:
+                receive(data, UDP, local, addr, now)
+            except Exception:
+                self._faults.report("processing a UDP datagram")
+        self._send_outbox()
+
+    def _on_connect(self, client: TcpClient) -> None:
+        if len(self._connections) >= self.config.max_peers:
+            self.drops["tcp_connection_limit"] += 1
+            client.close()
+            return
+        self._connections[client.peername] = client
+
+    def _on_frame(self, client: FramedProtocol, frame: bytes) -> None:
+        try:
+            valid = self.core.receive(frame, TCP, None, client.peername, now_us())
+        except Exception:
+            self._faults.report("processing a TCP frame")
+            valid = False
+        if not valid:  # as drasyl-rs: a connection that sends garbage is closed
+            client.close()
+        self._send_outbox()
+
+    def _on_disconnect(self, client: FramedProtocol) -> None:
+        if self._connections.get(client.peername) is client:
+            del self._connections[client.peername]
+
+    # --- output ----------------------------------------------------------------------------
+
+    def _send_outbox(self) -> None:
+        core = self.core
+        outbox = core.outbox
+        if not outbox:
+            return
+        core.outbox = []
+        udp, connections, drops = self._udp, self._connections, self.drops
+        try:
+            for data, proto, local, remote in outbox:
+                if proto == UDP:
+                    sock = udp.get(local)
+                    if sock is None:
+                        drops["udp_socket_gone"] += 1
+                    else:
+                        sock.send(data, remote)
+                else:
+                    client = connections.get(remote)
+                    if client is None or client.transport is None:
+                        drops["tcp_connection_gone"] += 1
+                    elif client.transport.get_write_buffer_size() > TCP_BACKLOG_LIMIT:
+                        drops["tcp_backlog_full"] += 1  # a client that does not read
+                    elif not client.send(data):
+                        drops["tcp_connection_gone"] += 1
+        except Exception:
+            self._faults.report("sending")
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = now_us()
+        try:
+            if now >= self.core.next_timer():
+                self.core.handle_timer(now)
+                if self.config.prometheus_listen is not None:
+                    self.metrics.observe_tick()
+                self._close_idle_connections()
+                self._send_outbox()
+        except Exception:
+            self._faults.report("housekeeping")
+        # Re-check at least once per interval, so a wall clock stepping back cannot stall us.
+        interval_us = self.core.config.housekeeping_interval_ms * 1000
+        delay_us = min(max(self.core.next_timer() - now, 0), interval_us)
+        self._timer = asyncio.get_running_loop().call_later(delay_us / 1e6, self._housekeeping)
+
+    def _close_idle_connections(self) -> None:
+        """Close TCP connections without a read or write for longer than ``hello_timeout``."""
+        deadline = asyncio.get_running_loop().time() - self.config.hello_timeout_ms / 1000
+        for client in [c for c in self._connections.values() if c.last_activity < deadline]:
+            client.close()
+
+
+@contextmanager
+def _binding(name: str, listen: ListenAddress) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        # asyncio wraps bind errors in a longer message; the errno says it shorter.
+        if exc.errno and not isinstance(exc, socket.gaierror):
+            reason = os.strerror(exc.errno)
+        else:
+            reason = exc.strerror or str(exc)
+        raise BindError(f"cannot bind {name} listener to {listen}: {reason}") from None
