@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -25,6 +26,7 @@ I32_MAX = 2**31 - 1
 
 #: Called during a proof-of-work search with (candidates tried, expected number of tries).
 ProgressCallback = Callable[[int, int], None]
+_I32_TEXT = re.compile(r"[+-]?[0-9]+")  # what Rust's i32 parser takes; int() also takes "1_0"
 
 
 def parse_public_key(text: str) -> bytes:
@@ -146,10 +148,9 @@ class Identity:
                     raise IdentityError(f"{where}: SecretKey is not hexadecimal") from None
             elif line.startswith("ProofOfWork"):
                 value = _field_value(line, where)
-                try:
-                    pow_value = int(value, 10)
-                except ValueError:
-                    raise IdentityError(f"{where}: ProofOfWork {value!r} is not an integer") from None
+                if not _I32_TEXT.fullmatch(value):
+                    raise IdentityError(f"{where}: ProofOfWork {value!r} is not an integer")
+                pow_value = int(value)
                 if not I32_MIN <= pow_value <= I32_MAX:
                     raise IdentityError(f"{where}: ProofOfWork is not a signed 32-bit integer")
         if secret is None:
