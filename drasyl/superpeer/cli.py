@@ -193,8 +193,8 @@ async def _print_peer_tables(server: SuperPeerServer, interval_s: float) -> None
 
 
 def _parser() -> argparse.ArgumentParser:
-    rows = [f"  {PREFIX + name:<29} {default or '(empty)':<15} {meaning}" for name, default, meaning in VARIABLES]
-    rows.append(f"  {'RUST_LOG':<29} {'(unset)':<15} tracing filter, e.g. 'info' or 'warn,drasyl_sp=debug';"
+    rows = [f"  {PREFIX + name:<29} {default or '(empty)':<16} {meaning}" for name, default, meaning in VARIABLES]
+    rows.append(f"  {'RUST_LOG':<29} {'(unset)':<16} tracing filter, e.g. 'info' or 'warn,drasyl_sp=debug';"
                 " the most verbose level wins; unset: errors only")
     parser = argparse.ArgumentParser(
         prog=PROG,
