@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from ..env import env_bool, env_int, env_str
+from ..env import env_bool, env_int, env_str, log_level
 from ..errors import DrasylError
 from ..identity import load_or_generate
 from ..urls import parse_super_peers
@@ -52,7 +52,7 @@ Environment (defaults in brackets):
   DRASYL_HOUSEKEEPING_INTERVAL  ms between HELLOs to super peers [5000]
   DRASYL_PROCESS_UNITES       hole punching on UNITE (true/false) [true]
   DRASYL_ENFORCE_TCP          always use TCP to super peers (true/false) [false]
-  DRASYL_LOG_LEVEL            error, warning, info, debug [warning]
+  DRASYL_LOG_LEVEL            error, warn, info, debug, off; or RUST_LOG [warn]
 
 Default super peers: {DEFAULT_SUPER_PEERS}
 """
@@ -155,10 +155,9 @@ def main() -> int:
     if len(sys.argv) > 1:
         print(f"unknown argument {sys.argv[1]!r}; see --help", file=sys.stderr)
         return 2
-    level = env_str("DRASYL_LOG_LEVEL", "warning").upper()
-    logging.basicConfig(level=getattr(logging, level, logging.WARNING), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        level = log_level(os.environ, default=logging.WARNING)
+        logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return asyncio.run(_run())
     except DrasylError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,11 +16,10 @@ This module only parses; it opens no sockets and reads no files.
 from __future__ import annotations
 
 import ipaddress
-import logging
-import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, NamedTuple
 
+from ..env import boolean, integer, invalid, log_level
 from ..errors import ConfigError
 from ..urls import format_host_port
 from .core import SuperPeerConfig
@@ -31,9 +30,6 @@ U16_MAX = 2**16 - 1
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
-
-#: A level above CRITICAL: nothing is logged (``off`` in tracing).
-LOG_OFF = logging.CRITICAL + 10
 
 #: (variable without the ``DRASYL_`` prefix, default as written in the environment, meaning).
 #: The single source for ``--help`` and the documentation table.
@@ -56,17 +52,6 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("LOG_LEVEL", "", "error, warn, info, debug, trace or off; wins over RUST_LOG"),
 )
 DEFAULTS = {name: default for name, default, _ in VARIABLES}
-
-_INTEGER = re.compile(r"[+-]?[0-9]+")  # Rust's integer FromStr: no spaces, no underscores
-_LEVELS = {
-    "off": LOG_OFF, "0": LOG_OFF,
-    "error": logging.ERROR, "1": logging.ERROR,
-    "warn": logging.WARNING, "warning": logging.WARNING, "2": logging.WARNING,
-    "info": logging.INFO, "3": logging.INFO,
-    "debug": logging.DEBUG, "4": logging.DEBUG,
-    "trace": logging.DEBUG, "5": logging.DEBUG,
-}
-
 
 class ListenAddress(NamedTuple):
     host: str  # IP literal (IPv6 without brackets) or, for Prometheus only, a host name
@@ -142,52 +127,16 @@ class DaemonConfig:
         )
 
 
-def log_level(env: Mapping[str, str]) -> int:
-    """``DRASYL_LOG_LEVEL`` if set, else the most verbose level named in ``RUST_LOG``.
-
-    ``RUST_LOG`` uses tracing's filter syntax (``warn,drasyl_sp=debug``). We have one log
-    stream, so the most verbose directive wins; a bare target (``drasyl_sp``) means every
-    level, as in tracing. Unset or empty: errors only, like drasyl-rs.
-    """
-    own = env.get(PREFIX + "LOG_LEVEL", "").strip()
-    if own:
-        level = _LEVELS.get(own.lower())
-        if level is None:
-            raise _invalid("LOG_LEVEL", own, "must be one of error, warn, info, debug, trace, off")
-        return level
-    rust_log = env.get("RUST_LOG", "")
-    levels: list[int] = []
-    for directive in filter(None, (d.strip() for d in rust_log.split(","))):
-        target, equals, value = directive.rpartition("=")
-        if equals and not any(c in value for c in "]}"):
-            level = _LEVELS.get(value.lower())
-            if level is None:
-                raise ConfigError(f"RUST_LOG={rust_log!r} is invalid: unknown level {value!r} in {directive!r}")
-        else:
-            level = _LEVELS.get(directive.lower(), logging.DEBUG)  # bare target: all levels
-        levels.append(level)
-    return min(levels, default=logging.ERROR)
-
-
-def _invalid(name: str, value: str, why: str) -> ConfigError:
-    return ConfigError(f"{PREFIX}{name}={value!r} is invalid: {why}")
-
-
 def _integer(raw: Callable[[str], str], name: str, lo: int, hi: int) -> int:
-    value = raw(name)
-    if not _INTEGER.fullmatch(value):
-        raise _invalid(name, value, "not an integer")
-    number = int(value)
-    if not lo <= number <= hi:
-        raise _invalid(name, value, f"must be between {lo} and {hi}")
-    return number
+    return integer(PREFIX + name, raw(name), lo, hi)
 
 
 def _boolean(raw: Callable[[str], str], name: str) -> bool:
-    value = raw(name)
-    if value not in ("true", "false"):
-        raise _invalid(name, value, "must be 'true' or 'false'")
-    return value == "true"
+    return boolean(PREFIX + name, raw(name))
+
+
+def _invalid(name: str, value: str, why: str) -> ConfigError:
+    return invalid(PREFIX + name, value, why)
 
 
 def _socket_address(raw: Callable[[str], str], name: str, version: int | None) -> ListenAddress | None:
@@ -216,6 +165,8 @@ def _socket_address(raw: Callable[[str], str], name: str, version: int | None) -
         raise _invalid(name, value, f"{host!r} in brackets is not an IPv6 address")
     if version is not None and ip_version != version:
         raise _invalid(name, value, f"{host!r} is not an IPv{version} address")
-    if not _INTEGER.fullmatch(port_text) or not 0 <= int(port_text) <= U16_MAX:
-        raise _invalid(name, value, f"port {port_text!r} is not between 0 and {U16_MAX}")
-    return ListenAddress(host, int(port_text))
+    try:
+        port = integer(PREFIX + name, port_text, 0, U16_MAX)
+    except ConfigError:
+        raise _invalid(name, value, f"port {port_text!r} is not between 0 and {U16_MAX}") from None
+    return ListenAddress(host, port)
