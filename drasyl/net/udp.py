@@ -5,18 +5,28 @@ reader callback receives every datagram that is ready (up to ``batch`` per wake-
 the whole list to the owner, who feeds its sans-I/O core and then sends what the core
 produced. Sending is a direct ``sendto``; when the kernel buffer is full the datagram is
 dropped and counted (UDP semantics; retransmission is the application's business).
+
+:func:`send_transmits` sends a core's outbox. Runs of datagrams of one size from one socket
+to one destination (a burst of full-size APPs) go out as one UDP GSO ``sendmsg``
+(``UDP_SEGMENT``): the kernel cuts them into the same datagrams, one syscall instead of up to
+64. Where GSO is unavailable a socket falls back to one ``sendto`` per datagram.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Callable
+import struct
+from typing import Any, Callable
 
-from ..transmit import Address
+from ..transmit import UDP, Address, Transmit
 
 RECV_SIZE = 2048  # > drasyl's 1472-byte MTU, so oversize datagrams are seen, not cut
 SOCKET_BUFFER = 4 * 1024 * 1024
+
+UDP_SEGMENT = 103  # linux/udp.h: GSO segment size for one sendmsg
+GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS on older kernels
+GSO_MAX_BYTES = 65000  # a GSO sendmsg is one (up to 64 KiB) UDP datagram before segmentation
 
 BatchHandler = Callable[["UdpSocket", list[tuple[bytes, Address]]], None]
 
@@ -54,11 +64,11 @@ class UdpSocket:
         self.sock = sock
         self.local: Address = sock.getsockname()
         self.send_drops = 0
+        self.gso = hasattr(socket, "SOL_UDP")  # cleared on the first failure
         self._on_batch = on_batch
         self._batch = batch
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
-        self.sendto = sock.sendto  # bound method, for callers that want no indirection
 
     def _readable(self) -> None:
         recvfrom = self.sock.recvfrom
@@ -84,7 +94,63 @@ class UdpSocket:
             self.send_drops += 1
             return False
 
+    def send_segments(self, datagrams: list[bytes | bytearray], size: int, addr: Address) -> None:
+        """Datagrams of equal ``size`` (the last may be shorter) with one GSO sendmsg."""
+        if self.gso:
+            try:
+                self.sock.sendmsg([b"".join(datagrams)], [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))],
+                                  0, addr)
+                return
+            except BlockingIOError:
+                self.send_drops += len(datagrams)
+                return
+            except OSError:
+                self.gso = False  # no GSO here (old kernel, device without it): plain sends
+        for data in datagrams:
+            self.send(data, addr)
+
     def close(self) -> None:
         if self.sock.fileno() >= 0:
             self._loop.remove_reader(self.sock.fileno())
             self.sock.close()
+
+
+def send_transmits(
+    out: list[Transmit],
+    sockets: dict[Address, UdpSocket],
+    send_tcp: Callable[[bytes | bytearray, Any], Any],
+) -> int:
+    """Send a core's outbox: UDP via the socket bound to ``local``, TCP via ``send_tcp``.
+
+    Consecutive equal-size datagrams for one (socket, destination) are sent as GSO batches.
+    Returns the number of UDP datagrams whose socket no longer exists.
+    """
+    gone = 0
+    i = 0
+    n = len(out)
+    while i < n:
+        data, proto, local, remote = out[i]
+        if proto != UDP:
+            send_tcp(data, remote)
+            i += 1
+            continue
+        sock = sockets.get(local)
+        size = len(data)
+        j = i + 1
+        limit = i + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+        while j < n and j < limit:
+            nxt = out[j]
+            if nxt[1] != UDP or nxt[2] != local or nxt[3] != remote or len(nxt[0]) != size:
+                break
+            j += 1
+        if j < n and j < limit and len(out[j][0]) < size and out[j][1] == UDP \
+                and out[j][2] == local and out[j][3] == remote:
+            j += 1  # GSO allows a shorter last segment
+        if sock is None:
+            gone += j - i
+        elif j - i == 1:
+            sock.send(data, remote)
+        else:
+            sock.send_segments([t[0] for t in out[i:j]], size, remote)
+        i = j
+    return gone

@@ -20,8 +20,8 @@ from ..errors import ConfigError, DrasylError
 from ..identity import Identity
 from ..net.interfaces import local_addresses
 from ..net.tcp import FramedProtocol
-from ..net.udp import UdpSocket, bind_udp
-from ..transmit import TCP, Address
+from ..net.udp import UdpSocket, bind_udp, send_transmits
+from ..transmit import Address
 from ..urls import SuperPeerUrl, parse_super_peers
 from .core import NodeConfig, NodeCore
 from .events import CloseTcp, OpenTcp, PathChanged, PeerInfo
@@ -230,16 +230,7 @@ class Node:
         core = self._core
         if core.outbox:
             out, core.outbox = core.outbox, []
-            sockets = self._sockets
-            for data, proto, local, remote in out:
-                if proto == TCP:
-                    conn = self._tcp.get(remote)
-                    if conn is not None:
-                        conn.send(data)
-                else:
-                    sock = sockets.get(local)
-                    if sock is not None:
-                        sock.send(data, remote)
+            send_transmits(out, self._sockets, self._send_tcp)
         if core.inbox:
             self._received.extend(core.inbox)
             core.inbox.clear()
@@ -252,6 +243,11 @@ class Node:
                 self._reader.set_result(None)
         while core.events:
             self._on_event(core.events.popleft())
+
+    def _send_tcp(self, data: bytes | bytearray, super_peer: bytes) -> None:
+        conn = self._tcp.get(super_peer)
+        if conn is not None:
+            conn.send(data)
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, PathChanged):

@@ -204,6 +204,7 @@ class NodeCore:
         sp.tcp = "up"
         self.outbox.append((self._hello_for(sp, now), TCP, None, public_key))
         sp.tcp_path.hello_sent(now)
+        self._update_routes(now)
 
     def tcp_closed(self, public_key: bytes, now: int) -> None:
         sp = self.super_peers[public_key]
@@ -330,6 +331,12 @@ class NodeCore:
                 sp.tcp = None
                 sp.tcp_path = Path(None, ())
                 self.events.append(CloseTcp(sp.public_key))
+                self._update_routes(now)
+                # the HELLO sent over TCP alongside the answered UDP one may reach the SP
+                # last and leave us registered on the connection we now close: register
+                # again over the UDP path that just answered
+                self.outbox.append((self._hello_for(sp, now), UDP, local, key[1]))
+                path.hello_sent(now)
         else:
             sp.tcp_path.ack_received(now, rtt)
         if self.default.median() is None:
@@ -448,6 +455,7 @@ class NodeCore:
         while short_id in (NO_SHORT_ID, MAGIC_BYTES) or short_id in self.short_ids:
             short_id = os.urandom(SHORT_ID_LEN)
         peer = self.peers[public_key] = NodePeer(public_key, rx, tx, short_id, now)
+        peer.route = TCP_PATH if self.default.tcp == "up" else RELAYED
         self.short_ids[short_id] = peer
         return peer
 

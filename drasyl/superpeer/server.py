@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 from ..errors import DrasylError
 from ..identity import Identity
 from ..net.tcp import FramedProtocol, bind_tcp
-from ..net.udp import UdpSocket, bind_udp
+from ..net.udp import UdpSocket, bind_udp, send_transmits
 from ..transmit import TCP, UDP, Address
 from .config import DaemonConfig, ListenAddress
 from .core import SuperPeerCore
@@ -236,25 +236,21 @@ class SuperPeerServer:
         if not outbox:
             return
         core.outbox = []
-        udp, connections, drops = self._udp, self._connections, self.drops
         try:
-            for data, proto, local, remote in outbox:
-                if proto == UDP:
-                    sock = udp.get(local)
-                    if sock is None:
-                        drops["udp_socket_gone"] += 1
-                    else:
-                        sock.send(data, remote)
-                else:
-                    client = connections.get(remote)
-                    if client is None or client.transport is None:
-                        drops["tcp_connection_gone"] += 1
-                    elif client.transport.get_write_buffer_size() > TCP_BACKLOG_LIMIT:
-                        drops["tcp_backlog_full"] += 1  # a client that does not read
-                    elif not client.send(data):
-                        drops["tcp_connection_gone"] += 1
+            gone = send_transmits(outbox, self._udp, self._send_tcp)
+            if gone:
+                self.drops["udp_socket_gone"] += gone
         except Exception:
             self._faults.report("sending")
+
+    def _send_tcp(self, data: bytes | bytearray, remote: Address) -> None:
+        client = self._connections.get(remote)
+        if client is None or client.transport is None:
+            self.drops["tcp_connection_gone"] += 1
+        elif client.transport.get_write_buffer_size() > TCP_BACKLOG_LIMIT:
+            self.drops["tcp_backlog_full"] += 1  # a client that does not read
+        elif not client.send(data):
+            self.drops["tcp_connection_gone"] += 1
 
     # --- housekeeping ----------------------------------------------------------------------
 
