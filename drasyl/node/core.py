@@ -265,7 +265,8 @@ class NodeCore:
 
     def receive_datagram(self, data: bytes, local: Address, remote: Address, now: int) -> None:
         """One UDP datagram that arrived on the socket bound to ``local`` from ``remote``."""
-        peer = self.short_ids.get(data[:SHORT_ID_LEN])
+        sid = data[:SHORT_ID_LEN]
+        peer = self.short_ids.get(sid if type(sid) is bytes else bytes(sid))
         if peer is not None:
             try:
                 payload = open_short(data, peer.rx)
