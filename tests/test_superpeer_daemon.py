@@ -38,6 +38,7 @@ from drasyl.messages import (
     LongHeader,
     Unite,
     encode_endpoints,
+    encode_long_header,
     encode_message,
     open_body,
     parse_long_header,
@@ -474,6 +475,71 @@ def test_garbage_is_counted_and_never_stops_the_daemon(start_sp, sp_identity, id
     counted = sum(v for reason, v in drops.items() if reason != "udp_send_failed")
     assert counted == sent + len(bad_frames), drops
     assert drops["malformed"] >= sent // 4
+
+
+def _flood(port: int, victim_pk: bytes, sp_pk: bytes, seconds: float, stop) -> None:
+    """Child process: invalid datagrams as fast as one core sends them, three kinds mixed."""
+    rng = random.Random(99)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        target = ("127.0.0.1", port)
+        end = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < end and not stop.is_set():
+            kind = i % 3
+            if kind == 0:  # garbage
+                data = rng.randbytes(150)
+            elif kind == 1:  # HELLO from a fresh random key: invalid PoW, would fill a naive table
+                body = rng.randbytes(64)
+                data = encode_long_header(HELLO, 1, sp_pk, rng.randbytes(32), rng.randrange(-2**31, 2**31), True) + body
+            else:  # HELLO claiming a real node's key (valid PoW) with a forged body
+                data = encode_long_header(HELLO, 1, sp_pk, victim_pk, -2131760488, True) + rng.randbytes(64)
+            try:
+                sock.sendto(data, target)
+            except OSError:
+                pass
+            i += 1
+
+
+def test_flood_of_invalid_hellos_does_not_lock_out_valid_nodes(start_sp, sp_identity, ids):
+    """A one-core flood of garbage, bad-PoW and forged HELLOs, with a 4-entry peer table:
+    real nodes keep registering during and after it, and the flood is counted, not stored."""
+    import multiprocessing
+
+    sp = start_sp(MAX_PEERS="4")
+    sp.wait_for("Super peer listening on:")
+    sp_id = sp_identity[1]
+    port = port_of(sp.env["DRASYL_UDP4_LISTEN"])
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    flooder = ctx.Process(target=_flood, args=(port, ids["id_3"].public_key, sp_id.public_key, 4.0, stop))
+    flooder.start()
+    acked = sent = 0
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.2)
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                sock.sendto(hello(ids["id_2"], sp_id, time.time_ns() // 1000), ("127.0.0.1", port))
+                sent += 1
+                try:
+                    while True:
+                        header, _ = opened(ids["id_2"], sp_id, sock.recv(2048))
+                        if header.message_type == ACK:
+                            acked += 1
+                            break
+                except TimeoutError:
+                    pass
+    finally:
+        stop.set()
+        flooder.join(10)
+    assert acked >= sent // 2, f"only {acked} of {sent} HELLOs answered during the flood"
+    udp_ack(ids["id_3"], sp_id, "127.0.0.1", port)  # the forged id_3 HELLOs left no trace
+    _, _, text = scrape(port_of(sp.env["DRASYL_PROMETHEUS_LISTEN"]))
+    assert metric_value(text, "drasyl_sp_peers") == 2.0
+    drops = {m[0]: float(m[1]) for m in
+             re.findall(r'^drasyl_sp_dropped_packets\{reason="(\w+)"\} (\S+)$', text, re.MULTILINE)}
+    assert drops.get("pow_invalid", 0) > 1000 and drops.get("malformed", 0) > 1000, drops
+    assert "max_peers" not in drops and "internal_error" not in drops, drops
 
 
 # --- pure parts: help, URLs, peer table ------------------------------------------------------
