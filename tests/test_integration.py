@@ -38,6 +38,7 @@ from drasyl.messages import (
 from drasyl.node import Node, NodeConfig
 from drasyl.node import api as node_api
 from drasyl.transmit import UDP
+from drasyl.urls import SuperPeerUrl
 
 LOCALHOST = "127.0.0.1"
 START_S = 10.0
@@ -66,7 +67,8 @@ class SuperPeer:
         except BaseException:
             self.proc.stop()
             raise
-        self.address = (LOCALHOST, int(self.url.split(":")[2].split("?")[0]))
+        parsed = SuperPeerUrl.parse(self.url)
+        self.address = (parsed.host, parsed.port)
 
     def metrics(self) -> dict[tuple[str, frozenset], float]:
         """Every sample of /metrics, keyed by (name, frozenset of label items)."""
