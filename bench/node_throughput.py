@@ -6,7 +6,7 @@ process, the sender here); once the sender's path is direct (short-header APPs),
 offers 1345-byte payloads (the agent's TUN MTU) at increasing rates with ``send_many``
 batches and the receiver counts what it got.
 
-    python3 bench/node_throughput.py [--rates 20000,40000,60000,80000] [--seconds 5]
+    python3 bench/node_throughput.py [--rates 20000,40000,60000,80000,100000] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ async def sender(args, sp: SuperPeerProcess, a: Identity, b: Identity, conn) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rates", default="20000,40000,60000,80000")
+    ap.add_argument("--rates", default="20000,40000,60000,80000,100000")
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
     sp_id, a, b = cheap_identity(), cheap_identity(), cheap_identity()

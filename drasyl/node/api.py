@@ -67,6 +67,7 @@ class Node:
         self._reader: asyncio.Future | None = None
         self._path_waiters: list[tuple[bytes, str, asyncio.Future]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._drained = asyncio.Event()  # set by _flush when no APP waits for a super peer
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
         #: Messages dropped because the application did not read them fast enough.
@@ -201,10 +202,13 @@ class Node:
 
     async def flush(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until no APP is held back waiting for a super peer."""
-        deadline = self._loop.time() + timeout
-        while self._core._relay_queue and self._loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        return not self._core._relay_queue
+        if self._core.queued:
+            self._drained.clear()
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return not self._core.queued
 
     # --- internals: data path -------------------------------------------------------------
 
@@ -243,6 +247,8 @@ class Node:
                 self._reader.set_result(None)
         while core.events:
             self._on_event(core.events.popleft())
+        if not core.queued:
+            self._drained.set()
 
     def _send_tcp(self, data: bytes | bytearray, super_peer: bytes) -> None:
         conn = self._tcp.get(super_peer)

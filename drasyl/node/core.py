@@ -537,6 +537,11 @@ class NodeCore:
 
     # --- views ----------------------------------------------------------------------------
 
+    @property
+    def queued(self) -> int:
+        """Relayed APPs held back until some super peer answers."""
+        return len(self._relay_queue)
+
     def peer_list(self) -> list[PeerInfo]:
         rows: list[PeerInfo] = []
         for sp in self.super_peers.values():
