@@ -341,7 +341,12 @@ class Node:
         def on_frame(conn: FramedProtocol, frame: bytes) -> None:
             if self._tcp.get(pk) is not conn:
                 return
-            if not self._core.receive_tcp(pk, frame, _now()):
+            try:
+                valid = self._core.receive_tcp(pk, frame, _now())
+            except Exception:  # a bug must not go unnoticed, nor kill the connection silently
+                log.exception("dropping a TCP frame that raised")
+                valid = False
+            if not valid:
                 conn.close()
             self._flush()
 
