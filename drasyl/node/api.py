@@ -18,6 +18,7 @@ from typing import Iterable
 
 from ..errors import ConfigError, DrasylError
 from ..identity import Identity
+from ..net.faults import FaultLog
 from ..net.interfaces import local_addresses
 from ..net.tcp import FramedProtocol
 from ..net.udp import UdpSocket, bind_udp, send_transmits
@@ -67,6 +68,7 @@ class Node:
         self._reader: asyncio.Future | None = None
         self._path_waiters: list[tuple[bytes, str, asyncio.Future]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._faults = FaultLog(core.drops)
         self._drained = asyncio.Event()  # set by _flush when no APP waits for a super peer
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
@@ -227,7 +229,7 @@ class Node:
             try:
                 receive(data, local, addr, now)
             except Exception:  # a bug must not stop the node: drop the packet, keep going
-                log.exception("dropping a datagram that raised")
+                self._faults.report("processing a UDP datagram")
         self._flush()
 
     def _flush(self) -> None:
@@ -344,7 +346,7 @@ class Node:
             try:
                 valid = self._core.receive_tcp(pk, frame, _now())
             except Exception:  # a bug must not go unnoticed, nor kill the connection silently
-                log.exception("dropping a TCP frame that raised")
+                self._faults.report("processing a TCP frame")
                 valid = False
             if not valid:
                 conn.close()

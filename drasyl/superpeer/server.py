@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 
 from ..errors import DrasylError
 from ..identity import Identity
+from ..net.faults import FaultLog
 from ..net.tcp import FramedProtocol, bind_tcp
 from ..net.udp import UdpSocket, bind_udp, send_transmits
 from ..transmit import TCP, UDP, Address
@@ -43,7 +44,6 @@ from .metrics import MAX_LINE, MetricsEndpoint, SuperPeerMetrics
 
 log = logging.getLogger(__name__)
 
-FAULT_LOG_INTERVAL_S = 10.0
 #: Bytes queued for one TCP client beyond which we drop instead of buffering more.
 TCP_BACKLOG_LIMIT = 128 * 1024
 
@@ -62,28 +62,6 @@ class Listener:
     name: str  # UDP4, UDP6, TCP4, TCP6 or Prometheus
     address: ListenAddress  # as bound: port 0 is replaced by the port the OS chose
     dual_stack: bool = False
-
-
-class FaultLog:
-    """Logs unexpected exceptions at most once per interval, saying how many occurred."""
-
-    def __init__(self, counter: Counter[str], interval_s: float = FAULT_LOG_INTERVAL_S) -> None:
-        self._counter = counter
-        self._interval_s = interval_s
-        self._last = -interval_s
-        self._unreported = 0
-
-    def report(self, during: str) -> None:
-        """Call from an ``except`` block; the traceback of the current exception is logged."""
-        self._counter["internal_error"] += 1
-        self._unreported += 1
-        now = time.monotonic()
-        if now - self._last < self._interval_s:
-            return
-        self._last = now
-        count, self._unreported = self._unreported, 0
-        log.error("Unexpected error while %s (%d since the last report); continuing", during, count,
-                  exc_info=True)
 
 
 class TcpClient(FramedProtocol):
