@@ -411,23 +411,15 @@ def test_unite_rate_limit_is_per_pair(sp_id, a, b, ids):
     assert len(unites(sp)) == 2
 
 
-def test_unite_not_recorded_while_recipient_unregistered(sp_id, a, b):
+@pytest.mark.parametrize("late", ["recipient", "sender"])
+def test_unite_not_recorded_while_one_side_is_unregistered(sp_id, a, b, late):
     # drasyl-rs records the attempt before checking registration, delaying the first UNITE
     sp = make_sp(sp_id)
-    register(sp, a, A_SRC)
+    early_node, early_src, late_node, late_src = (a, A_SRC, b, B_SRC) if late == "recipient" else (b, B_SRC, a, A_SRC)
+    register(sp, early_node, early_src)
     assert sp.receive(app(a, b, b"early"), UDP, SP_UDP, A_SRC, T0)
     assert sp.outbox == []
-    register(sp, b, B_SRC, T0 + S)
-    assert sp.receive(app(a, b, b"later"), UDP, SP_UDP, A_SRC, T0 + 2 * S)
-    assert len(unites(sp)) == 2
-
-
-def test_unite_not_recorded_while_sender_unregistered(sp_id, a, b):
-    sp = make_sp(sp_id)
-    register(sp, b, B_SRC)
-    assert sp.receive(app(a, b, b"early"), UDP, SP_UDP, A_SRC, T0)
-    assert sp.outbox == []
-    register(sp, a, A_SRC, T0 + S)
+    register(sp, late_node, late_src, T0 + S)
     assert sp.receive(app(a, b, b"later"), UDP, SP_UDP, A_SRC, T0 + 2 * S)
     assert len(unites(sp)) == 2
 
