@@ -24,23 +24,23 @@ from simnodes import cheap_identity, hello_for  # noqa: E402
 from spprocess import SuperPeerProcess  # noqa: E402
 from udpload import LoadSocket, paced  # noqa: E402
 
-SOCKETS = 16
+SOCKETS = 64
 
 
 def offer(sp: SuperPeerProcess, socks: list[LoadSocket], hellos: list[list[bytes]], rate: float, seconds: float) -> tuple[int, int]:
-    """Send HELLOs at ``rate`` for ``seconds`` round-robin over sockets; count the ACKs."""
+    """Send HELLOs at ``rate`` for ``seconds``, each from the next socket; count the ACKs."""
     cursors = [itertools.cycle(h) for h in hellos]
     sent = acked = 0
     turn = 0
+    n = len(socks)
     for due in paced(rate, seconds):
-        while due > 0:
-            i = turn % len(socks)
+        for _ in range(due):
+            i = turn % n
             turn += 1
-            n = min(due, 64)
-            sent += socks[i].send_same_size([next(cursors[i]) for _ in range(n)], sp.address)
-            due -= n
-        for s in socks:
-            acked += s.drain()
+            sent += socks[i].send(next(cursors[i]), sp.address)
+        if due:
+            for s in socks:
+                acked += s.drain()
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
         got = sum(s.drain() for s in socks)
@@ -74,11 +74,12 @@ def main() -> None:
         # registration: every key once, paced for the first-HELLO path (PoW + key derivation)
         t0 = time.perf_counter()
         sent = acked = 0
-        for s, h in zip(socks, hellos):
-            for j in range(0, len(h), 32):
-                sent += s.send_same_size(h[j : j + 32], sp.address)
-                time.sleep(32 / args.register_rate)
-                acked += sum(x.drain() for x in socks)
+        for batch in range(0, max(map(len, hellos)), 8):
+            for s, h in zip(socks, hellos):
+                for data in h[batch : batch + 8]:
+                    sent += s.send(data, sp.address)
+            time.sleep(8 * len(socks) / args.register_rate)
+            acked += sum(x.drain() for x in socks)
         deadline = time.monotonic() + 10
         while acked < sent and time.monotonic() < deadline:
             acked += sum(x.drain() for x in socks)

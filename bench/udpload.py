@@ -1,13 +1,15 @@
-"""A paced UDP load generator that is cheap per packet: UDP GSO sends up to 64 datagrams of
-equal size with one syscall, and replies are drained without blocking between batches."""
+"""A paced UDP load generator for the super peer benchmarks.
+
+Packets are sent one ``sendto`` at a time, round-robin over many sockets, so that the super
+peer sees interleaved sources as it would from many real nodes (and cannot batch its replies
+to one destination with GSO, which a single flow would allow). Replies are drained without
+blocking between sends.
+"""
 
 from __future__ import annotations
 
 import socket
 import time
-
-UDP_SEGMENT = 103  # linux/udp.h
-GSO_MAX_SEGMENTS = 64
 
 
 class LoadSocket:
@@ -19,23 +21,12 @@ class LoadSocket:
         self.sock.setblocking(False)
         self.address = self.sock.getsockname()
 
-    def send_same_size(self, packets: list[bytes], dest: tuple[str, int]) -> int:
-        """Send packets of one size as GSO batches; returns how many the kernel took."""
-        sent = 0
-        size = len(packets[0])
-        cmsg = [(socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))]
-        per_call = max(1, min(GSO_MAX_SEGMENTS, 65000 // size))  # a GSO send is at most 64 KiB
-        for i in range(0, len(packets), per_call):
-            chunk = packets[i : i + per_call]
-            try:
-                if len(chunk) == 1:
-                    self.sock.sendto(chunk[0], dest)
-                else:
-                    self.sock.sendmsg([b"".join(chunk)], cmsg, 0, dest)
-                sent += len(chunk)
-            except BlockingIOError:
-                pass
-        return sent
+    def send(self, data: bytes, dest: tuple[str, int]) -> bool:
+        try:
+            self.sock.sendto(data, dest)
+            return True
+        except BlockingIOError:
+            return False
 
     def drain(self, count_if=None) -> int:
         """Read every datagram waiting; count those for which ``count_if(data)`` holds."""
@@ -51,12 +42,11 @@ class LoadSocket:
 
 
 def paced(rate: float, seconds: float, tick: float = 0.002):
-    """Yield the number of packets to send at each tick so that ``rate`` per second is met."""
+    """Yield how many packets are due at each tick so that ``rate`` per second is met."""
     start = time.perf_counter()
     sent = 0
     while True:
-        now = time.perf_counter()
-        elapsed = now - start
+        elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return
         due = int(rate * elapsed) - sent
