@@ -375,3 +375,40 @@ def test_example_node_and_library_node_message_each_other(super_peer, ids, tmp_p
             await node.close()
 
     run(scenario())
+
+
+def test_nodes_on_ipv6_register_relay_and_go_direct(tmp_path, ids):
+    """The whole path over IPv6 (::1): registration, relay, UNITE, direct short-header APPs."""
+    path = tmp_path / "sp6.identity"
+    ids["id_1"].save(path)
+    sp = Process([sys.executable, "-m", "drasyl.superpeer"], "drasyl-sp6", python_env(
+        DRASYL_IDENTITY_FILE=str(path),
+        DRASYL_UDP4_LISTEN="", DRASYL_UDP6_LISTEN="[::1]:0",
+        DRASYL_TCP4_LISTEN="", DRASYL_TCP6_LISTEN="",
+        DRASYL_PEERS_PRINT_INTERVAL="0", DRASYL_PROMETHEUS_LISTEN="",
+    ))
+    try:
+        url = sp.wait_for_line(r"^  (udp://\[::1\]:\d+\?\S+)$", START_S).match.group(1)
+
+        async def scenario() -> None:
+            a = await Node.start(ids["id_2"], [url], udp_port=0, udp_addrs=["::1"])
+            b = await Node.start(ids["id_3"], [url], udp_port=0, udp_addrs=["::1"])
+            try:
+                await registered(a)
+                await registered(b)
+                await a.send(b.public_key, b"over v6, relayed")
+                assert await recv(b) == (a.public_key, b"over v6, relayed")
+                await a.wait_path(b.public_key, "direct", DIRECT_S)
+                assert a.core.peers[b.public_key].tx_short_id is not None
+                await a.send(b.public_key, b"over v6, direct")
+                assert await recv(b) == (a.public_key, b"over v6, direct")
+                row = next(p for p in a.peers() if p.public_key == b.public_key)
+                assert row.path == "direct" and row.remote[0] == "::1", row
+                assert not a.core.drops and not b.core.drops, (a.core.drops, b.core.drops)
+            finally:
+                await a.close()
+                await b.close()
+
+        run(scenario())
+    finally:
+        sp.stop()

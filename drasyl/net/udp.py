@@ -62,7 +62,7 @@ class UdpSocket:
 
     def __init__(self, sock: socket.socket, on_batch: BatchHandler, batch: int = 512) -> None:
         self.sock = sock
-        self.local: Address = sock.getsockname()
+        self.local: Address = sock.getsockname()[:2]  # (host, port) for IPv4 and IPv6 alike
         self.send_drops = 0
         self.gso = hasattr(socket, "SOL_UDP")  # cleared on the first failure
         self._on_batch = on_batch

@@ -101,7 +101,7 @@ class Node:
         port = derived_udp_port(identity.public_key) if udp_port is None else udp_port
         node = cls(core, udp_addrs, port)
         try:
-            node._sync_sockets()
+            node._sync_sockets(starting=True)
             await node._resolve_super_peers()
         except BaseException:
             node._close_sockets()
@@ -274,12 +274,14 @@ class Node:
     def _on_timer(self) -> None:
         if self._closed:
             return
-        now = _now()
-        if self._fixed_addrs is None:
-            self._sync_sockets()
-        self._core.handle_timer(now)
-        self._flush()
-        self._spawn(self._resolve_super_peers())
+        try:
+            if self._fixed_addrs is None:
+                self._sync_sockets()
+            self._core.handle_timer(_now())
+            self._flush()
+            self._spawn(self._resolve_super_peers())
+        except Exception:  # the timer must keep running whatever happened
+            self._faults.report("housekeeping")
         delay = max(0.0, (self._core.next_timer() - _now()) / 1e6)
         self._timer = self._loop.call_later(delay, self._on_timer)
 
@@ -288,11 +290,18 @@ class Node:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _sync_sockets(self) -> None:
-        """One UDP socket per local address, all on the same port (spec §6.2.1)."""
+    def _sync_sockets(self, starting: bool = False) -> None:
+        """One UDP socket per local address, all on the same port (spec §6.2.1).
+
+        At start a failure is a ConfigError; later (addresses come and go) it is logged and
+        the node carries on with what it has.
+        """
         wanted = self._fixed_addrs if self._fixed_addrs is not None else local_addresses()
         if not wanted:
-            raise ConfigError("no usable local IP address to bind; set udp_addrs")
+            if starting:
+                raise ConfigError("no usable local IP address to bind; set udp_addrs")
+            log.warning("no usable local IP address; keeping the current sockets")
+            return
         current = {local[0]: local for local in self._sockets}
         for ip in wanted:
             if ip in current:
@@ -300,14 +309,14 @@ class Node:
             try:
                 sock = bind_udp(ip, self._port, reuse_port=True)
             except OSError as exc:
-                if self._fixed_addrs is not None or not self._sockets:
+                if starting:
                     raise ConfigError(f"cannot bind UDP {ip} port {self._port}: {exc.strerror}") from None
                 log.warning("cannot bind UDP %s port %s: %s", ip, self._port, exc.strerror)
                 continue
             if self._port == 0:
                 self._port = sock.getsockname()[1]
             udp = UdpSocket(sock, self._on_datagrams)
-            self._sockets[tuple(udp.local[:2])] = udp
+            self._sockets[udp.local] = udp
         for ip, local in current.items():
             if ip not in wanted:
                 self._sockets.pop(local).close()
