@@ -381,6 +381,23 @@ def test_lowest_rtt_super_peer_becomes_the_default_relay(sp_id, sp2_id, a, b):
     assert body == b"2"
 
 
+def test_relaying_moves_to_another_super_peer_when_the_default_stops_answering(sp_id, sp2_id, a, b):
+    node = make_node(a, [(sp_id, SP_ADDR), (sp2_id, SP2_ADDR)])
+    node.handle_timer(T0)
+    node.receive_datagram(sp_ack(sp_id, a, T0), A_LOCAL, SP_ADDR, T0 + 10 * MS)  # fast, default
+    node.receive_datagram(sp_ack(sp2_id, a, T0), A_LOCAL, SP2_ADDR, T0 + 50 * MS)
+    for tick in (5, 10):  # from now on only the second super peer answers
+        node.handle_timer(T0 + tick * S)
+        node.receive_datagram(sp_ack(sp2_id, a, T0 + tick * S), A_LOCAL, SP2_ADDR, T0 + tick * S + 50 * MS)
+    node.outbox.clear()
+    node.send(b.public_key, b"still via the first", T0 + 10 * S + S)
+    assert [t[3] for t in node.outbox] == [SP_ADDR]  # one unanswered HELLO is not a failure
+    node.handle_timer(T0 + 15 * S)  # the first one's HELLOs are unanswered for two intervals
+    node.outbox.clear()
+    node.send(b.public_key, b"via the second", T0 + 15 * S + S)
+    assert [t[3] for t in node.outbox] == [SP2_ADDR]
+
+
 def test_super_peer_without_rtt_samples_is_not_chosen_as_default(sp_id, sp2_id, a, b):
     node = make_node(a, [(sp_id, SP_ADDR), (sp2_id, SP2_ADDR)])  # SP 1 is listed first
     node.handle_timer(T0)

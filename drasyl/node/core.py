@@ -14,8 +14,10 @@ Same bytes on the wire as drasyl-rs; behaviour improved where drasyl-rs loses da
   moves traffic back (drasyl-rs needs ~30 s and loses what is sent meanwhile);
 - relayed APPs sent before any super peer has answered wait in a bounded queue instead of
   being sprayed over unconfirmed paths;
-- a direct path whose HELLOs go unanswered for two intervals stops carrying traffic (relay
-  takes over) until it answers again, instead of black-holing it until ``hello_timeout``;
+- a path whose HELLOs go unanswered for two intervals stops carrying traffic until it
+  answers again, instead of black-holing it until ``hello_timeout``: a direct path hands
+  over to the relay, a super peer's UDP path to another super peer (or to the queue until
+  the TCP fallback is up);
 - packets from senders with invalid PoW, and unarmed packets when arming is on, are dropped
   (drasyl-rs processes the first one and accepts unarmed packets).
 """
@@ -197,7 +199,7 @@ class NodeCore:
             if key not in sp.paths:
                 sp.paths[key] = Path(*key)
         if sp.best_udp is not None and (sp.best_udp.local, sp.best_udp.remote) not in sp.paths:
-            sp.best_udp = best_path(sp.paths.values(), self._timeout, 0)
+            sp.best_udp = best_path(sp.paths.values(), self._path_failing, 0)
 
     def tcp_connected(self, public_key: bytes, now: int) -> None:
         sp = self.super_peers[public_key]
@@ -327,7 +329,7 @@ class NodeCore:
                 path = sp.paths[key] = Path(*key)
             path.ack_received(now, rtt)
             sp.udp_answered = True
-            sp.best_udp = best_path(sp.paths.values(), self._timeout, now)
+            sp.best_udp = best_path(sp.paths.values(), self._path_failing, now)
             if sp.tcp is not None and not self.config.enforce_tcp:
                 sp.tcp = None
                 sp.tcp_path = Path(None, ())
@@ -500,7 +502,7 @@ class NodeCore:
             sp.tcp = "connecting"
             host = sp.url.host
             self.events.append(OpenTcp(sp.public_key, host, sp.url.tcp_port))
-        sp.best_udp = best_path(sp.paths.values(), self._timeout, now)
+        sp.best_udp = best_path(sp.paths.values(), self._path_failing, now)
         hello = self._hello_for(sp, now)
         for path in sp.paths.values():
             self.outbox.append((hello, UDP, path.local, path.remote))
