@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from fakeclock import MS, T0, S
 
 from drasyl.crypto import session_keys
 from drasyl.errors import DrasylError
@@ -43,10 +44,6 @@ from drasyl.node.events import DIRECT, RELAYED, TCP_PATH, CloseTcp, OpenTcp, Pat
 from drasyl.superpeer.core import SuperPeerConfig, SuperPeerCore
 from drasyl.transmit import TCP, UDP
 from drasyl.urls import SuperPeerUrl
-
-T0 = 1_700_000_000_000_000  # µs since the epoch; never 0 (0 means "unset" in places)
-MS = 1_000
-S = 1_000_000
 
 SP_ADDR = ("192.0.2.100", 22527)
 SP_ADDR6 = ("2001:db8::100", 22527)

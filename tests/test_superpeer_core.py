@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from fakeclock import MS, T0, S
 
 from drasyl.crypto import session_keys
 from drasyl.errors import DisarmError
@@ -31,10 +32,6 @@ from drasyl.messages import (
 )
 from drasyl.superpeer.core import SuperPeerConfig, SuperPeerCore
 from drasyl.transmit import TCP, UDP
-
-T0 = 1_700_000_000_000_000  # µs since the epoch; never 0 (0 means "unset" in places)
-MS = 1_000
-S = 1_000_000
 
 SP_UDP = ("192.0.2.100", 22527)
 A_SRC = ("198.51.100.1", 40001)  # where the SP sees node A (behind a NAT)
