@@ -4,14 +4,15 @@ Metric names, types, labels and histogram buckets are drasyl-rs' exactly; like t
 ``prometheus`` crate, counters carry no ``_total`` suffix. One addition of ours:
 ``drasyl_sp_dropped_packets{reason}``.
 
-:class:`SuperPeerMetrics` is a collector that reads the core's state when Prometheus scrapes:
-nothing here runs per packet. The only per-tick work is the endpoints histogram, which
+:class:`SuperPeerMetrics` reads the core's state when Prometheus scrapes: nothing here runs
+per packet. The only per-tick work is the endpoints histogram, which
 drasyl-rs also observes at every housekeeping tick. A peer's series disappear when it leaves
 the table (its counters restart at 0 if it registers again, which Prometheus treats as a
 counter reset); drasyl-rs keeps them until it restarts.
 
 :class:`MetricsEndpoint` answers HTTP/1.1 scrapes inside the daemon's event loop. It must not
-run in a thread (prometheus_client's own server does): the core is read without locks.
+run in a thread (prometheus_client's own server does): the core is read without locks, so the
+endpoint snapshots it in the loop and only formats the snapshot in a worker thread.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bisect import bisect_left
 from typing import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from ..messages import ENDPOINT_LEN
 from ..transmit import TCP
@@ -35,11 +36,21 @@ MAX_CONNECTIONS = 16
 MAX_HEADER_LINES = 100
 MAX_LINE = 8192
 
-COUNTERS = ("drasyl_sp_messages", "drasyl_sp_relayed_bytes", "drasyl_sp_dropped_packets")
+#: One peer's values at scrape time: (hex pk, ip version, transport, hello rx, ack tx, app rx,
+#: app tx, unite tx, ((dst hex, relayed bytes), ...), endpoint histogram counts or None).
+PeerRow = tuple
 
 
 class SuperPeerMetrics:
-    """The Prometheus view of a :class:`SuperPeerCore` plus the I/O layer's drop counts."""
+    """The Prometheus view of a :class:`SuperPeerCore` plus the I/O layer's drop counts.
+
+    The per-peer families (four series per peer, a histogram, five counters, relayed bytes
+    per pair: tens of MB of text for 50 000 peers) are written by hand from a
+    :meth:`snapshot`, because ``prometheus_client`` needs ~0.2 ms per peer, seconds in which
+    the super peer would not serve packets. The snapshot is taken in the event loop (a few µs
+    per peer); :meth:`exposition` may then run in a worker thread. ``drasyl_sp_peers`` and
+    ``drasyl_sp_dropped_packets`` go through ``prometheus_client``'s collector API.
+    """
 
     def __init__(self, core: SuperPeerCore, io_drops: Callable[[], Mapping[str, int]]) -> None:
         self._core = core
@@ -48,6 +59,8 @@ class SuperPeerMetrics:
         self._endpoints: dict[bytes, list[int]] = {}
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
+        self._dropped: list[tuple[str, int]] = []
+        self._peer_count = 0
 
     def observe_tick(self) -> None:
         """Observe every peer's number of distinct endpoints (once per housekeeping tick)."""
@@ -64,64 +77,82 @@ class SuperPeerMetrics:
             counts[bisect_left(ENDPOINT_BUCKETS, distinct)] += 1
             counts[-1] += distinct
 
-    def collect(self) -> Iterator[Metric]:
-        peers = self._core.peers
-        yield GaugeMetricFamily("drasyl_sp_peers", "Number of peers.", value=len(peers))
-
-        paths = GaugeMetricFamily("drasyl_sp_peer_paths", "Number of paths.",
-                                  labels=["peer", "ip_version", "transport"])
-        messages = Metric("drasyl_sp_messages", "Number of messages received/sent.", "counter")
-        relayed = Metric("drasyl_sp_relayed_bytes", "Number of bytes relayed.", "counter")
-        for pk, peer in peers.items():
-            hex_pk = pk.hex()
+    def snapshot(self) -> list[PeerRow]:
+        """Copy what a scrape shows, in the event loop; also fixes the scalar metrics."""
+        histograms = self._endpoints
+        rows = []
+        for pk, peer in self._core.peers.items():
             host = peer.src[0] if peer.src else ""
-            ip_version = "ipv4" if ":" not in host or host.startswith("::ffff:") else "ipv6"
-            transport = "tcp" if peer.proto == TCP else "udp"
-            for version in ("ipv4", "ipv6"):
-                for proto in ("tcp", "udp"):
-                    paths.add_metric([hex_pk, version, proto], float(version == ip_version and proto == transport))
-            for kind, direction, value in (
-                ("hello", "rx", peer.hello_rx),
-                ("ack", "tx", peer.ack_tx),
-                ("app", "rx", peer.app_rx),
-                ("app", "tx", peer.app_tx),
-                ("unite", "tx", peer.unite_tx),
-            ):
-                messages.add_sample("drasyl_sp_messages",
-                                    {"type": kind, "peer": hex_pk, "direction": direction}, value)
-            for dst, count in (peer.relayed_bytes or {}).items():
-                relayed.add_sample("drasyl_sp_relayed_bytes", {"src": hex_pk, "dst": dst.hex()}, count)
-        yield paths
+            counts = histograms.get(pk)
+            rows.append((
+                pk.hex(),
+                "ipv4" if ":" not in host or host.startswith("::ffff:") else "ipv6",
+                "tcp" if peer.proto == TCP else "udp",
+                peer.hello_rx, peer.ack_tx, peer.app_rx, peer.app_tx, peer.unite_tx,
+                tuple((dst.hex(), n) for dst, n in peer.relayed_bytes.items()) if peer.relayed_bytes else (),
+                tuple(counts) if counts is not None else None,
+            ))
+        self._peer_count = len(rows)
+        self._dropped = sorted(self._core.drops.items()) + sorted(self._io_drops().items())
+        return rows
 
-        endpoints = HistogramMetricFamily("drasyl_sp_peer_endpoints", "Number of endpoints.", labels=["peer"])
-        for pk, counts in self._endpoints.items():
-            cumulative, buckets = 0, []
-            for le, count in zip((*map(str, ENDPOINT_BUCKETS), "+Inf"), counts):
-                cumulative += count
-                buckets.append((le, cumulative))
-            endpoints.add_metric([pk.hex()], buckets, counts[-1])
-        yield endpoints
-        yield messages
-        yield relayed
-
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("drasyl_sp_peers", "Number of peers.", value=self._peer_count)
         dropped = Metric("drasyl_sp_dropped_packets",
                          "Packets dropped by the super peer, by reason (not in drasyl-rs).", "counter")
-        for source in (self._core.drops, self._io_drops()):
-            for reason, count in sorted(source.items()):
-                dropped.add_sample("drasyl_sp_dropped_packets", {"reason": reason}, count)
+        for reason, count in self._dropped:
+            dropped.add_sample("drasyl_sp_dropped_packets", {"reason": reason}, count)
         yield dropped
 
-    def exposition(self) -> bytes:
-        """Text format 0.0.4, with counter families named without ``_total`` (as drasyl-rs).
+    def exposition(self, rows: list[PeerRow] | None = None) -> bytes:
+        """Text format 0.0.4 of a snapshot (taken now if not given); counters without ``_total``.
 
         prometheus_client appends ``_total`` to a counter's HELP/TYPE name but not to samples
         we name ourselves; renaming those two lines keeps family and sample names equal.
         """
+        if rows is None:
+            rows = self.snapshot()
         text = generate_latest(self._registry)
-        for name in COUNTERS:
-            for kind in (b"HELP", b"TYPE"):
-                text = text.replace(b"# %s %s_total " % (kind, name.encode()), b"# %s %s " % (kind, name.encode()), 1)
-        return text
+        name = b"drasyl_sp_dropped_packets"
+        for kind in (b"HELP", b"TYPE"):
+            text = text.replace(b"# %s %s_total " % (kind, name), b"# %s %s " % (kind, name), 1)
+        return text + _per_peer_text(rows).encode()
+
+
+def _per_peer_text(rows: list[PeerRow]) -> str:
+    """The per-peer families as prometheus_client would write them (labels sorted by name)."""
+    out: list[str] = []
+    add = out.append
+    add("# HELP drasyl_sp_peer_paths Number of paths.\n# TYPE drasyl_sp_peer_paths gauge\n")
+    for pk, ip_version, transport, *_ in rows:
+        for version in ("ipv4", "ipv6"):
+            for proto in ("tcp", "udp"):
+                value = "1.0" if version == ip_version and proto == transport else "0.0"
+                add(f'drasyl_sp_peer_paths{{ip_version="{version}",peer="{pk}",transport="{proto}"}} {value}\n')
+    add("# HELP drasyl_sp_peer_endpoints Number of endpoints.\n# TYPE drasyl_sp_peer_endpoints histogram\n")
+    for row in rows:
+        pk, counts = row[0], row[9]
+        if counts is None:
+            continue
+        cumulative = 0
+        for le, count in zip(_BUCKET_LABELS, counts):
+            cumulative += count
+            add(f'drasyl_sp_peer_endpoints_bucket{{le="{le}",peer="{pk}"}} {float(cumulative)!r}\n')
+        add(f'drasyl_sp_peer_endpoints_count{{peer="{pk}"}} {float(cumulative)!r}\n')
+        add(f'drasyl_sp_peer_endpoints_sum{{peer="{pk}"}} {float(counts[-1])!r}\n')
+    add("# HELP drasyl_sp_messages Number of messages received/sent.\n# TYPE drasyl_sp_messages counter\n")
+    for pk, _, _, hello_rx, ack_tx, app_rx, app_tx, unite_tx, _, _ in rows:
+        for direction, kind, value in (("rx", "hello", hello_rx), ("tx", "ack", ack_tx), ("rx", "app", app_rx),
+                                       ("tx", "app", app_tx), ("tx", "unite", unite_tx)):
+            add(f'drasyl_sp_messages{{direction="{direction}",peer="{pk}",type="{kind}"}} {float(value)!r}\n')
+    add("# HELP drasyl_sp_relayed_bytes Number of bytes relayed.\n# TYPE drasyl_sp_relayed_bytes counter\n")
+    for row in rows:
+        for dst, count in row[8]:
+            add(f'drasyl_sp_relayed_bytes{{dst="{dst}",src="{row[0]}"}} {float(count)!r}\n')
+    return "".join(out)
+
+
+_BUCKET_LABELS = (*map(str, ENDPOINT_BUCKETS), "+Inf")
 
 
 class MetricsEndpoint:
@@ -144,7 +175,7 @@ class MetricsEndpoint:
         self._open += 1
         try:
             async with asyncio.timeout(CONNECTION_TIMEOUT_S):
-                writer.write(self._respond(await _read_request(reader)))
+                writer.write(await self._respond(await _read_request(reader)))
                 await writer.drain()
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass
@@ -152,7 +183,7 @@ class MetricsEndpoint:
             self._open -= 1
             writer.close()
 
-    def _respond(self, request: tuple[str, str, bytes] | None) -> bytes:
+    async def _respond(self, request: tuple[str, str, bytes] | None) -> bytes:
         if request is None:
             return _response(400, "Bad Request", b"Bad Request")
         method, target, authorization = request
@@ -161,7 +192,9 @@ class MetricsEndpoint:
         expected = self._expected_authorization
         if expected is not None and not hmac.compare_digest(authorization, expected):
             return _response(401, "Unauthorized", b"Unauthorized")
-        return _response(200, "OK", self._metrics.exposition(), CONTENT_TYPE, head=method == "HEAD")
+        # snapshot here, in the event loop; format in a thread so packets keep flowing meanwhile
+        body = await asyncio.to_thread(self._metrics.exposition, self._metrics.snapshot())
+        return _response(200, "OK", body, CONTENT_TYPE, head=method == "HEAD")
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes] | None:
