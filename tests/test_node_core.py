@@ -484,7 +484,7 @@ def test_unite_about_unknown_peer_or_with_unites_disabled_is_ignored(sp_id, a, b
     assert node.outbox == []
 
 
-def test_node_hello_is_answered_with_ack_and_our_own_hello_on_a_new_path(sp_id, a, b):
+def test_node_hello_is_answered_with_ack_and_our_own_hello_on_a_new_or_unconfirmed_path(sp_id, a, b):
     node = make_node(a, [(sp_id, SP_ADDR)])
     hello_time = T0 - 5 * S
     hello = message(HELLO, b, a, HelloNodePeer(hello_time, b"\x01\x02\x03\x04").encode())
@@ -497,7 +497,14 @@ def test_node_hello_is_answered_with_ack_and_our_own_hello_on_a_new_path(sp_id, 
     assert HelloNodePeer.parse(hello_body) == (T0, node.peers[b.public_key].rx_short_id)
     assert node.peers[b.public_key].tx_short_id == b"\x01\x02\x03\x04"
     node.outbox.clear()
-    node.receive_datagram(hello, A_LOCAL, B_PUBLIC, T0 + S)  # known path: only the ACK
+    # known path, our HELLO unanswered (behind NATs the first of two simultaneous punches is
+    # dropped): the ACK and our HELLO again at once, not at the next tick
+    node.receive_datagram(hello, A_LOCAL, B_PUBLIC, T0 + S)
+    assert [t[0][78] for t in node.outbox] == [ACK, HELLO]
+    own_hello = HelloNodePeer.parse(opened(node.outbox[1][0], b, a)[1])
+    node.receive_datagram(message(ACK, b, a, Ack(own_hello.time).encode()), A_LOCAL, B_PUBLIC, T0 + S + MS)
+    node.outbox.clear()
+    node.receive_datagram(hello, A_LOCAL, B_PUBLIC, T0 + 2 * S)  # confirmed path: only the ACK
     assert len(node.outbox) == 1 and of_type(node.outbox, ACK)
 
 

@@ -9,6 +9,9 @@ addresses, TCP connected/closed), each with ``now`` in µs since the epoch. Outp
 Same bytes on the wire as drasyl-rs; behaviour improved where drasyl-rs loses data or time:
 
 - a direct path is used as soon as its first ACK arrives (drasyl-rs waits for the next tick);
+- a HELLO from a peer on a path where our own HELLO is still unanswered is answered with our
+  HELLO again: behind NATs the first of the two HELLOs a UNITE triggers is dropped by the
+  other side's NAT, and drasyl-rs retries only at the next tick (up to 5 s later);
 - TCP is opened when a super peer has not answered UDP for one HELLO interval at start-up
   (``hello_timeout`` once UDP has worked), UDP keeps being probed, and the first UDP ACK
   moves traffic back (drasyl-rs needs ~30 s and loses what is sent meanwhile);
@@ -423,9 +426,16 @@ class NodeCore:
         ack = encode_message(ACK, self.network_id, peer.public_key, self.public_key,
                              self.identity.proof_of_work, Ack(hello.time).encode(), peer.tx)
         self.outbox.append((ack, UDP, local, remote))
-        if (local, remote) not in peer.paths:
+        path = peer.paths.get((local, remote))
+        if path is None:
             # probably a NAT mapping the UNITE did not know: answering completes the punch
             self._punch(peer, local, remote, now)
+        elif path.median is None:
+            # our HELLO on this path was never answered: after a UNITE both sides punch at
+            # once, and the first HELLO reaches the other NAT before that side's own HELLO
+            # has opened it, so the NAT drops it. The peer's HELLO got through, so the way
+            # is open now: send ours again instead of waiting for the next tick (up to 5 s)
+            self._node_hello(peer, path, now)
 
     def _on_node_ack(self, peer: NodePeer, time: int, local, remote, now: int) -> None:
         time = min(time, now)
