@@ -897,3 +897,15 @@ def test_garbage_never_raises_from_receive_datagram(sp_id, a, b):
     for data in samples[:11]:
         assert node.receive_tcp(sp_id.public_key, data, T0) is False
     assert sum(node.drops.values()) > len(samples)
+
+
+def test_short_id_learned_from_a_hello_survives_a_tick_until_the_peer_is_silent(sp_id, a, b):
+    node = make_node(a, [(sp_id, SP_ADDR)])
+    node.handle_timer(T0)
+    sid = b"\x01\x02\x03\x04"
+    node.receive_datagram(message(HELLO, b, a, HelloNodePeer(T0, sid).encode()), A_LOCAL, B_PUBLIC, T0 + MS)
+    peer = node.peers[b.public_key]
+    node.handle_timer(T0 + 5 * S)  # a tick before any ACK of ours: drasyl-rs would forget the id
+    assert peer.tx_short_id == sid
+    node.handle_timer(T0 + 35 * S)  # no HELLO, no ACK for longer than hello_timeout
+    assert peer.tx_short_id is None

@@ -116,7 +116,7 @@ class SuperPeer:
 class NodePeer:
     """Another node: keys, short ids, direct paths and traffic times."""
 
-    __slots__ = ("public_key", "rx", "tx", "pow_ok", "rx_short_id", "tx_short_id", "paths",
+    __slots__ = ("public_key", "rx", "tx", "pow_ok", "rx_short_id", "tx_short_id", "hello_rx", "paths",
                  "best", "created", "app_tx", "app_rx", "route")
 
     def __init__(self, public_key: bytes, rx: bytes | None, tx: bytes | None, short_id: bytes, now: int) -> None:
@@ -126,6 +126,7 @@ class NodePeer:
         self.pow_ok: bool | None = None
         self.rx_short_id = short_id
         self.tx_short_id: bytes | None = None
+        self.hello_rx = 0  # when its last HELLO arrived (which told us tx_short_id)
         self.paths: dict[tuple[Address, Address], Path] = {}
         self.best: Path | None = None
         self.created = now
@@ -423,6 +424,7 @@ class NodeCore:
             return
         if hello.short_id != NO_SHORT_ID:
             peer.tx_short_id = hello.short_id
+            peer.hello_rx = now
         ack = encode_message(ACK, self.network_id, peer.public_key, self.public_key,
                              self.identity.proof_of_work, Ack(hello.time).encode(), peer.tx)
         self.outbox.append((ack, UDP, local, remote))
@@ -541,7 +543,9 @@ class NodeCore:
                 self._node_hello(peer, path, now)
         else:
             peer.paths.clear()
-        if not any(now - p.last_ack <= self._timeout for p in peer.paths.values() if p.last_ack):
+        if now - peer.hello_rx > self._timeout and not any(
+            now - p.last_ack <= self._timeout for p in peer.paths.values() if p.last_ack
+        ):  # unreachable and silent: forget its short id (drasyl-rs forgets it even if it just came)
             peer.tx_short_id = None
         self._update_peer_route(peer, now)
         if not active and now - peer.created >= self._timeout:
