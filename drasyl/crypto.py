@@ -65,26 +65,22 @@ def session_keys(identity: Identity, peer_public_key: bytes) -> tuple[bytes, byt
 
 def arm(body: bytes, tx_key: bytes, ad: bytes, random: bytes | None = None) -> bytearray:
     """``R ‖ tag ‖ ciphertext`` of ``body``; ``random`` fixes R (test vectors only)."""
-    r = _urandom(RANDOM_LEN) if random is None else random
-    n = len(body)
-    body, ad = _c(body), _c(ad)
-    out = bytearray(ARM_OVERHEAD + n)
-    out[:RANDOM_LEN] = r
-    p = _from_buffer(out)
-    # key = R and nonce = session key: the swap of spec §3.3
-    _encrypt(p + ARM_OVERHEAD, p + RANDOM_LEN, TAG_LEN, body, n, ad, len(ad), tx_key, r)
+    out = bytearray(ARM_OVERHEAD + len(body))
+    arm_into(out, 0, body, tx_key, ad, random)
     return out
 
 
-def arm_into(out: bytearray, offset: int, body: bytes, tx_key: bytes, ad: bytes) -> int:
-    """Arm ``body`` into ``out[offset:]`` (which must be large enough); returns the end."""
-    r = _urandom(RANDOM_LEN)
+def arm_into(out: bytearray, offset: int, body: bytes, tx_key: bytes, ad: bytes,
+             random: bytes | None = None) -> None:
+    """Arm ``body`` into ``out[offset : offset + 48 + len(body)]``, so that a message's
+    header and armed body are written into one buffer without a copy."""
+    r = _urandom(RANDOM_LEN) if random is None else random
     n = len(body)
     body, ad = _c(body), _c(ad)
     out[offset : offset + RANDOM_LEN] = r
     p = _from_buffer(out) + offset
+    # key = R and nonce = session key: the swap of spec §3.3
     _encrypt(p + ARM_OVERHEAD, p + RANDOM_LEN, TAG_LEN, body, n, ad, len(ad), tx_key, r)
-    return offset + ARM_OVERHEAD + n
 
 
 def disarm(data: bytes, body_offset: int, ad: bytes, rx_key: bytes) -> bytearray:

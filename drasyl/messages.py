@@ -17,7 +17,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from .crypto import ARM_OVERHEAD, arm, disarm
+from .crypto import ARM_OVERHEAD, arm_into, disarm
 from .errors import MalformedMessage
 
 MAGIC = 0x1E3F5001  # 22527², bytes 1e 3f 50 01
@@ -106,12 +106,15 @@ def encode_message(
     body: bytes,
     tx_key: bytes | None,
     random: bytes | None = None,
-) -> bytes:
+) -> bytes | bytearray:
     """A complete long-header message; armed with ``tx_key`` unless it is ``None``."""
     header = encode_long_header(message_type, network_id, recipient, sender, proof_of_work, tx_key is not None)
     if tx_key is None:
         return header + body
-    return header + arm(body, tx_key, header[AD_START:], random)
+    out = bytearray(LONG_HEADER_LEN + ARM_OVERHEAD + len(body))
+    out[:LONG_HEADER_LEN] = header
+    arm_into(out, LONG_HEADER_LEN, body, tx_key, header[AD_START:], random)
+    return out
 
 
 def open_body(data: bytes, header: LongHeader, rx_key: bytes | None) -> bytes:
@@ -123,11 +126,16 @@ def open_body(data: bytes, header: LongHeader, rx_key: bytes | None) -> bytes:
     return disarm(data, LONG_HEADER_LEN, data[AD_START:LONG_HEADER_LEN], rx_key)
 
 
-def encode_short(short_id: bytes, payload: bytes, tx_key: bytes | None, random: bytes | None = None) -> bytes:
+def encode_short(
+    short_id: bytes, payload: bytes, tx_key: bytes | None, random: bytes | None = None
+) -> bytes | bytearray:
     """A short-header APP (spec §4.3): short id ‖ payload, armed with AD = short id."""
     if tx_key is None:
         return short_id + payload
-    return short_id + arm(payload, tx_key, short_id, random)
+    out = bytearray(SHORT_ID_LEN + ARM_OVERHEAD + len(payload))
+    out[:SHORT_ID_LEN] = short_id
+    arm_into(out, SHORT_ID_LEN, payload, tx_key, short_id, random)
+    return out
 
 
 def open_short(data: bytes, rx_key: bytes | None) -> bytes:

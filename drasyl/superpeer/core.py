@@ -26,6 +26,7 @@ from ..messages import (
     ACK,
     APP,
     HELLO,
+    HOP_COUNT_OFFSET,
     MAX_HOP_COUNT,
     UNITE,
     Ack,
@@ -205,7 +206,7 @@ class SuperPeerCore:
             self.drops["unknown_recipient"] += 1
             return True
         packet = bytearray(data)
-        packet[4] += 1
+        packet[HOP_COUNT_OFFSET] += 1
         self.outbox.append((packet, dst.proto, dst.local, dst.src))
         src.app_rx += 1
         dst.app_tx += 1
@@ -232,10 +233,3 @@ class SuperPeerCore:
                                  self.identity.proof_of_work, body, to.tx)
             self.outbox.append((msg, to.proto, to.local, to.src))
             to.unite_tx += 1
-
-    # --- views -------------------------------------------------------------------------
-
-    def registered(self, now: int) -> int:
-        timeout = self._timeout_us
-        return sum(1 for p in self.peers.values() if now - p.hello_time <= timeout)
-
