@@ -40,7 +40,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections import deque
 
@@ -58,6 +57,7 @@ from drasyl.messages import (
     parse_long_header,
 )
 from drasyl.node import Node
+from drasyl.node.__main__ import stdin_lines
 from drasyl.node.events import DIRECT, RELAYED, TCP_PATH
 
 BATCH = 20  # messages per send_many call
@@ -249,21 +249,6 @@ class Driver:
             say(f"error {line!r}: {exc}")
 
 
-def stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str]:
-    """Lines of stdin ("" at EOF), read by a daemon thread."""
-    queue: asyncio.Queue[str] = asyncio.Queue()
-
-    def pump() -> None:
-        while True:
-            line = sys.stdin.readline()
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-            if not line:
-                return
-
-    threading.Thread(target=pump, name="stdin", daemon=True).start()
-    return queue
-
-
 async def run(args: argparse.Namespace) -> int:
     identity = Identity.load(args.identity)
     node = await Node.start(identity, [args.super_peer], udp_port=args.port, udp_addrs=[args.addr])
@@ -275,7 +260,7 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     driver.spawn(driver.print_received())
-    lines = stdin_lines(loop)
+    lines = stdin_lines()
 
     async def commands() -> None:
         while (line := await lines.get()):

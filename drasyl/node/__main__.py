@@ -105,7 +105,7 @@ async def _run() -> int:
     return 0
 
 
-def _stdin_lines() -> asyncio.Queue[str]:
+def stdin_lines() -> asyncio.Queue[str]:
     """Lines of stdin ("" at EOF) from a daemon thread: a blocked read never delays exit."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -122,7 +122,7 @@ def _stdin_lines() -> asyncio.Queue[str]:
 
 
 async def _read_and_send(node: Node) -> None:
-    lines = _stdin_lines()
+    lines = stdin_lines()
     interactive = sys.stdin.isatty()
     while True:
         if interactive:
