@@ -31,7 +31,7 @@ import os
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from ..crypto import session_keys
+from ..crypto import ARM_OVERHEAD, session_keys
 from ..errors import CryptoError, DrasylError
 from ..identity import DEFAULT_POW_DIFFICULTY, Identity, pow_is_valid
 from ..messages import (
@@ -57,7 +57,6 @@ from ..messages import (
     open_short,
     parse_long_header,
 )
-from ..crypto import ARM_OVERHEAD
 from ..path import Path, best_path
 from ..transmit import TCP, UDP, Address, Transmit
 from ..urls import SuperPeerUrl
@@ -169,6 +168,9 @@ class NodeCore:
         self._path_failing = 2 * self._interval
         self._next_tick = now
         self._arm = cfg.arm_messages
+        overhead = ARM_OVERHEAD if self._arm else 0  # largest APP payloads per datagram:
+        self._max_short = MTU - SHORT_ID_LEN - overhead  # 1420 armed
+        self._max_long = MTU - LONG_HEADER_LEN - overhead  # 1345 armed
 
     # --- adapter reports ------------------------------------------------------------------
 
@@ -230,7 +232,7 @@ class NodeCore:
         if path is not None:
             sid = peer.tx_short_id
             if sid is not None:
-                if len(payload) > MTU - SHORT_ID_LEN - (ARM_OVERHEAD if self._arm else 0):
+                if len(payload) > self._max_short:
                     raise PayloadTooLarge(f"APP payload of {len(payload)} bytes is too large")
                 data = encode_short(sid, payload, peer.tx)
             else:
@@ -240,8 +242,8 @@ class NodeCore:
         self._relay(peer, self._app(peer, payload))
 
     def _app(self, peer: NodePeer, payload: bytes) -> bytes:
-        if len(payload) > MTU - LONG_HEADER_LEN - (ARM_OVERHEAD if self._arm else 0):
-            raise PayloadTooLarge(f"APP payload of {len(payload)} bytes is too large (max 1345 armed)")
+        if len(payload) > self._max_long:
+            raise PayloadTooLarge(f"APP payload of {len(payload)} bytes is too large (max {self._max_long})")
         return encode_message(APP, self.network_id, peer.public_key, self.public_key,
                               self.identity.proof_of_work, payload, peer.tx)
 
