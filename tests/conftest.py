@@ -1,4 +1,4 @@
-"""Shared fixtures: the identities and vectors of ../shared/vectors (no fresh 24-bit PoW)."""
+"""Shared fixtures: the identities and vectors of tests/vectors (no fresh 24-bit PoW)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from drasyl.identity import Identity
 
-VECTORS = Path(os.environ.get("DRASYL_VECTORS", Path(__file__).resolve().parents[2] / "shared" / "vectors"))
+VECTORS = Path(os.environ.get("DRASYL_VECTORS", Path(__file__).resolve().parent / "vectors"))
 
 
 def load_vectors(name: str) -> dict:

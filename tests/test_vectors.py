@@ -1,4 +1,4 @@
-"""Every vector in ../shared/vectors parses, disarms and re-encodes to the same bytes."""
+"""Every vector in tests/vectors parses, disarms and re-encodes to the same bytes."""
 
 from __future__ import annotations
 
