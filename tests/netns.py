@@ -17,6 +17,7 @@ This module builds and watches; it asserts nothing about drasyl.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 import secrets
@@ -90,9 +91,12 @@ class Process:
     """A subprocess whose stdout/stderr lines are collected by threads and can be waited for."""
 
     def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None,
-                 cwd: str | Path | None = None) -> None:
+                 cwd: str | Path | None = None, eof_stops: bool = True) -> None:
         self.name = name
         self.argv = argv
+        #: Whether the process ends at end of stdin; if not (drasyl-rs' example node busy-loops
+        #: there), :meth:`stop` signals it before closing stdin.
+        self.eof_stops = eof_stops
         self.started = time.monotonic()
         self.popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, env=env, cwd=cwd or REPO)
@@ -165,7 +169,8 @@ class Process:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`; reap and join the reader threads."""
-        self.close_stdin()
+        if self.eof_stops:
+            self.close_stdin()
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -173,6 +178,7 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(STOP_TIMEOUT)
+        self.close_stdin()
         self.stdout.join(STOP_TIMEOUT)
         self.stderr.join(STOP_TIMEOUT)
 
@@ -256,11 +262,17 @@ class Lab:
         """Apply an nftables ruleset (``nft -f -``) inside ``ns``."""
         self.exec(ns, "nft", "-f", "-", input=ruleset)
 
+    def nft_packets(self, ns: str) -> dict[str, int]:
+        """Packets counted so far by every named nftables counter in ``ns``, by name."""
+        out = json.loads(self.exec(ns, "nft", "-j", "list", "counters"))
+        return {item["counter"]["name"]: item["counter"]["packets"] for item in out["nftables"] if "counter" in item}
+
     # --- processes --------------------------------------------------------------------
 
-    def start(self, ns: str, argv: list[str], name: str, env: dict[str, str] | None = None) -> Process:
+    def start(self, ns: str, argv: list[str], name: str, env: dict[str, str] | None = None,
+              eof_stops: bool = True) -> Process:
         """Start ``argv`` inside ``ns`` (``ip netns exec`` execs it: the pid is the command's)."""
-        proc = Process(["ip", "netns", "exec", ns, *argv], f"{name}@{ns}", env)
+        proc = Process(["ip", "netns", "exec", ns, *argv], f"{name}@{ns}", env, eof_stops=eof_stops)
         proc.context = self.describe
         self.processes.append(proc)
         return proc
