@@ -49,6 +49,7 @@ RS_TCP_FALLBACK_S = 50.0  # drasyl-rs opens TCP when its UDP paths are stale: ~3
 OUR_TCP_FALLBACK_S = 15.0  # ours after one HELLO interval (5 s) without answer
 HEX = r"[0-9a-f]{64}"
 MAGIC = "0x1e3f5001"
+BLOCK_TABLE = "dpt_block"
 APP = 1
 
 
@@ -89,13 +90,14 @@ table inet dpt_count {{
 """
 
 
-def block_udp_to_sp() -> str:
+def block_udp_to(host: Host) -> str:
+    """nftables that drop every UDP datagram to ``host``."""
     return f"""
-table inet dpt_block {{
+table inet {BLOCK_TABLE} {{
     chain output {{
         type filter hook output priority 0; policy accept;
-        ip daddr {SP.ip4} meta l4proto udp counter drop
-        ip6 daddr {SP.ip6} meta l4proto udp counter drop
+        ip daddr {host.ip4} meta l4proto udp counter drop
+        ip6 daddr {host.ip6} meta l4proto udp counter drop
     }}
 }}
 """
@@ -294,20 +296,20 @@ def until_direct(net: Interop, x: Node, y: Node) -> float:
         if x.short_apps(y) > before[0] and y.short_apps(x) > before[1]:
             return time.monotonic() - started
         time.sleep(PROBE_INTERVAL_S)
-    net.check(False, f"no short-header APPs both ways within {DIRECT_S:g} s: {x.host.name} got "
-                     f"{x.short_apps(y) - before[0]}, {y.host.name} got {y.short_apps(x) - before[1]}")
-    return 0.0
+    raise AssertionError(f"no short-header APPs both ways within {DIRECT_S:g} s: {x.host.name} got "
+                         f"{x.short_apps(y) - before[0]}, {y.host.name} got {y.short_apps(x) - before[1]}\n"
+                         f"{net.describe()}")
 
 
-def first_message_relayed(net: Interop, x: Node, y: Node) -> None:
-    """``x``'s first message to ``y`` arrives, relayed by the super peer; and one back."""
-    x.send(y, "first")
-    y.wait_received(x, "first", RELAY_S)
-    net.check(y.relayed_apps(x) == 1 and y.short_apps(x) == 0,
-              f"{y.host.name} got the first message not relayed: relayed {y.relayed_apps(x)}, "
-              f"short {y.short_apps(x)}")
-    y.send(x, "reply")
-    x.wait_received(y, "reply", RELAY_S)
+def relayed_both_ways(net: Interop, x: Node, y: Node) -> None:
+    """While nftables keeps ``x`` and ``y`` from talking directly, a message each way arrives
+    through the super peer; then the block goes (the nodes punch at their next attempt)."""
+    ns = net.ns[x.host.name]
+    net.lab.nft(ns, block_udp_to(y.host))
+    exchange(x, y, "relayed")
+    got = {"relayed": (x.relayed_apps(y), y.relayed_apps(x)), "short": (x.short_apps(y), y.short_apps(x))}
+    net.check(got == {"relayed": (1, 1), "short": (0, 0)}, f"first messages at {x.host.name}, {y.host.name}: {got}")
+    net.lab.exec(ns, "nft", "delete", "table", "inet", BLOCK_TABLE)
 
 
 # --- tests -------------------------------------------------------------------------------------
@@ -321,10 +323,13 @@ def test_two_rs_nodes_through_our_super_peer_go_direct_and_leave_it_out_of_the_d
     a = net.rs_node(A)
     net.registered(a)
 
-    first_message_relayed(net, a, b)
+    a.send(b, "first")
+    b.wait_received(a, "first", RELAY_S)
+    net.check((b.relayed_apps(a), b.short_apps(a)) == (1, 0),
+              f"b got the first message not relayed: relayed {b.relayed_apps(a)}, short {b.short_apps(a)}")
     net.check(net.relayed_bytes(a, b) > 0, "our super peer's metrics show no bytes relayed a->b")
     took = until_direct(net, a, b)
-    print(f"short-header APPs both ways {took:.2f} s after the first exchange")
+    print(f"short-header APPs both ways {took:.2f} s after the first message")
 
     relayed = net.relayed_bytes(a, b), net.relayed_bytes(b, a)
     via_sp = a.relayed_apps(b), b.relayed_apps(a)
@@ -347,10 +352,9 @@ def test_rs_and_our_node_through_rs_super_peer_both_ways_and_direct_after_it_die
     print(f"drasyl-rs super peer's row for our node: {row}")
     net.registered(a)
 
-    first_message_relayed(net, a, b)
-    net.check(b.kinds(a, "first") == ["relayed"], f"our node got the first message {b.kinds(a, 'first')}")
+    relayed_both_ways(net, a, b)
     took = until_direct(net, a, b)
-    print(f"short-header APPs both ways {took:.2f} s after the first exchange")
+    print(f"short-header APPs both ways {took:.2f} s after direct UDP was unblocked")
 
     net.sp.stop()
     short = a.short_apps(b), b.short_apps(a)
@@ -372,10 +376,9 @@ def test_rs_and_our_node_through_our_super_peer(interop, family):
     row = net.registered(a, family=family)
     print(f"our super peer's row for the drasyl-rs node: {row}")
 
-    first_message_relayed(net, a, b)
-    net.check(b.kinds(a, "first") == ["relayed"], f"our node got the first message {b.kinds(a, 'first')}")
+    relayed_both_ways(net, a, b)
     took = until_direct(net, a, b)
-    print(f"IPv{family}: short-header APPs both ways {took:.2f} s after the first exchange")
+    print(f"IPv{family}: short-header APPs both ways {took:.2f} s after direct UDP was unblocked")
     remotes = {remote for kind, remote in b.arrivals(a) if kind == "short"}
     net.check(bool(remotes) and all(r.startswith(f"{A.ip(family)}:") for r in remotes),
               f"short-header APPs at our node came from {remotes}, not from {A.ip(family)}")
@@ -387,7 +390,7 @@ def test_rs_node_without_udp_to_our_super_peer_reaches_our_node_over_tcp(interop
     net.our_super_peer(unites=False)
     b = net.our_node(B)
     b.proc.wait_for_line(r"^ready ", START_S)
-    net.lab.nft(net.ns[A.name], block_udp_to_sp())
+    net.lab.nft(net.ns[A.name], block_udp_to(SP))
     started = time.monotonic()
     a = net.rs_node(A)
     row = net.registered(a, "tcp", timeout=RS_TCP_FALLBACK_S)
@@ -408,7 +411,7 @@ def test_our_node_without_udp_to_rs_super_peer_reaches_rs_node_over_tcp(interop)
     net.rs_super_peer(unites=False)
     b = net.rs_node(B)
     net.registered(b)
-    net.lab.nft(net.ns[A.name], block_udp_to_sp())
+    net.lab.nft(net.ns[A.name], block_udp_to(SP))
     started = time.monotonic()
     a = net.our_node(A)
     a.send(b, "at-once")  # our node holds it until a super peer answers
