@@ -5,7 +5,7 @@ IFF_MULTI_QUEUE``, as drasyl-rs does, also for one queue: only a multi-queue TUN
 how many fds hold it), non-persistent, so the kernel removes it when the last fd closes: also
 when the process is killed. Its MTU is set and the
 link brought up through pyroute2. Each queue owns one preallocated bytearray arena cut into
-MTU-sized slots; :meth:`TunQueue.read_batch` fills the slots with every packet that is ready
+MTU + 1 byte slots; :meth:`TunQueue.read_batch` fills the slots with every packet that is ready
 (one ``readv`` each — a TUN has no ``recvmmsg``) and returns only a count, the lengths going
 into a reused list. Nothing on the read or write path allocates per packet except what the
 caller slices, and failures are counted in :attr:`TunDevice.drops`, never logged per packet.
@@ -64,9 +64,10 @@ class TunQueue:
     stay valid until the next ``read_batch`` on this queue.
     """
 
-    def __init__(self, fd: int, slot_size: int, batch: int, drops: Counter[str]) -> None:
+    def __init__(self, fd: int, mtu: int, batch: int, drops: Counter[str]) -> None:
         self.fd = fd
-        self.slot_size = slot_size
+        self.mtu = mtu
+        slot_size = mtu + 1  # a full slot means the packet was longer than the MTU
         self._arena = bytearray(slot_size * batch)
         view = memoryview(self._arena)
         self.slots: list[memoryview] = [view[i * slot_size:(i + 1) * slot_size] for i in range(batch)]
@@ -80,10 +81,11 @@ class TunQueue:
     def read_batch(self) -> int:
         """Read every ready packet, up to the batch size; the number read (0: none ready).
 
-        A packet longer than a slot (the MTU was raised behind our back) is cut by the kernel,
-        which still reports its full length: it is dropped and counted as ``tun_oversize``.
+        A packet longer than the MTU (someone raised the device's MTU behind our back) is cut
+        to the slot by the kernel: it fills the slot, one byte more than the MTU, and is
+        dropped and counted as ``tun_oversize``.
         """
-        fd, readv, lengths, limit = self.fd, os.readv, self.lengths, self.slot_size
+        fd, readv, lengths, limit = self.fd, os.readv, self.lengths, self.mtu
         n = 0
         for iov in self._iovecs:
             try:
@@ -185,11 +187,12 @@ class TunDevice:
         if self.index:
             index, self.index = self.index, 0
             with IPRoute() as ipr:
-                try:
-                    ipr.link("del", index=index)
-                except NetlinkError as exc:
-                    if exc.code != errno.ENODEV:
-                        raise
+                if index in ipr.link_lookup(ifname=self.name):
+                    try:
+                        ipr.link("del", index=index)
+                    except NetlinkError as exc:
+                        if exc.code != errno.ENODEV:
+                            raise
 
     def __enter__(self) -> TunDevice:
         return self
