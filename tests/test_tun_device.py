@@ -32,6 +32,7 @@ from drasyl.tun.forwarding import enable_ip_forward
 from drasyl.tun.hosts import HostsFile
 from drasyl.tun.packet import dst_ip, is_ipv4, src_ip
 from drasyl.tun.routes import KernelRoutes, Route, RouteState
+from drasyl.tun.system import Host, HostState
 from netns import Lab, python_env, require_lab_tools
 
 pytestmark = pytest.mark.netns
@@ -388,3 +389,57 @@ def test_hosts_inside_ip_netns_exec_are_written_through_the_bind_mount(lab, ns, 
     lab.exec(ns, "env", f"PYTHONPATH={python_env()['PYTHONPATH']}", sys.executable, "-c", script)
     assert path.read_text().startswith("127.0.0.1 localhost\n10.1.0.2        fileserver ")
     assert resolve(lab, ns, "fileserver.drasyl.network") == "10.1.0.2"
+
+
+# --- the host side as one -----------------------------------------------------------------------
+
+def test_host_applies_states_in_order_and_close_leaves_nothing_but_ip_forward(lab, ns, tun, hosts_dir):
+    path = hosts_dir / "hosts"
+    user_lines = "127.0.0.1 localhost\n"
+    path.write_text(user_lines + "10.1.0.5        old old.drasyl.network   # managed by drasyl\n")
+    first = HostState(
+        addresses=frozenset({ME}),
+        routes=frozenset({Route(IPv4Network("192.168.50.0/24"), IPv4Address("10.1.0.10"))}),
+        forwarding=True,
+        names=frozenset({(IPv4Address("10.1.0.2"), "fileserver")}))
+    # Another subnet and a route through a gateway in it: applied in one go, address first.
+    second = HostState(
+        addresses=frozenset({IPv4Interface("10.2.0.1/24")}),
+        routes=frozenset({Route(IPv4Network("192.168.60.0/24"), IPv4Address("10.2.0.10"))}),
+        names=frozenset({(IPv4Address("10.2.0.2"), "fileserver")}))
+    with inside(ns):
+        host = Host(tun.index, str(path))
+        host.start()
+        assert path.read_text() == user_lines
+        assert host.apply(first) == []
+    assert metric_4900(lab, ns) == ["192.168.50.0/24 via 10.1.0.10 dev drasyl"]
+    assert lab.exec(ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
+    assert resolve(lab, ns, "fileserver") == "10.1.0.2"
+    with inside(ns):
+        assert host.apply(second) == []
+        assert host.addresses.current() == {IPv4Interface("10.2.0.1/24")}
+    assert metric_4900(lab, ns) == ["192.168.60.0/24 via 10.2.0.10 dev drasyl"]
+    assert resolve(lab, ns, "fileserver") == "10.2.0.2"
+    with inside(ns):
+        assert host.close() == []
+        assert host.addresses.current() == set()
+    assert metric_4900(lab, ns) == []
+    assert path.read_text() == user_lines
+    assert lab.exec(ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
+
+
+def test_host_reports_what_failed_and_applies_the_rest(lab, ns, tun, hosts_dir):
+    path = hosts_dir / "hosts"
+    path.write_text("127.0.0.1 localhost\n")
+    unreachable = Route(IPv4Network("192.168.50.0/24"), IPv4Address("10.7.0.10"))  # no address there
+    state = HostState(addresses=frozenset({ME}), routes=frozenset({unreachable}),
+                      names=frozenset({(IPv4Address("10.1.0.2"), "file server")}))
+    with inside(ns):
+        host = Host(tun.index, str(path))
+        problems = host.apply(state)
+        assert host.addresses.current() == {ME}
+        assert host.routes.routes.states == {unreachable: RouteState.PENDING}
+        assert host.close() == []
+    assert len(problems) == 2
+    assert problems[0].startswith("cannot add route 192.168.50.0/24 via 10.7.0.10")
+    assert "'file server' cannot be written" in problems[1]
