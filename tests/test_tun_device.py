@@ -33,7 +33,7 @@ from drasyl.tun.hosts import HostsFile
 from drasyl.tun.packet import dst_ip, is_ipv4, src_ip
 from drasyl.tun.routes import KernelRoutes, Route, RouteState
 from drasyl.tun.system import Host, HostState
-from netns import Lab, python_env, require_lab_tools
+from netns import Lab, lab, python_env  # noqa: F401 (lab is a fixture)
 
 pytestmark = pytest.mark.netns
 
@@ -50,13 +50,6 @@ def inside(ns: str) -> Iterator[None]:
         yield
     finally:
         popns()
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    require_lab_tools()
-    with Lab() as lab:
-        yield lab
 
 
 @pytest.fixture
@@ -210,24 +203,26 @@ def test_more_queues_are_one_device(lab, ns):
     assert "drasyl" not in links(lab, ns)
 
 
-def test_the_device_vanishes_when_its_process_is_killed(lab, ns):
+def start_holder(lab: Lab, ns: str):
+    """Another process that holds a TUN device ``drasyl`` open in ``ns``."""
     holder = lab.start(ns, [sys.executable, "-c",
                             "import time\nfrom drasyl.tun.device import TunDevice\n"
                             "device = TunDevice()\nprint('open', flush=True)\ntime.sleep(60)"],
                        "holder", env=python_env())
     holder.wait_for_line("open", WAIT)
     assert "drasyl" in links(lab, ns)
+    return holder
+
+
+def test_the_device_vanishes_when_its_process_is_killed(lab, ns):
+    holder = start_holder(lab, ns)
     holder.popen.kill()
     holder.popen.wait(WAIT)
     assert "drasyl" not in links(lab, ns)
 
 
 def test_a_device_in_use_is_refused_and_kept(lab, ns):
-    holder = lab.start(ns, [sys.executable, "-c",
-                            "import time\nfrom drasyl.tun.device import TunDevice\n"
-                            "device = TunDevice()\nprint('open', flush=True)\ntime.sleep(60)"],
-                       "holder", env=python_env())
-    holder.wait_for_line("open", WAIT)
+    start_holder(lab, ns)
     with inside(ns), pytest.raises(TunError, match="in use by another process"):
         TunDevice()
     assert "drasyl" in links(lab, ns)

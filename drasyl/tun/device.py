@@ -163,11 +163,14 @@ class TunDevice:
                     if exc.errno == errno.EBUSY:
                         raise TunError(f"network device {name!r} already exists "
                                        "(another drasyl-agent running?)") from None
-                    raise TunError(f"cannot create TUN device {name!r}: {exc.strerror}") from None
+                    raise TunError(f"cannot create TUN device {name!r}: {exc.strerror}{_hint(exc.errno)}") from None
                 self.queues.append(TunQueue(fd, mtu, batch, self.drops))
             with IPRoute() as ipr:
                 self.index = ipr.link_lookup(ifname=name)[0]
-                ipr.link("set", index=self.index, mtu=mtu, state="up")
+                try:
+                    ipr.link("set", index=self.index, mtu=mtu, state="up")
+                except NetlinkError as exc:
+                    raise TunError(f"cannot set MTU {mtu} and bring up {name!r}: {exc.args[-1]}") from None
         except BaseException:
             self.close()
             raise
@@ -214,6 +217,10 @@ def _attach(name: str, flags: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _hint(code: int | None) -> str:
+    return " (needs root or CAP_NET_ADMIN)" if code in (errno.EPERM, errno.EACCES) else ""
 
 
 def _held_open(name: str, tun_data) -> bool:
