@@ -251,11 +251,13 @@ def test_a_device_of_that_name_that_is_not_a_tun_is_left_alone(lab, ns):
     assert "drasyl" in links(lab, ns)
 
 
-def test_a_bad_name_or_mtu_is_a_clear_error():
-    with pytest.raises(TunError, match="invalid TUN device name"):
-        TunDevice(name="a-name-far-too-long")
-    with pytest.raises(TunError, match="MTU 100 out of range"):
-        TunDevice(mtu=100)
+def test_a_bad_name_or_mtu_is_a_clear_error(lab, ns):
+    with inside(ns):
+        with pytest.raises(TunError, match="invalid TUN device name"):
+            TunDevice(name="a-name-far-too-long")
+        with pytest.raises(TunError, match="MTU 67 out of range"):
+            TunDevice(mtu=67)
+    assert "drasyl" not in links(lab, ns)
 
 
 # --- addresses, routes, forwarding ------------------------------------------------------------
@@ -336,15 +338,17 @@ def test_ip_forward_is_switched_on_in_the_namespace_only(lab, ns):
 def hosts_dir(ns: str) -> Iterator[Path]:
     """``/etc/netns/<ns>/hosts``, which ``ip netns exec <ns>`` shows as ``/etc/hosts``."""
     directory = Path("/etc/netns") / ns
+    created_parent = not directory.parent.exists()
     directory.mkdir(parents=True)
     try:
         yield directory
     finally:
         shutil.rmtree(directory)
-        try:
-            directory.parent.rmdir()  # only if no other namespace uses it
-        except OSError:
-            pass
+        if created_parent:
+            try:
+                directory.parent.rmdir()  # unless another namespace uses it meanwhile
+            except OSError:
+                pass
 
 
 def resolve(lab: Lab, ns: str, name: str) -> str | None:

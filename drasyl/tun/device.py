@@ -1,23 +1,23 @@
 """The agent's L3 TUN device: open, configure, read and write IP packets in batches.
 
 The device is opened through ``/dev/net/tun`` (``TUNSETIFF`` with ``IFF_TUN | IFF_NO_PI |
-IFF_MULTI_QUEUE``, as drasyl-rs does, also for one queue: only a multi-queue TUN tells netlink
-how many fds hold it), non-persistent, so the kernel removes it when the last fd closes: also
-when the process is killed. Its MTU is set and the
-link brought up through pyroute2. Each queue owns one preallocated bytearray arena cut into
-MTU + 1 byte slots; :meth:`TunQueue.read_batch` fills the slots with every packet that is ready
-(one ``readinto`` each — a TUN has no ``recvmmsg``) and returns only a count, the lengths going
-into a reused list. Nothing on the read or write path allocates per packet except what the
-caller slices, and failures are counted in :attr:`TunDevice.drops`, never logged per packet.
+IFF_MULTI_QUEUE`` — multi-queue as in drasyl-rs, also for one queue, because only a
+multi-queue TUN tells netlink how many fds hold it), non-persistent, so the kernel removes it
+when the last fd closes, also when the process is killed. Its MTU is set and the link brought
+up through pyroute2. Each queue owns one preallocated bytearray arena cut into MTU + 1 byte
+slots; :meth:`TunQueue.read_batch` fills the slots with every packet that is ready (one
+``readinto`` each: a TUN has no ``recvmmsg``) and returns a count, the lengths going into a
+reused list. Nothing on the read or write path allocates per packet except what the caller
+slices; failures are counted in :attr:`TunDevice.drops`, never logged per packet.
 
 A device of the same name that already exists is a leftover only if it is a TUN that no
 process holds open (someone made it persistent, e.g. ``ip tuntap add``; ours never outlive
 their process): :func:`cleanup_stale` deletes exactly that, and the kernel drops its addresses
 and routes with it. "Held open" is ``IFLA_TUN_NUM_QUEUES > 0`` for a multi-queue TUN; a
-single-queue TUN accepts one fd only, so attaching a probe fd answers ``EBUSY`` when it is held. A device that
-is in use (another agent running) or is not a TUN is never touched: opening fails with a clear
-:class:`TunError`. The first queue is attached with ``IFF_TUN_EXCL`` so that a device created in
-between is not silently shared either. This module does no policy and no address handling.
+single-queue TUN accepts one fd only, so a probe fd gets ``EBUSY`` when it is held. A device
+in use (another agent running) or not a TUN is never touched: opening fails with a clear
+:class:`TunError`. The first queue is attached with ``IFF_TUN_EXCL``, so a device created in
+between is not silently shared either. No policy and no address handling here.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ log = logging.getLogger("drasyl.tun")
 DEFAULT_NAME = "drasyl"
 DEFAULT_MTU = 1345  # 1472-byte drasyl datagrams minus the 127-byte armed long header
 DEFAULT_BATCH = 64
-MIN_MTU = 576  # the least IPv4 lets a host assume; below it the kernel refuses IPv4 addresses
+MIN_MTU = 68  # the least an IPv4 link may have (RFC 791); the kernel drops IPv4 below it
 
 # linux/if_tun.h
 TUNSETIFF = 0x400454CA
@@ -95,7 +95,7 @@ class TunQueue:
             try:
                 size = readinto(slots[n])
             except OSError as exc:
-                self._drops[f"tun_read_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+                self._drops[_reason("read", exc)] += 1
                 break
             if size is None:
                 break
@@ -112,7 +112,7 @@ class TunQueue:
             os.write(self.fd, packet)
             return True
         except OSError as exc:
-            self._drops[f"tun_write_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+            self._drops[_reason("write", exc)] += 1
             return False
 
     def write_batch(self, packets: Iterable) -> int:
@@ -124,7 +124,7 @@ class TunQueue:
                 write(fd, packet)
                 written += 1
             except OSError as exc:
-                self._drops[f"tun_write_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+                self._drops[_reason("write", exc)] += 1
         return written
 
     def release(self) -> None:
@@ -206,6 +206,11 @@ class TunDevice:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _reason(what: str, exc: OSError) -> str:
+    """Drop reason of a failed read or write: ``tun_write_EINVAL`` and the like."""
+    return f"tun_{what}_{errno.errorcode.get(exc.errno, exc.errno)}"
 
 
 def _attach(name: str, flags: int) -> int:
