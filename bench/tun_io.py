@@ -116,10 +116,14 @@ def inside(args: argparse.Namespace) -> None:
         problems = DeviceAddresses(device.index).reconcile([ME])
         assert not problems, problems
         print(f"{PACKET}-byte packets, bursts of {args.burst}, median of {args.rounds} bursts, µs per packet")
-        print(f"  read_batch (batch {args.batch})  {bench_read(device, drain_batch, args.rounds, args.burst):6.2f}")
-        print(f"  os.read per packet        {bench_read(device, drain_os_read, args.rounds, args.burst):6.2f}")
-        print(f"  write_batch               {bench_write(device, True, args.rounds, args.burst):6.2f}")
-        print(f"  os.write per packet       {bench_write(device, False, args.rounds, args.burst):6.2f}")
+        results = [
+            (f"read_batch (batch {args.batch})", bench_read(device, drain_batch, args.rounds, args.burst)),
+            ("os.read per packet", bench_read(device, drain_os_read, args.rounds, args.burst)),
+            ("write_batch", bench_write(device, True, args.rounds, args.burst)),
+            ("os.write per packet", bench_write(device, False, args.rounds, args.burst)),
+        ]
+        for what, us in results:
+            print(f"  {what:<24} {us:6.2f}")
         print(f"  drops: {dict(device.drops) or 'none'}")
     finally:
         device.close()

@@ -294,15 +294,15 @@ def test_a_route_is_pending_until_its_gateway_is_reachable_then_applied_and_remo
         routes = KernelRoutes(tun.index)
         problems = routes.reconcile({lan})
         assert len(problems) == 1 and "192.168.50.0/24 via 10.1.0.10" in problems[0]
-        assert routes.routes.states == {lan: RouteState.PENDING}
+        assert routes.states == {lan: RouteState.PENDING}
         assert DeviceAddresses(tun.index).reconcile([ME]) == []  # the gateway is on-link now
         assert routes.reconcile({lan}) == []
-        assert routes.routes.states == {lan: RouteState.APPLIED}
+        assert routes.states == {lan: RouteState.APPLIED}
     assert metric_4900(lab, ns) == ["192.168.50.0/24 via 10.1.0.10 dev drasyl"]
     lab.ip(ns, "route", "add", "198.51.100.0/24", "via", "10.1.0.12", "metric", "4900")  # not ours
     with inside(ns):
         assert routes.reconcile({other}) == []
-        assert routes.routes.states == {other: RouteState.APPLIED}
+        assert routes.states == {other: RouteState.APPLIED}
     assert metric_4900(lab, ns) == ["198.51.100.0/24 via 10.1.0.12 dev drasyl",
                                     "203.0.113.0/24 via 10.1.0.11 dev drasyl"]
     with inside(ns):
@@ -437,7 +437,7 @@ def test_host_reports_what_failed_and_applies_the_rest(lab, ns, tun, hosts_dir):
         host = Host(tun.index, str(path))
         problems = host.apply(state)
         assert host.addresses.current() == {ME}
-        assert host.routes.routes.states == {unreachable: RouteState.PENDING}
+        assert host.routes.states == {unreachable: RouteState.PENDING}
         assert host.close() == []
     assert len(problems) == 2
     assert problems[0].startswith("cannot add route 192.168.50.0/24 via 10.7.0.10")

@@ -38,9 +38,11 @@ class Route(NamedTuple):
 
 
 class RouteState(enum.Enum):
-    PENDING = "pending"
-    APPLIED = "applied"
-    REMOVING = "removing"
+    """Values as drasyl-rs' status JSON shows them."""
+
+    PENDING = "Pending"
+    APPLIED = "Applied"
+    REMOVING = "Removing"
 
 
 class RouteStates:
@@ -82,7 +84,12 @@ class KernelRoutes:
 
     def __init__(self, ifindex: int) -> None:
         self.ifindex = ifindex
-        self.routes = RouteStates()
+        self._routes = RouteStates()
+
+    @property
+    def states(self) -> dict[Route, RouteState]:
+        """Every route we manage and its state (for status; do not modify)."""
+        return self._routes.states
 
     def present(self, ipr: IPRoute) -> set[Route]:
         """Routes in the main table with our metric, a gateway, and our device."""
@@ -97,13 +104,11 @@ class KernelRoutes:
         """Add missing routes, delete unwanted ones; the problems (retried next time)."""
         problems: list[str] = []
         with IPRoute() as ipr:
-            to_add, to_delete = self.routes.plan(set(wanted), self.present(ipr))
+            to_add, to_delete = self._routes.plan(set(wanted), self.present(ipr))
             for route in to_delete:
-                ok = _route(ipr, "del", route, problems)
-                self.routes.deleted(route, ok)
+                self._routes.deleted(route, _route(ipr, "del", route, problems))
             for route in to_add:
-                ok = _route(ipr, "add", route, problems)
-                self.routes.added(route, ok)
+                self._routes.added(route, _route(ipr, "add", route, problems))
         return problems
 
     def close(self) -> list[str]:
