@@ -72,6 +72,16 @@ def test_the_replace_is_atomic_and_keeps_mode_and_leaves_no_temp_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hosts"]
 
 
+def test_a_symlinked_hosts_file_stays_a_symlink(tmp_path):
+    real = tmp_path / "real-hosts"
+    real.write_text(USER_LINES)
+    link = tmp_path / "hosts"
+    link.symlink_to(real)
+    assert HostsFile(str(link)).write([ALICE])
+    assert link.is_symlink() and real.read_text() == USER_LINES + render("", [ALICE])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hosts", "real-hosts"]
+
+
 def test_a_missing_file_is_created_only_when_there_are_names(tmp_path):
     path = tmp_path / "hosts"
     hosts = HostsFile(str(path))

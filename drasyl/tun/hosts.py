@@ -7,10 +7,11 @@ that an unchanged set of names leaves the file untouched (nothing is written the
 
 Writing is atomic where it can be: a temporary file in the same directory (``/etc/.hosts.drasyl``
 for ``/etc/hosts``, as drasyl-rs) with the original mode and owner, fsynced, then renamed over
-the file. When the rename is impossible — a bind-mounted hosts file (Docker, ``ip netns exec``
-with ``/etc/netns/<ns>/hosts``) answers ``EBUSY`` — or the directory is not writable, the file
-is rewritten in place instead (drasyl-rs gives up there [quirk]); a reader may then briefly see
-a partial file. The path is a parameter so tests never touch the machine's ``/etc/hosts``.
+the file (over its target if it is a symlink, which stays). When the rename is impossible —
+a bind-mounted hosts file (Docker, ``ip netns exec`` with ``/etc/netns/<ns>/hosts``) answers
+``EBUSY`` — or the directory is not writable, the file is rewritten in place instead
+(drasyl-rs gives up there [quirk]); a reader may then briefly see a partial file. The path is
+a parameter so that tests never touch the machine's ``/etc/hosts``.
 """
 
 from __future__ import annotations
@@ -82,10 +83,11 @@ class HostsFile:
         return self.write(())
 
     def _replace(self, text: str) -> None:
-        directory, name = os.path.split(os.path.abspath(self.path))
+        target = os.path.realpath(self.path)  # a symlinked hosts file stays a symlink
+        directory, name = os.path.split(target)
         temp = os.path.join(directory, f".{name}.drasyl")
         try:
-            st = os.stat(self.path)
+            st = os.stat(target)
             mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
         except FileNotFoundError:
             mode, uid, gid = 0o644, -1, -1
@@ -97,7 +99,7 @@ class HostsFile:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-            os.rename(temp, self.path)
+            os.rename(temp, target)
         except OSError:
             try:
                 os.unlink(temp)
