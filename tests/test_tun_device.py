@@ -27,7 +27,7 @@ from pyroute2 import IPRoute
 from pyroute2.netns import popns, pushns
 
 from drasyl.tun.addresses import DeviceAddresses
-from drasyl.tun.device import TunDevice, TunError, cleanup_stale
+from drasyl.tun.device import IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TUN, TunDevice, TunError, _attach, cleanup_stale
 from drasyl.tun.forwarding import enable_ip_forward
 from drasyl.tun.hosts import HostsFile
 from drasyl.tun.packet import dst_ip, is_ipv4, src_ip
@@ -120,7 +120,9 @@ def test_ping_through_the_tun(lab, ns, tun):
     ping = lab.start(ns, ["ping", "-n", "-c", "1", "-W", "5", str(PEER)], "ping")
     deadline = time.monotonic() + WAIT
     while True:
-        wait_readable(tun, deadline - time.monotonic())
+        left = deadline - time.monotonic()
+        assert left > 0, f"no ICMP echo request read within {WAIT} s"
+        wait_readable(tun, left)
         n = tun.read_batch()
         requests = [bytes(tun.slots[i][:tun.lengths[i]]) for i in range(n)]
         requests = [p for p in requests if is_ipv4(p) and p[9] == socket.IPPROTO_ICMP and p[20] == 8]
@@ -201,6 +203,18 @@ def test_more_queues_are_one_device(lab, ns):
         finally:
             device.close()
     assert "drasyl" not in links(lab, ns)
+
+
+def test_close_removes_the_device_even_if_another_fd_joined_it(lab, ns):
+    with inside(ns):
+        device = TunDevice()
+        intruder = _attach("drasyl", IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE)
+        try:
+            assert "numqueues 2" in lab.ip(ns, "-d", "link", "show", "drasyl")
+            device.close()
+            assert "drasyl" not in links(lab, ns)
+        finally:
+            os.close(intruder)
 
 
 def start_holder(lab: Lab, ns: str):
