@@ -30,11 +30,11 @@ class DeviceAddresses:
 
     def reconcile(self, wanted: Iterable[IPv4Interface]) -> list[str]:
         """Add what is missing, delete what is extra; the problems (empty when done)."""
-        wanted = set(wanted)
+        want = set(wanted)
         current = self.current()
         problems: list[str] = []
         with IPRoute() as ipr:
-            for op, addresses in (("del", current - wanted), ("add", wanted - current)):
+            for op, addresses in (("del", current - want), ("add", want - current)):
                 for address in sorted(addresses):
                     try:
                         ipr.addr(op, index=self.ifindex, address=str(address.ip),

@@ -15,6 +15,7 @@ addresses and names; ``ip_forward`` stays on (§4). The device itself is the cal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 
@@ -65,7 +66,7 @@ class Host:
         return problems
 
 
-def _attempt(step, *args) -> list[str]:
+def _attempt(step: Callable[..., object], *args: object) -> list[str]:
     try:
         step(*args)
     except (TunError, ValueError) as exc:
