@@ -40,6 +40,9 @@ class SuperPeerUrl:
     network_id: int = DEFAULT_NETWORK_ID
     tcp_port: int = DEFAULT_TCP_PORT
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host", _checked_host(self.host))
+
     @classmethod
     def parse(cls, text: str) -> SuperPeerUrl:
         url = text.strip()
@@ -84,7 +87,8 @@ def _split_host_port(address: str, text: str) -> tuple[str, int]:
             raise ConfigError(f"super peer URL needs host:port (IPv6 in brackets): {text!r}")
     if not host:
         raise ConfigError(f"super peer URL has no host: {text!r}")
-    host = _checked_host(host, bracketed=address.startswith("["), text=text)
+    if address.startswith("[") and ":" not in host:
+        raise ConfigError(f"super peer URL has a bad IPv6 address: {text!r}")
     try:
         port = int(port_text)
     except ValueError:
@@ -94,23 +98,17 @@ def _split_host_port(address: str, text: str) -> tuple[str, int]:
     return host, port
 
 
-def _checked_host(host: str, *, bracketed: bool, text: str) -> str:
+def _checked_host(host: str) -> str:
     """An IP literal in canonical form or a valid DNS name; else a ConfigError."""
     try:
-        ip = ipaddress.ip_address(host)
+        return str(ipaddress.ip_address(host))
     except ValueError:
-        ip = None
-    if bracketed:
-        if ip is None or ip.version != 6:
-            raise ConfigError(f"super peer URL has a bad IPv6 address {host!r}: {text!r}")
-        return str(ip)
-    if ip is not None:
-        return str(ip)
+        pass
     name = host[:-1] if host.endswith(".") else host
     labels = name.split(".")
     # an all-numeric last label is a mistyped IPv4 address (999.1.1.1), never a name
     if len(name) > 253 or labels[-1].isdigit() or not all(_LABEL.fullmatch(label) for label in labels):
-        raise ConfigError(f"super peer URL has an invalid host name {host!r}: {text!r}")
+        raise ConfigError(f"super peer URL has an invalid host {host!r} (neither an IP address nor a DNS name)")
     return host
 
 
