@@ -137,6 +137,10 @@ class SuperPeer:
         self.tcp: str | None = None  # None, "connecting" or "up"
         self.tcp_path = Path(None, ())
 
+    def forget_tcp(self) -> None:
+        self.tcp = None
+        self.tcp_path = Path(None, ())
+
     def median(self) -> int | None:
         if self.tcp == "up":
             return self.tcp_path.median
@@ -250,15 +254,12 @@ class NodeCore:
         self._update_routes(now)
 
     def tcp_closed(self, public_key: bytes, now: int) -> None:
-        sp = self.super_peers[public_key]
-        sp.tcp = None
-        sp.tcp_path = Path(None, ())
+        self.super_peers[public_key].forget_tcp()
         self._update_routes(now)
 
     def _close_tcp(self, sp: SuperPeer) -> None:
         """Ask the adapter to close the connection; routes are the caller's business."""
-        sp.tcp = None
-        sp.tcp_path = Path(None, ())
+        sp.forget_tcp()
         self.events.append(CloseTcp(sp.public_key))
 
     # --- sending --------------------------------------------------------------------------
