@@ -10,9 +10,11 @@ get lost, which a real one cannot be made into without touching the host's firew
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from test_integration import LOCALHOST, poll, recv, registered, run, start_node, super_peer  # noqa: F401
@@ -221,35 +223,37 @@ def test_tcp_write_backlog_is_bounded_and_overflow_counted(ids):
 # --- receive queue and sending ---------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def registered_pair(sp, ids) -> AsyncIterator[tuple[Node, Node]]:
+    a = await start_node(ids["id_2"], sp)
+    b = await start_node(ids["id_3"], sp)
+    try:
+        await registered(a)
+        await registered(b)
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
 def test_receive_queue_is_bounded_and_drops_are_visible_in_stats(super_peer, ids, monkeypatch):  # noqa: F811
     monkeypatch.setattr(node_api, "INBOX_LIMIT", 100)
 
     async def scenario() -> None:
-        a = await start_node(ids["id_2"], super_peer)
-        b = await start_node(ids["id_3"], super_peer)
-        try:
-            await registered(a)
-            await registered(b)
+        async with registered_pair(super_peer, ids) as (a, b):
             a.send_many(b.public_key, [b"%d" % i for i in range(300)])  # B does not read
             await poll(lambda: b.stats().get("inbox_full", 0) + len(b._received) == 300, 5.0,
                        f"B received or dropped all 300: {b.stats()}")
             assert b.stats()["inbox_full"] == 200 and b.inbox_drops == 200
             batch = await b.recv_batch(1000)
             assert [p for _, p in batch] == [b"%d" % i for i in range(200, 300)]  # the newest stay
-        finally:
-            await a.close()
-            await b.close()
 
     run(scenario())
 
 
 def test_send_many_sends_what_it_accepted_before_a_refused_payload(super_peer, ids):  # noqa: F811
     async def scenario() -> None:
-        a = await start_node(ids["id_2"], super_peer)
-        b = await start_node(ids["id_3"], super_peer)
-        try:
-            await registered(a)
-            await registered(b)
+        async with registered_pair(super_peer, ids) as (a, b):
             with pytest.raises(PayloadTooLarge):
                 a.send_many(b.public_key, [b"one", b"two", bytes(5000), b"never"])
             assert a.core.outbox == []  # flushed at once, not at some later wake-up
@@ -257,8 +261,5 @@ def test_send_many_sends_what_it_accepted_before_a_refused_payload(super_peer, i
             with pytest.raises(PayloadTooLarge):
                 a.send_nowait(STRANGER, bytes(5000))
             assert STRANGER not in a.core.peers  # refused: no state left behind
-        finally:
-            await a.close()
-            await b.close()
 
     run(scenario())
