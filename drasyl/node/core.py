@@ -32,7 +32,9 @@ Built to run for months among hostile peers:
   increasing (a wall clock stepped back never makes them decrease), and received HELLOs are
   aged against wall time;
 - an ACK counts only if it echoes one of the last HELLOs sent on that path
-  (:class:`~drasyl.path.Path`); others are dropped as ``ack_unmatched``;
+  (:class:`~drasyl.path.Path`); others are dropped as ``ack_unmatched``. It echoes our own
+  timestamp, so its age and RTT are measured on the monotonic clock from when that HELLO
+  left (a wall step in between changes neither);
 - a replayed node HELLO gets no more than it brought: from a new source it is answered (and
   a path stored) only if it is newer than the last accepted HELLO of that peer, on a known
   path it gets one ACK, and an unconfirmed path gets at most one extra HELLO per interval;
