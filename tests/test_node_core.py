@@ -1038,11 +1038,17 @@ def test_hello_on_an_unconfirmed_path_gets_at_most_one_rehello_per_interval(sp_i
     assert sorted(t[0][78] for t in node.outbox) == [ACK, HELLO]
 
 
-def test_an_older_hello_does_not_replace_the_short_id(sp_id, a, b):
+def test_an_older_hello_never_installs_its_short_id(sp_id, a, b):
     node = make_node(a, [(sp_id, SP_ADDR)])
     node.receive_datagram(node_hello(b, a, T0 + 2 * MS, b"new1"), A_LOCAL, B_PUBLIC, T0 + 3 * MS)
-    node.receive_datagram(node_hello(b, a, T0 + MS, b"old1"), A_LOCAL, B_PUBLIC, T0 + 4 * MS)
-    assert node.peers[b.public_key].tx_short_id == b"new1"
+    peer = node.peers[b.public_key]
+    node.receive_datagram(node_hello(b, a, T0 + MS, b"new1"), A_LOCAL, B_PUBLIC, T0 + 4 * MS)
+    assert peer.tx_short_id == b"new1"  # a replay with the current id changes nothing
+    # a replay with an old id, or B restarted with its clock set back: long headers work for both
+    node.receive_datagram(node_hello(b, a, T0 + MS, b"old1"), A_LOCAL, B_PUBLIC, T0 + 5 * MS)
+    assert peer.tx_short_id is None
+    node.receive_datagram(node_hello(b, a, T0 + 3 * MS, b"new2"), A_LOCAL, B_PUBLIC, T0 + 6 * MS)
+    assert peer.tx_short_id == b"new2"
 
 
 def test_paths_per_peer_are_capped(sp_id, a, b):

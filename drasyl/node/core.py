@@ -38,7 +38,7 @@ Built to run for months among hostile peers:
 - a replayed node HELLO gets no more than it brought: from a new source it is answered (and
   a path stored) only if it is newer than the last accepted HELLO of that peer, on a known
   path it gets one ACK, and an unconfirmed path gets at most one extra HELLO per interval;
-  an older HELLO never replaces the peer's short id;
+  an older HELLO never installs its short id (one that differs sends us back to long headers);
 - a node peer has at most :data:`MAX_PATHS_PER_PEER` paths: a UNITE tries that many, and a
   fresh HELLO from a new source replaces the unconfirmed path tried longest ago;
 - the TCP connection to a super peer is closed only for what the super peer is to blame
@@ -525,11 +525,15 @@ class NodeCore:
             # a spoofed source; answering would reflect traffic and store a path per source
             self.drops["hello_replayed"] += 1
             return
-        if newer:  # an older HELLO (replayed) must not bring back an old short id
+        if newer:
             peer.hello_stamp = hello.time
             if hello.short_id != NO_SHORT_ID:
                 peer.tx_short_id = hello.short_id
                 peer.hello_rx = now
+        elif hello.short_id != peer.tx_short_id:
+            # an older HELLO never installs its short id: it is a replay, or the peer restarted
+            # with its clock set back. Either way long-header APPs reach it until a newer one
+            peer.tx_short_id = None
         ack = encode_message(ACK, self.network_id, peer.public_key, self.public_key,
                              self.identity.proof_of_work, Ack(hello.time).encode(), peer.tx)
         self.outbox.append((ack, UDP, local, remote))
