@@ -39,7 +39,7 @@ from drasyl.messages import (
     open_short,
     parse_long_header,
 )
-from drasyl.node.core import MAX_PATHS_PER_PEER, NodeConfig, NodeCore, PayloadTooLarge
+from drasyl.node.core import MAX_PATHS_PER_PEER, MAX_PAYLOAD, NodeConfig, NodeCore, PayloadTooLarge
 from drasyl.node.events import DIRECT, RELAYED, TCP_PATH, CloseTcp, OpenTcp, PathChanged
 from drasyl.superpeer.core import SuperPeerConfig, SuperPeerCore
 from drasyl.transmit import TCP, UDP
@@ -180,7 +180,7 @@ class Net:
         until = self.now if until is None else until
         cores = [*self.sps.values(), *self.nodes]
         while True:
-            self._deliver_all()
+            self.deliver()
             due = [c.next_timer() for c in cores if c.next_timer() <= until]
             if not due:
                 break
@@ -189,16 +189,16 @@ class Net:
                 if core.next_timer() <= self.now:
                     core.handle_timer(self.now)
         self.now = until
-        self._deliver_all()
+        self.deliver()
 
     def advance(self, seconds: float) -> None:
         self.run(self.now + int(seconds * S))
 
     def send(self, node: NodeCore, recipient: bytes, payload: bytes) -> None:
         node.send(recipient, payload, self.now)
-        self._deliver_all()
+        self.deliver()
 
-    def _deliver_all(self) -> None:
+    def deliver(self) -> None:
         for _ in range(10_000):
             batch = []
             for addr, sp in self.sps.items():
@@ -1161,3 +1161,105 @@ def test_non_canonical_ipv6_super_peer_address_matches_the_address_acks_come_fro
         node.set_super_peer_addresses(sp_id.public_key, [("2001:DB8::0100", 22527)])  # re-resolved
     assert tcp_events(node) == []
     assert node.peer_list()[0].path == "udp"
+
+
+# --- the data path seam: send handles, batches, byte counts, reloads -----------------------
+
+
+def registered(sp_id, a, **settings) -> NodeCore:
+    node = make_node(a, [(sp_id, SP_ADDR)], **settings)
+    node.handle_timer(T0)
+    node.receive_datagram(sp_ack(sp_id, a, sp_stamp(node, sp_id)), A_LOCAL, SP_ADDR, T0 + 10 * MS)
+    node.outbox.clear()
+    return node
+
+
+def test_send_batch_drops_oversize_payloads_by_count_and_sends_the_rest(sp_id, a, b):
+    node = registered(sp_id, a)
+    handle = node.handle(b.public_key, T0)
+    dropped = node.send_batch([(handle, b"x" * MAX_PAYLOAD), (handle, b"y" * (MAX_PAYLOAD + 1)),
+                               (handle, b"z")], T0 + S)
+    assert dropped == 1 and node.drops["payload_too_large"] == 1
+    assert [opened(t[0], b, a)[1] for t in node.outbox] == [b"x" * MAX_PAYLOAD, b"z"]
+    assert all(len(t[0]) <= 1472 for t in node.outbox)
+    assert MAX_PAYLOAD == 1345
+
+
+def test_send_batch_takes_views_of_a_reused_buffer_and_encrypts_them_at_once(sp_id, a, b):
+    node = registered(sp_id, a)
+    handle = node.handle(b.public_key, T0)
+    arena = bytearray(b"first packet")
+    node.send_batch([(handle, memoryview(arena)[:5])], T0 + S)
+    arena[:] = b"second reuse"  # the TUN reads the next burst into the same buffer
+    [(data, *_)] = node.outbox
+    assert opened(data, b, a)[1] == b"first"
+
+
+def test_send_batch_uses_the_short_header_on_a_direct_path(net, a, b):
+    node_a, node_b = two_nodes(net, a, b)
+    net.send(node_a, b.public_key, b"punch")  # relayed; the UNITE makes the path direct
+    assert node_a.peers[b.public_key].route == DIRECT
+    handle = node_a.handle(b.public_key, net.now)
+    start = net.mark()
+    node_a.send_batch([(handle, b"one"), (handle, b"two")], net.now)
+    net.deliver()
+    assert len(net.traffic(since=start, dst=B_PUBLIC, mtype="short")) == 2
+    assert node_b.inbox[-2:] == [(a.public_key, b"one"), (a.public_key, b"two")]
+
+
+def test_a_held_peer_outlives_idle_expiry_until_released(sp_id, a, b):
+    node = registered(sp_id, a)
+    handle = node.handle(b.public_key, T0)
+    assert node.handle(b.public_key, T0) is handle  # one entry, two holders
+    for t in range(5, 125, 5):
+        node.handle_timer(T0 + t * S)
+    assert b.public_key in node.peers
+    node.release(handle)
+    node.handle_timer(T0 + 130 * S)
+    assert b.public_key in node.peers  # still held once
+    node.release(handle)
+    node.handle_timer(T0 + 135 * S)
+    assert b.public_key not in node.peers
+
+
+def test_peer_list_counts_payload_bytes_both_ways_and_idle_time(net, a, b):
+    node_a, node_b = two_nodes(net, a, b)
+    net.send(node_a, b.public_key, b"12345")
+    net.send(node_b, a.public_key, b"123")
+    [row] = [r for r in node_a.peer_list(net.now + 2 * S) if r.role == "node"]
+    assert (row.bytes_out, row.bytes_in) == (5, 3)
+    assert row.idle_s == pytest.approx(2, abs=0.01)
+
+
+def test_set_super_peers_keeps_unchanged_ones_and_drops_removed_ones(sp_id, sp2_id, a, b):
+    node = registered(sp_id, a)
+    kept = node.super_peers[sp_id.public_key]
+    node.set_super_peers([url(sp_id), url(sp2_id, SP2_ADDR)], T0 + S)
+    assert node.super_peers[sp_id.public_key] is kept and kept.median is not None
+    assert node.next_timer() == T0 + S  # register with the new one at once
+    node.set_super_peer_addresses(sp2_id.public_key, [SP2_ADDR])
+    node.set_super_peers([url(sp2_id, SP2_ADDR)], T0 + 2 * S)
+    assert list(node.super_peers) == [sp2_id.public_key]
+    assert node.default.public_key == sp2_id.public_key
+    node.handle_timer(T0 + 2 * S)
+    assert {t[3] for t in of_type(node.outbox, HELLO)} == {SP2_ADDR}
+
+
+def test_set_super_peers_refuses_a_new_network_id_and_an_empty_list(sp_id, sp2_id, a):
+    node = registered(sp_id, a)
+    other = SuperPeerUrl(SP2_ADDR[0], SP2_ADDR[1], sp2_id.public_key, 7, 8443)
+    with pytest.raises(DrasylError, match="networkId"):
+        node.set_super_peers([other], T0)
+    with pytest.raises(DrasylError):
+        node.set_super_peers([], T0)
+    assert list(node.super_peers) == [sp_id.public_key]
+
+
+def test_set_super_peers_closes_the_tcp_connection_of_a_removed_super_peer(net, a, b, sp_id, sp2_id):
+    node = make_node(a, [(sp_id, SP_ADDR)], enforce_tcp=True)
+    node.handle_timer(T0)
+    assert any(isinstance(e, OpenTcp) for e in node.events)
+    node.tcp_connected(sp_id.public_key, T0 + MS)
+    node.events.clear()
+    node.set_super_peers([url(sp2_id, SP2_ADDR)], T0 + S)
+    assert CloseTcp(sp_id.public_key) in node.events

@@ -22,7 +22,7 @@ import ipaddress
 import logging
 import socket
 from collections import deque
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .. import clock
 from ..errors import ConfigError, DrasylError
@@ -33,7 +33,10 @@ from ..net.tcp import FramedProtocol
 from ..net.udp import UdpSocket, bind_udp, send_transmits
 from ..transmit import Address
 from ..urls import SuperPeerUrl, parse_super_peers
-from .core import NodeConfig, NodeCore
+from .core import NodeConfig, NodeCore, NodePeer
+
+#: The data path's receive seam: called with each received batch of ``(sender, payload)``.
+Receiver = Callable[[list[tuple[bytes, bytes | bytearray]]], None]
 from .events import CloseTcp, OpenTcp, PathChanged, PeerInfo
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,12 @@ TCP_BACKLOG_LIMIT = 128 * 1024  # bytes waiting on a TCP connection, as at the s
 def derived_udp_port(public_key: bytes) -> int:
     """A stable per-identity port in 22528..65534, like drasyl-rs (its hash is not portable)."""
     return 22528 + int.from_bytes(hashlib.sha256(public_key).digest()[:8], "big") % 43007
+
+
+def _urls(super_peers: Iterable[str | SuperPeerUrl] | str) -> list[SuperPeerUrl]:
+    if isinstance(super_peers, str):
+        return parse_super_peers(super_peers)
+    return [u if isinstance(u, SuperPeerUrl) else SuperPeerUrl.parse(u) for u in super_peers]
 
 
 def _as_key(public_key: bytes | str) -> bytes:
@@ -63,8 +72,10 @@ def _as_key(public_key: bytes | str) -> bytes:
 class Node:
     """An asyncio drasyl node. Create it with :meth:`start`; use ``async with`` or :meth:`close`."""
 
-    def __init__(self, core: NodeCore, udp_addrs: list[str] | None, udp_port: int) -> None:
+    def __init__(self, core: NodeCore, udp_addrs: list[str] | None, udp_port: int,
+                 on_receive: Receiver | None = None) -> None:
         self._core = core
+        self._on_receive = on_receive
         self._fixed_addrs = udp_addrs
         self._port = udp_port
         self._loop = asyncio.get_running_loop()
@@ -90,20 +101,22 @@ class Node:
         udp_port: int | None = None,
         udp_addrs: list[str] | None = None,
         config: NodeConfig | None = None,
+        on_receive: Receiver | None = None,
     ) -> Node:
         """Bind UDP sockets, resolve the super peers and register with them.
 
         ``udp_port``: None derives a stable port from the public key, 0 picks a free one.
         ``udp_addrs``: local IPs to bind (one socket each); None means every usable interface
         address, re-read at each housekeeping tick.
+        ``on_receive``: the data path's receive seam. Called synchronously once per received
+        batch with the ``(sender, payload)`` list (payloads are fresh buffers; the list is
+        not reused after the call); :meth:`recv` then gets nothing. None: queue for
+        :meth:`recv` (at most :data:`INBOX_LIMIT`).
         """
-        if isinstance(super_peers, str):
-            urls = parse_super_peers(super_peers)
-        else:
-            urls = [u if isinstance(u, SuperPeerUrl) else SuperPeerUrl.parse(u) for u in super_peers]
+        urls = _urls(super_peers)
         core = NodeCore(identity, urls, config, clock.monotonic_us(), clock.wall_offset_us())
         port = derived_udp_port(identity.public_key) if udp_port is None else udp_port
-        node = cls(core, udp_addrs, port)
+        node = cls(core, udp_addrs, port, on_receive)
         try:
             node._sync_sockets(starting=True)
             await node._resolve_super_peers()
@@ -193,8 +206,37 @@ class Node:
         return [q.popleft() for _ in range(n)]
 
     def peers(self) -> list[PeerInfo]:
-        """Super peers and node peers with their path (direct/relayed/tcp, udp/tcp) and RTT."""
-        return self._core.peer_list()
+        """Super peers and node peers: path (direct/relayed/tcp, udp/tcp), RTT, bytes, idle time."""
+        return self._core.peer_list(self._now())
+
+    # --- data path seam (the agent's TUN loop) --------------------------------------------
+
+    def handle(self, peer: bytes | str) -> NodePeer:
+        """A send handle for :meth:`send_batch`; the peer's state is kept while it is held."""
+        return self._core.handle(_as_key(peer), self._now())
+
+    def release(self, handle: NodePeer) -> None:
+        self._core.release(handle)
+
+    def send_batch(self, items: Iterable[tuple[NodePeer, bytes | bytearray | memoryview]]) -> int:
+        """Send ``(handle, payload)`` pairs (payloads ≤ :data:`MAX_PAYLOAD`) with one clock
+        read and one flush; returns how many were dropped as too large (counted, never raised)."""
+        if self._closed:
+            return 0
+        dropped = self._core.send_batch(items, self._now())
+        self._flush()
+        return dropped
+
+    async def set_super_peers(self, super_peers: Iterable[str | SuperPeerUrl] | str) -> None:
+        """Switch to another super peer set while running (a reload): resolve the new ones
+        and register at once; unchanged super peers keep their paths and connections (see
+        :meth:`NodeCore.set_super_peers`)."""
+        self._core.set_super_peers(_urls(super_peers), self._now())
+        self._flush()
+        await self._resolve_super_peers()
+        if self._timer is not None and not self._closed:
+            self._timer.cancel()
+            self._timer = self._loop.call_soon(self._on_timer)
 
     @property
     def inbox_drops(self) -> int:
@@ -263,8 +305,11 @@ class Node:
         if core.outbox:
             out, core.outbox = core.outbox, []
             send_transmits(out, self._sockets, self._send_tcp)
-        if core.inbox:
-            self._received.extend(core.inbox)
+        if core.inbox and self._on_receive is not None:
+            batch, core.inbox = core.inbox, []
+            self._on_receive(batch)
+        elif core.inbox:
+            self._received.extend((sender, bytes(payload)) for sender, payload in core.inbox)
             core.inbox.clear()
             excess = len(self._received) - INBOX_LIMIT
             if excess > 0:

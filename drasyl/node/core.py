@@ -52,8 +52,9 @@ from __future__ import annotations
 import os
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Iterable
 
-from ..crypto import ARM_OVERHEAD, session_keys
+from ..crypto import ARM_OVERHEAD, arm_into, session_keys
 from ..errors import CryptoError, DrasylError
 from ..identity import DEFAULT_POW_DIFFICULTY, Identity, pow_is_valid
 from ..messages import (
@@ -61,8 +62,10 @@ from ..messages import (
     APP,
     HELLO,
     HELLO_MAX_ENDPOINTS,
+    AD_START,
     LONG_HEADER_LEN,
     MAGIC_BYTES,
+    MAX_ARMED_LONG_APP,
     MTU,
     NO_SHORT_ID,
     SHORT_ID_LEN,
@@ -73,6 +76,7 @@ from ..messages import (
     Unite,
     decode_endpoints,
     encode_endpoints,
+    encode_long_header,
     encode_message,
     encode_short,
     open_body,
@@ -89,6 +93,11 @@ from .events import DIRECT, RELAYED, TCP_PATH, CloseTcp, OpenTcp, PathChanged, P
 #: socket of the same family; 16 covers a dual-stack host with a few LAN addresses on both
 #: sides and keeps a peer that forges fresh sources from growing our memory.
 MAX_PATHS_PER_PEER = 16
+
+#: The largest APP payload :meth:`NodeCore.send_batch` takes: one armed long-header datagram
+#: (1472 − 79 − 48), whatever the route, so a TUN with this MTU never sees a route-dependent
+#: limit. It is drasyl-rs' agent MTU.
+MAX_PAYLOAD = MAX_ARMED_LONG_APP
 
 
 class PayloadTooLarge(DrasylError):
@@ -153,7 +162,8 @@ class NodePeer:
     """Another node: keys, short ids, direct paths and traffic times."""
 
     __slots__ = ("public_key", "rx", "tx", "pow_ok", "rx_short_id", "tx_short_id", "hello_rx", "hello_stamp",
-                 "paths", "best", "created", "app_tx", "app_rx", "route")
+                 "paths", "best", "created", "app_tx", "app_rx", "route", "app_header", "held",
+                 "bytes_in", "bytes_out")
 
     def __init__(self, public_key: bytes, rx: bytes | None, tx: bytes | None, short_id: bytes, now: int) -> None:
         self.public_key = public_key
@@ -170,6 +180,10 @@ class NodePeer:
         self.app_tx = 0
         self.app_rx = 0
         self.route = RELAYED  # last reported PathChanged kind
+        self.app_header = b""  # the long header of our APPs to it, built once
+        self.held = 0  # send handles the application holds: the entry is kept while > 0
+        self.bytes_in = 0  # APP payload bytes received from / sent to it
+        self.bytes_out = 0
 
 
 class NodeCore:
@@ -196,7 +210,8 @@ class NodeCore:
         self.short_ids: dict[bytes, NodePeer] = {}
         self.locals: list[Address] = []
         self.outbox: list[Transmit] = []
-        self.inbox: list[tuple[bytes, bytes]] = []
+        #: Received APPs as ``(sender, payload)``; a payload is a fresh buffer the receiver owns.
+        self.inbox: list[tuple[bytes, bytes | bytearray]] = []
         self.events: deque = deque()
         self.drops: Counter[str] = Counter()
         self._relay_queue: deque[tuple[NodePeer, bytes]] = deque()
@@ -247,6 +262,37 @@ class NodeCore:
         if sp.best_udp is not None and (sp.best_udp.local, sp.best_udp.remote) not in sp.paths:
             sp.best_udp = best_path(sp.paths.values(), self._path_failing, 0)
 
+    def set_super_peers(self, urls: list[SuperPeerUrl], now: int) -> None:
+        """Replace the configured super peers (a reload): unchanged ones keep their paths,
+        RTTs and TCP connection; removed or changed ones lose theirs. The network id is every
+        header's, so it cannot change while running (:class:`DrasylError`: restart instead).
+        Registration with the new set starts at the next :meth:`handle_timer` (due at once);
+        the adapter resolves the new addresses.
+        """
+        if not urls:
+            raise DrasylError("at least one super peer is required")
+        if {u.network_id for u in urls} != {self.network_id}:
+            raise DrasylError(f"super peers must keep networkId {self.network_id}; restart to change it")
+        if any(u.public_key in self.peers for u in urls):
+            raise DrasylError("a node peer cannot become a super peer while running; restart instead")
+        kept: dict[bytes, SuperPeer] = {}
+        for url in urls:
+            sp = self.super_peers.get(url.public_key)
+            if sp is None or sp.url != url:
+                keys = session_keys(self.identity, url.public_key) if self._arm else (None, None)
+                sp = SuperPeer(url, *keys)
+                self._sync_super_peer_paths(sp)
+            kept[url.public_key] = sp
+        for pk, sp in self.super_peers.items():
+            if kept.get(pk) is not sp and sp.tcp is not None:
+                self._close_tcp(sp)
+        self.super_peers = kept
+        if kept.get(self.default.public_key) is not self.default:
+            self.default = next(iter(kept.values()))
+            self._choose_default()
+        self._next_tick = now
+        self._update_routes(now)
+
     def tcp_connected(self, public_key: bytes, now: int) -> None:
         sp = self.super_peers[public_key]
         sp.tcp = "up"
@@ -275,23 +321,69 @@ class NodeCore:
         if peer is None:
             _check_size(payload, self._max_long)
             peer = self._add_peer(recipient, now)
-        path = peer.best
-        sid = peer.tx_short_id
-        if path is not None and sid is not None:
-            _check_size(payload, self._max_short)
-            data = encode_short(sid, payload, peer.tx)
+        elif peer.best is not None and peer.tx_short_id is not None:
+            _check_size(payload, self._max_short)  # a short header leaves room for more
         else:
-            data = self._app(peer, payload)
-        peer.app_tx = now
-        if path is not None:
-            self.outbox.append((data, UDP, path.local, path.remote))
-        else:
-            self._relay(peer, data)
+            _check_size(payload, self._max_long)
+        self._send_app(peer, payload, now)
 
-    def _app(self, peer: NodePeer, payload: bytes) -> bytes:
-        _check_size(payload, self._max_long)
-        return encode_message(APP, self.network_id, peer.public_key, self.public_key,
-                              self.identity.proof_of_work, payload, peer.tx)
+    def handle(self, public_key: bytes, now: int) -> NodePeer:
+        """A send handle for :meth:`send_batch`: the peer's entry, kept while a handle is held.
+
+        Like drasyl-rs' ``SendHandle``: an application that means to talk to a peer (the agent,
+        for every peer its policies allow) keeps the entry, its short ids and keys alive even
+        while no traffic flows. Raises :class:`DrasylError` for a key we cannot talk to.
+        """
+        peer = self.peers.get(public_key)
+        if peer is None:
+            peer = self._add_peer(public_key, now)
+        peer.held += 1
+        return peer
+
+    def release(self, peer: NodePeer) -> None:
+        """Give a handle back; the entry then expires like any other."""
+        if peer.held > 0:
+            peer.held -= 1
+
+    def send_batch(self, items: Iterable[tuple[NodePeer, bytes | bytearray | memoryview]], now: int) -> int:
+        """Send APPs to held peers; payloads of up to :data:`MAX_PAYLOAD` bytes.
+
+        The data path's seam: no exception per packet (an oversize payload is dropped and
+        counted, the number dropped is returned), the long header is prebuilt per peer, and
+        payloads may be views into a reused read buffer (they are encrypted into a new datagram
+        before this returns).
+        """
+        dropped = 0
+        send = self._send_app
+        for peer, payload in items:
+            if len(payload) > MAX_PAYLOAD:
+                dropped += 1
+            else:
+                send(peer, payload, now)
+        if dropped:
+            self.drops["payload_too_large"] += dropped
+        return dropped
+
+    def _send_app(self, peer: NodePeer, payload, now: int) -> None:
+        peer.app_tx = now
+        peer.bytes_out += len(payload)
+        path = peer.best
+        if path is None:
+            self._relay(peer, self._app(peer, payload))
+            return
+        sid = peer.tx_short_id
+        data = encode_short(sid, payload, peer.tx) if sid is not None else self._app(peer, payload)
+        self.outbox.append((data, UDP, path.local, path.remote))
+
+    def _app(self, peer: NodePeer, payload) -> bytes | bytearray:
+        """A long-header APP on the peer's prebuilt header (the caller checked the size)."""
+        header = peer.app_header
+        if peer.tx is None:
+            return header + payload
+        out = bytearray(LONG_HEADER_LEN + ARM_OVERHEAD + len(payload))
+        out[:LONG_HEADER_LEN] = header
+        arm_into(out, LONG_HEADER_LEN, payload, peer.tx, header[AD_START:])
+        return out
 
     def _relay(self, peer: NodePeer, data: bytes) -> None:
         sp = self.default
@@ -328,7 +420,8 @@ class NodeCore:
                 self.drops["bad_short_app"] += 1
                 return
             peer.app_rx = now
-            self.inbox.append((peer.public_key, bytes(payload)))
+            peer.bytes_in += len(payload)
+            self.inbox.append((peer.public_key, payload))
             return
         self._receive_long(data, UDP, local, remote, now)
 
@@ -506,7 +599,8 @@ class NodeCore:
         mtype = header.message_type
         if mtype == APP:
             peer.app_rx = now
-            self.inbox.append((sender, bytes(body)))
+            peer.bytes_in += len(body)
+            self.inbox.append((sender, body))
         elif mtype == HELLO:
             self._on_node_hello(peer, HelloNodePeer.parse(body), local, tuple(remote[:2]), now)
         elif mtype == ACK:
@@ -578,6 +672,8 @@ class NodeCore:
         while short_id in (NO_SHORT_ID, MAGIC_BYTES) or short_id in self.short_ids:
             short_id = os.urandom(SHORT_ID_LEN)
         peer = self.peers[public_key] = NodePeer(public_key, rx, tx, short_id, now)
+        peer.app_header = encode_long_header(APP, self.network_id, public_key, self.public_key,
+                                             self.identity.proof_of_work, self._arm)
         peer.route = TCP_PATH if self.default.tcp == "up" else RELAYED
         self.short_ids[short_id] = peer
         return peer
@@ -660,7 +756,7 @@ class NodeCore:
         ):  # unreachable and silent: forget its short id (drasyl-rs forgets it even if it just came)
             peer.tx_short_id = None
         self._update_peer_route(peer, now)
-        if not active and now - peer.created >= self._timeout:
+        if not active and not peer.held and now - peer.created >= self._timeout:
             self._remove_peer(peer)
 
     # --- views ----------------------------------------------------------------------------
@@ -670,7 +766,8 @@ class NodeCore:
         """Relayed APPs held back until some super peer answers."""
         return len(self._relay_queue)
 
-    def peer_list(self) -> list[PeerInfo]:
+    def peer_list(self, now: int | None = None) -> list[PeerInfo]:
+        """Super peers, then node peers; ``now`` (monotonic µs) adds each peer's idle time."""
         rows: list[PeerInfo] = []
         for sp in self.super_peers.values():
             if sp.tcp == "up":
@@ -684,6 +781,9 @@ class NodeCore:
         for peer in self.peers.values():
             best = peer.best
             rtt = best.median / 1000 if best is not None and best.median is not None else None
+            last = max(peer.app_tx, peer.app_rx)
+            idle = (now - last) / 1e6 if now is not None and last else None
             rows.append(PeerInfo(peer.public_key, "node", peer.route, rtt,
-                                 best.remote if best is not None else None))
+                                 best.remote if best is not None else None,
+                                 peer.bytes_in, peer.bytes_out, idle))
         return rows
