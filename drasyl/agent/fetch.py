@@ -19,6 +19,7 @@ refused; TLS uses the system's trust store (drasyl-rs bundles Mozilla's roots).
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from pathlib import Path
 
@@ -84,11 +85,12 @@ async def _fetch_http(url: str, own_pk_hex: str, session: aiohttp.ClientSession)
         raise FetchError(f"invalid URL {redact_url(url)}: {exc}") from None
     for _hop in range(MAX_REDIRECTS + 1):
         headers = {"drasyl-pk": own_pk_hex, "Connection": "close"}
+        if current.user and current.password:
+            credentials = f"{current.user}:{current.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
         shown = redact_url(str(current))
         try:
-            auth = aiohttp.BasicAuth(current.user, current.password) if current.user and current.password else None
-            async with session.get(current.with_user(None), headers=headers, auth=auth,
-                                   allow_redirects=False) as response:
+            async with session.get(current.with_user(None), headers=headers, allow_redirects=False) as response:
                 location = response.headers.get("Location")
                 if 300 <= response.status < 400 and location is not None:
                     current = _redirect_target(current, location, shown)
