@@ -73,6 +73,15 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+def protected(*authorizations: str) -> Handler:
+    """The config for requests with one of these Authorization headers, else 401."""
+    async def handler(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") not in authorizations:
+            return web.Response(status=401)
+        return web.Response(text=CONFIG)
+    return handler
+
+
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(scenario(), 20))
 
@@ -105,11 +114,7 @@ def test_get_sends_own_public_key_and_no_credentials():
 def test_basic_auth_from_url_is_percent_decoded():
     async def scenario():
         async with Server() as server:
-            async def protected(request: web.Request) -> web.Response:
-                if request.headers.get("Authorization") not in (basic("alice", "p@ss word"), basic("jörg", "päss")):
-                    return web.Response(status=401)
-                return web.Response(text=CONFIG)
-            server.routes["/net.toml"] = protected
+            server.routes["/net.toml"] = protected(basic("alice", "p@ss word"), basic("jörg", "päss"))
             assert await fetch(server.url("/net.toml", "alice:p%40ss%20word")) == CONFIG
             assert await fetch(server.url("/net.toml", "j%C3%B6rg:p%C3%A4ss")) == CONFIG  # UTF-8, as drasyl-rs
             assert server.requests[-1].headers["Authorization"] == basic("jörg", "päss")
@@ -263,10 +268,7 @@ def test_https_verifies_the_certificate(self_signed):
 
     async def scenario():
         async with Server(ssl_context=server_ctx) as server:
-            async def protected(request: web.Request) -> web.Response:
-                ok = request.headers.get("Authorization") == basic("alice", "pw")
-                return web.Response(text=CONFIG, status=200 if ok else 401)
-            server.routes["/net.toml"] = protected
+            server.routes["/net.toml"] = protected(basic("alice", "pw"))
             message = await fetch_error(server.url("/net.toml", "alice:pw"))
             assert "certificate verify failed" in message and ":pw@" not in message
             assert server.requests == []

@@ -20,7 +20,7 @@ Deliberate differences from drasyl-rs:
   instead of overwriting each other; if two networks map the same pair to different peers,
   the network whose URL sorts first wins and the conflict is listed in
   ``PolicyTables.conflicts``, as are overlapping subnets and an overlay IP used twice.
-Pure: no I/O, no logging, nothing allocated per lookup.
+Pure: no I/O, no logging; a lookup builds no objects (only the masked int of a routed prefix).
 """
 
 from __future__ import annotations
@@ -115,35 +115,25 @@ def _access_rules(cfg: NetworkConfig, me: Node) -> list[AccessRule]:
     """§3 "Effective access rules", in drasyl-rs' order so a duplicate names the same pair."""
     mine = IPv4Network(me.ip)
     others = [n for n in cfg.nodes if n.pk != me.pk]
+    # (local, remote, peer, allow, origin): OUT local -> remote via peer, IN remote -> local from peer
+    pairs = [(mine, IPv4Network(n.ip), n.pk, allowed(cfg, me.pk, n.pk), f"node {n.hostname!r}") for n in others]
+    for route in cfg.routes:
+        if route.gw != me.pk:
+            pairs.append((mine, route.dest, route.gw, may_use(route, me), f"route {route.dest}"))
+        else:
+            pairs += [(route.dest, IPv4Network(n.ip), n.pk, may_use(route, n),
+                       f"route {route.dest} (this node is its gateway) to node {n.hostname!r}") for n in others]
     origins: dict[tuple[str, IPv4Network, IPv4Network], str] = {}
-    rules: list[AccessRule] = []
-
-    def add(direction: str, source: IPv4Network, dest: IPv4Network, pk: bytes, allow: bool, origin: str) -> None:
-        key = (direction, source, dest)
-        if key in origins:
-            raise NetworkConfigError(cfg.source, f"duplicate route: {direction} {source} -> {dest} comes "
-                                                 f"from {origins[key]} and from {origin}")
-        origins[key] = origin
-        rules.append(AccessRule(direction, source, dest, pk, allow))
-
+    rules = []
     for direction in (OUT, IN):
-        def add_pair(local: IPv4Network, remote: IPv4Network, pk: bytes, allow: bool, origin: str) -> None:
-            if direction == OUT:
-                add(OUT, local, remote, pk, allow, origin)
-            else:
-                add(IN, remote, local, pk, allow, origin)
-
-        for node in others:
-            add_pair(mine, IPv4Network(node.ip), node.pk, allowed(cfg, me.pk, node.pk),
-                     f"node {node.hostname!r}")
-        for route in cfg.routes:
-            origin = f"route {route.dest}"
-            if route.gw != me.pk:
-                add_pair(mine, route.dest, route.gw, may_use(route, me), origin)
-            else:
-                for node in others:
-                    add_pair(route.dest, IPv4Network(node.ip), node.pk, may_use(route, node),
-                             f"{origin} (this node is its gateway) to node {node.hostname!r}")
+        for local, remote, pk, allow, origin in pairs:
+            source, dest = (local, remote) if direction == OUT else (remote, local)
+            key = (direction, source, dest)
+            if key in origins:
+                raise NetworkConfigError(cfg.source, f"duplicate route: {direction} {source} -> {dest} comes "
+                                                     f"from {origins[key]} and from {origin}")
+            origins[key] = origin
+            rules.append(AccessRule(direction, source, dest, pk, allow))
     return rules
 
 
