@@ -96,8 +96,8 @@ async def _fetch_http(url: str, own_pk_hex: str, session: aiohttp.ClientSession)
                     current = _redirect_target(current, location, shown)
                     continue
                 if not 200 <= response.status < 300:
-                    raise FetchError(f"HTTP request failed with status {response.status} "
-                                     f"{response.reason or ''}: {shown}")
+                    status = f"{response.status} {response.reason or ''}".rstrip()
+                    raise FetchError(f"HTTP request failed with status {status}: {shown}")
                 return await _read_body(response, shown)
         except (aiohttp.ClientError, ValueError) as exc:
             raise FetchError(f"cannot fetch {shown}: {_describe(exc)}") from None

@@ -114,6 +114,13 @@ def _parse(text: str, source: str) -> NetworkConfig:
     _check_unique_routes(route_specs)
     policies = tuple(_policy(table, i) for i, table in _tables(doc, "policy"))
 
+    _check_nodes(nodes, subnet)
+    routes = _checked_routes(route_specs, nodes)
+    warnings = _warnings(network_text, subnet, subnet_addr, nodes, routes, policies)
+    return NetworkConfig(subnet, name, nodes, routes, policies, warnings, source)
+
+
+def _check_nodes(nodes: tuple[Node, ...], subnet: IPv4Network) -> None:
     reserved = int(subnet.broadcast_address) - 1
     for i, node in enumerate(nodes, 1):
         where = f"[[node]] #{i}"
@@ -123,9 +130,12 @@ def _parse(text: str, source: str) -> NetworkConfig:
             raise _Invalid(f"{where}: IP address {node.ip} is reserved (broadcast - 1 of {subnet})")
         if not _valid_hostname(node.hostname):
             raise _Invalid(f"{where}: invalid hostname: {node.hostname!r} ({_HOSTNAME_RULE})")
+
+
+def _checked_routes(specs: list[_RouteSpec], nodes: tuple[Node, ...]) -> tuple[Route, ...]:
     known = {node.pk for node in nodes}
     routes = []
-    for i, (dest_addr, dest_len, gw, groups) in enumerate(route_specs, 1):
+    for i, (dest_addr, dest_len, gw, groups) in enumerate(specs, 1):
         dest = IPv4Network((dest_addr, dest_len), strict=False)
         if dest.network_address != dest_addr:
             raise _Invalid(f"[[route]] #{i}: invalid network address: {dest_addr}/{dest_len} is a host "
@@ -133,9 +143,7 @@ def _parse(text: str, source: str) -> NetworkConfig:
         if gw not in known:
             raise _Invalid(f"[[route]] #{i}: gateway {gw.hex()} not found in nodes")
         routes.append(Route(dest, gw, groups))
-    routes_t = tuple(routes)
-    warnings = _warnings(network_text, subnet, subnet_addr, nodes, routes_t, policies)
-    return NetworkConfig(subnet, name, nodes, routes_t, policies, warnings, source)
+    return tuple(routes)
 
 
 def _node(table: dict[str, Any], i: int) -> Node:
@@ -146,7 +154,10 @@ def _node(table: dict[str, Any], i: int) -> Node:
     return Node(pk, ip, hostname, _groups(table, "groups", where, required=False))
 
 
-def _route(table: dict[str, Any], i: int) -> tuple[IPv4Address, int, bytes, frozenset[str]]:
+_RouteSpec = tuple[IPv4Address, int, bytes, frozenset[str]]
+
+
+def _route(table: dict[str, Any], i: int) -> _RouteSpec:
     """The route as written: the host-address check comes after the duplicate check."""
     where = f"[[route]] #{i}"
     dest_addr, dest_len = _cidr(_get(table, "dest", str, where), f"{where}: 'dest'")
@@ -179,7 +190,7 @@ def _check_unique_nodes(nodes: tuple[Node, ...]) -> None:
         by_hostname[folded] = i
 
 
-def _check_unique_routes(specs: list[tuple[IPv4Address, int, bytes, frozenset[str]]]) -> None:
+def _check_unique_routes(specs: list[_RouteSpec]) -> None:
     seen: dict[tuple[IPv4Address, int], int] = {}
     for i, (addr, length, _gw, _groups) in enumerate(specs, 1):
         if (addr, length) in seen:
