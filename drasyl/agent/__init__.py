@@ -1,0 +1,1 @@
+"""The drasyl agent: a TUN overlay on the node core, configured by ``config.toml``."""
