@@ -17,7 +17,7 @@ stderr, never a traceback), 2 usage errors. ``run`` hands over to
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import importlib
 import json
 import logging
 import os
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        from . import daemon
+        daemon = importlib.import_module(f"{__package__}.daemon")
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}.daemon":
             raise
