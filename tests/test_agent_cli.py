@@ -180,3 +180,19 @@ def test_run_without_the_daemon_says_so(tmp_path):
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == "drasyl-agent run: the agent daemon is not available in this build\n"
     assert not (tmp_path / "config.toml").exists()
+
+
+def test_systemd_unit_runs_the_agent_with_the_cli_defaults():
+    from drasyl.agent.api import DEFAULT_TOKEN_FILE
+    from drasyl.agent.cli import DEFAULT_CONFIG
+
+    unit = dict(line.split("=", 1) for line in
+                (Path(__file__).resolve().parents[1] / "contrib" / "drasyl-agent.service").read_text().splitlines()
+                if "=" in line and not line.startswith("#"))
+    assert unit["ExecStart"].split() == ["/opt/drasyl/bin/drasyl-agent", "run", "--config", DEFAULT_CONFIG,
+                                         "--token", DEFAULT_TOKEN_FILE]
+    assert unit["WorkingDirectory"] == str(Path(DEFAULT_CONFIG).parent)
+    assert unit["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert (unit["Restart"], unit["RestartSec"]) == ("always", "3")
+    assert unit["AmbientCapabilities"] == unit["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
+    assert unit["After"] == unit["Wants"] == "network-online.target"
