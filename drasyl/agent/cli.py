@@ -10,8 +10,11 @@ back to ``DRASYL_LOG_LEVEL``/``RUST_LOG`` (drasyl-rs' default hides ``RUST_LOG``
 
 The client is a one-shot synchronous ``urllib`` request (no event loop, quick start-up;
 proxies ignored: the API is local). Exit codes: 0 success, 1 any failure (one line on
-stderr, never a traceback), 2 usage errors. ``run`` hands over to
-``drasyl.agent.daemon.run(options)``; this module only parses, formats and dials.
+stderr, never a traceback), 2 usage errors. ``run`` configures logging and hands over to
+``drasyl.agent.daemon.run(options) -> int`` with ``options.config`` and ``options.token``
+(paths), ``options.listen`` (``(host, port)`` of the API, or None: no API) and
+``options.log_level`` (int); a :class:`~drasyl.errors.DrasylError` it raises becomes one line
+on stderr and exit code 1. This module only parses, formats and dials.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
             raise
         print(f"{PROG} run: the agent daemon is not available in this build", file=sys.stderr)
         return 1
+    args.listen = _listen(args)
     _configure_logging(args)
     return daemon.run(args)
 
@@ -153,9 +157,13 @@ def _git_commit() -> str | None:
 # --- the API client ---------------------------------------------------------------------------
 
 
+def _listen(args: argparse.Namespace) -> tuple[str, int] | None:
+    """The API address: ``--api``, else ``DRASYL_API_LISTEN``, else 127.0.0.1:22527."""
+    return parse_listen(args.api if args.api is not None else os.environ.get(LISTEN_ENV, DEFAULT_LISTEN))
+
+
 def _request(args: argparse.Namespace, path: str, body: dict[str, str] | None = None) -> Any:
-    listen = args.api if args.api is not None else os.environ.get(LISTEN_ENV, DEFAULT_LISTEN)
-    address = parse_listen(listen)
+    address = _listen(args)
     if address is None:
         raise AgentError(f"the REST API is disabled ({LISTEN_ENV} is empty)")
     host, port = address
