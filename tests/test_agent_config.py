@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import stat
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -245,6 +247,35 @@ def test_unreadable_and_non_utf8_files(tmp_path, ident):
 ])
 def test_urls_are_normalised_like_the_url_crate(given, normal):
     assert normalize_url(given) == normal
+
+
+WHATWG_CASES = [
+    "HTTPS://u:@Ex.COM:443/a/%2e/b/..%2E/ c?x y#z w", "https://h.example:0443/x", "https://u%41:p w@h.example/",
+    "https://u:p:q@h.example/", "https://a@b@h.example/", "http:\\\\h.example\\a\\b", "https://h.example/a/b/.",
+    "https://h.example?q", "https://h.example#f", "https://h.example/{x}`^|", "https://h.example/?a='b'\"<>",
+    "https://h.example/#a'b\"<>`", "https://H.EXAMPLE./x", "https://h.example:/x", "file:///etc/../x",
+    "https://münchen.example/x", "https://h.example/%7e%7E", "http://h.example/a%2fb", "https:h.example/x",
+    "https:///h.example/x", "https://h.example/\t/x", "file://host.example/share/x.toml", "FILE:///X.toml",
+    "https://[::ffff:192.0.2.1]/", "https://h.example/a/.%2e/b", "http://%41.example/",
+    # errors in both
+    "https://h.example:99999/", "http://a b/", "https://[::1/", "https://", "https://h.example:8a/", "https://a<b.example/",
+]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node (a WHATWG URL implementation) is not installed")
+def test_urls_match_an_independent_whatwg_implementation():
+    """Node's URL class implements the standard the Rust url crate implements."""
+    script = "for (const x of JSON.parse(process.argv[1])) { let h = null; try { h = new URL(x).href } catch {} " \
+             "console.log(JSON.stringify(h)) }"
+    out = subprocess.run(["node", "-e", script, json.dumps(WHATWG_CASES)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    for given, line in zip(WHATWG_CASES, out.stdout.splitlines(), strict=True):
+        want = json.loads(line)
+        if want is None:
+            with pytest.raises(ConfigError):
+                normalize_url(given)
+        else:
+            assert normalize_url(given) == want, given
 
 
 def test_url_masking_hides_only_the_password():

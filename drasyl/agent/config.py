@@ -36,7 +36,7 @@ import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import tomlkit
 from tomlkit.items import AoT, Array, Comment
@@ -467,7 +467,7 @@ def _write(path: str, text: str, create: bool) -> None:
 # serialises it, so ``HTTPS://Example.com:443/a/../net.toml`` and
 # ``https://example.com/net.toml`` are one network. :func:`normalize_url` reproduces that
 # serialisation for the schemes the agent can fetch (``http``, ``https``, ``file``): scheme and
-# host lower-cased, default port dropped, empty path → ``/``, dot segments resolved, an empty
+# host percent-decoded and lower-cased, default port dropped, empty path → ``/``, dot segments resolved, an empty
 # password or userinfo dropped, ``file://localhost/`` → ``file:///``, characters outside the
 # standard's percent-encode sets encoded (existing escapes kept as written). Not reproduced:
 # IPv4 numbers in other notations (``0x7f.1``) and full UTS #46 mapping of non-ASCII hosts
@@ -561,6 +561,7 @@ def _host(host: str, text: str) -> str:
             return f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
         except ValueError:
             raise ConfigError(f"URL has an invalid IPv6 address {host!r}: {mask_url(text)!r}") from None
+    host = unquote(host)
     try:
         host = host.encode("idna").decode("ascii") if not host.isascii() else host
     except UnicodeError:
