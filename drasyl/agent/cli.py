@@ -60,20 +60,20 @@ the other commands talk to a running agent over its REST API."""
 
 EPILOG = f"""\
 files:
-  {DEFAULT_CONFIG}   identity, super_peers, [[network]]s, mtu (--config); created with a
-                             new identity on the first 'run' (config.example.toml explains it)
-  {DEFAULT_TOKEN_FILE}     API bearer token (--token); 'run' creates it (mode 0600) when
-                             missing. Clients fall back to {FALLBACK_TOKEN_FILE}: copy the
-                             token there to use the CLI without root.
+  {DEFAULT_CONFIG:<24} identity, super_peers, [[network]]s, mtu (--config); created
+  {"":<24} with a new identity by the first 'run' (see config.example.toml)
+  {DEFAULT_TOKEN_FILE:<24} API bearer token (--token); 'run' creates it (mode 0600) when
+  {"":<24} missing. Clients fall back to {FALLBACK_TOKEN_FILE}: copy the
+  {"":<24} token there to use the CLI without root.
 
 environment:
-  {LISTEN_ENV}   REST API address of the server and the clients (default {DEFAULT_LISTEN};
-                      empty: no API). --api overrides it.
-  DRASYL_LOG_LEVEL, RUST_LOG   log level when --log-level is not given (default info)
-  DRASYL_MIN_POW_DIFFICULTY    proof-of-work bits of a new identity and required of the one
-                               in config.toml (default 24)
-  DRASYL_ARM_MESSAGES          true|false, encryption (default true; false raises the MTU
-                               limit from 1345 to 1393)
+  {LISTEN_ENV:<28} REST API address of the server and the clients (default
+  {"":<28} {DEFAULT_LISTEN}; empty: no API); --api overrides it
+  {"DRASYL_LOG_LEVEL, RUST_LOG":<28} log level when --log-level is not given (default info)
+  {"DRASYL_MIN_POW_DIFFICULTY":<28} proof-of-work bits of a new identity and required of
+  {"":<28} the one in config.toml (default 24)
+  {"DRASYL_ARM_MESSAGES":<28} true|false: encryption (default true; false raises the
+  {"":<28} MTU limit from 1345 to 1393)
 
 exit codes: 0 success, 1 failure (one line on stderr), 2 usage error"""
 
