@@ -50,6 +50,7 @@ class ServerThread:
         self.control = control
         self.token = token
         self.port = 0
+        self.api: ApiServer | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -63,7 +64,7 @@ class ServerThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = ApiServer(self.control, self.token, "127.0.0.1", 0)
+        server = self.api = ApiServer(self.control, self.token, "127.0.0.1", 0)
         try:
             await server.start()
             self.port = server.port

@@ -190,3 +190,17 @@ def test_listen_addresses(text, address):
 def test_bad_listen_addresses(text):
     with pytest.raises(ConfigError, match=f"API address '{text}' is invalid"):
         parse_listen(text)
+
+
+class BrokenControl(ConfigControl):
+    def status(self) -> dict:
+        raise RuntimeError("bug in the agent")
+
+
+def test_a_bug_behind_the_api_is_a_500_and_the_api_keeps_serving(tmp_path):
+    control = BrokenControl(make_config(tmp_path))
+    with ServerThread(control, token_file(tmp_path, TOKEN)) as server:
+        assert call(server, "/status")[::2] == (500, {"error": "internal error"})
+        assert call(server, "/status")[::2] == (500, {"error": "internal error"})
+        assert post(server, "add", "https://b.example/")["success"] is True
+        assert server.api.errors == {"internal_error": 2}

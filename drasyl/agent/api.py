@@ -8,7 +8,8 @@ every request (main path, then ``~/.drasyl/auth.token``) and created at start wi
 bytes as hex, mode 0600, when neither can be read. Errors are JSON ``{"error": "…"}``: 401
 ``bearer token missing`` / ``token wrong``, 500 ``token file not found``, and, where axum
 answers in plain text, 415 (Content-Type not application/json), 400 (not JSON), 422 (no
-string ``config_url``), 404, 405.
+string ``config_url``), 404, 405, and 500 ``internal error`` (an unexpected exception in
+the agent: counted, logged at most every 10 s, the API keeps serving).
 
 Fixed against drasyl-rs: the token is compared in constant time; an empty token file is
 refused (an empty token would accept ``Bearer`` with nothing after it); failure messages
@@ -59,6 +60,7 @@ import json
 import logging
 import os
 import secrets
+from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +68,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..errors import ConfigError, DrasylError
+from ..net.faults import FaultLog
 from ..urls import format_host_port
 from .config import AgentConfig, mask_url
 
@@ -201,6 +204,9 @@ class ApiServer:
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
+        #: Requests that failed with an unexpected exception (``internal_error``).
+        self.errors: Counter[str] = Counter()
+        self._faults = FaultLog(self.errors)
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
         app.router.add_get("/status", self._status)
         app.router.add_post("/network/{verb:add|remove|enable|disable}", self._network)
@@ -246,6 +252,9 @@ class ApiServer:
             return await handler(request)
         except web.HTTPException as exc:
             return _error(exc.status, exc.reason.lower())
+        except Exception:  # a bug in the agent must not take the API down: count, log, answer
+            self._faults.report(f"answering {request.method} {request.path}")
+            return _error(500, "internal error")
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(await _call(self._control.status))
