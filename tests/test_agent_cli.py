@@ -196,3 +196,30 @@ def test_systemd_unit_runs_the_agent_with_the_cli_defaults():
     assert (unit["Restart"], unit["RestartSec"]) == ("always", "3")
     assert unit["AmbientCapabilities"] == unit["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
     assert unit["After"] == unit["Wants"] == "network-online.target"
+
+
+def test_run_loads_config_with_a_strict_environment(tmp_path, monkeypatch, capsys, caplog):
+    from drasyl.agent.cli import load_config
+    from drasyl.agent.config import AgentConfigError
+    from drasyl.errors import ConfigError
+
+    path = tmp_path / "config.toml"
+    monkeypatch.setenv("DRASYL_MIN_POW_DIFFICULTY", "6")
+    caplog.set_level("INFO", logger="drasyl.agent")
+    config = load_config(str(path))
+    assert capsys.readouterr().out == (f"Config file '{path}' does not exist: generating a new identity "
+                                       "(proof of work, this may take a while)...\n")
+    assert f"I am {config.identity.public_key_hex}" in caplog.text
+    path.write_text("surprise = 1\n" + path.read_text())
+    assert load_config(str(path)).identity == config.identity
+    assert f"{path}: unknown key 'surprise' ignored" in caplog.text
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("DRASYL_ARM_MESSAGES", "yes")
+    with pytest.raises(ConfigError, match="DRASYL_ARM_MESSAGES='yes' is invalid"):
+        load_config(str(path))
+    monkeypatch.setenv("DRASYL_ARM_MESSAGES", "false")
+    path.write_text("mtu = 1393\n" + path.read_text())
+    assert load_config(str(path)).mtu == 1393
+    monkeypatch.setenv("DRASYL_MIN_POW_DIFFICULTY", "64")
+    with pytest.raises(AgentConfigError, match="identity.pow: reaches .* of the required 64 bits"):
+        load_config(str(path))

@@ -11,8 +11,9 @@ back to ``DRASYL_LOG_LEVEL``/``RUST_LOG`` (drasyl-rs' default hides ``RUST_LOG``
 The client is a one-shot synchronous ``urllib`` request (no event loop, quick start-up;
 proxies ignored: the API is local). Exit codes: 0 success, 1 any failure (one line on
 stderr, never a traceback), 2 usage errors. ``run`` configures logging and hands over to
-``drasyl.agent.daemon.run(options) -> int`` with ``options.config`` and ``options.token``
-(paths), ``options.listen`` (``(host, port)`` of the API, or None: no API) and
+``drasyl.agent.daemon.run(options) -> int`` with ``options.agent_config`` (the loaded
+:class:`~drasyl.agent.config.AgentConfig`, generated on the first start), ``options.config``
+and ``options.token`` (paths), ``options.listen`` (``(host, port)`` of the API, or None: no API) and
 ``options.log_level`` (int); a :class:`~drasyl.errors.DrasylError` it raises becomes one line
 on stderr and exit code 1. This module only parses, formats and dials.
 """
@@ -32,8 +33,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..env import log_level
+from ..env import env_bool, env_int, log_level
 from ..errors import DrasylError
+from ..identity import DEFAULT_POW_DIFFICULTY
+from ..superpeer.cli import PowProgress
 from ..urls import format_host_port
 from .api import (
     DEFAULT_LISTEN,
@@ -45,6 +48,9 @@ from .api import (
     package_version,
     parse_listen,
 )
+from .config import AgentConfig
+
+log = logging.getLogger("drasyl.agent")
 
 PROG = "drasyl-agent"
 DEFAULT_CONFIG = "/etc/drasyl/config.toml"
@@ -106,7 +112,33 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     args.listen = _listen(args)
     _configure_logging(args)
+    args.agent_config = load_config(args.config)
     return daemon.run(args)
+
+
+def load_config(path: str) -> AgentConfig:
+    """config.toml for ``run``: generated on the first start with drasyl-sp's progress line.
+
+    ``DRASYL_MIN_POW_DIFFICULTY`` and ``DRASYL_ARM_MESSAGES`` are read strictly (a typo is an
+    error, not the default); unknown keys are logged as warnings.
+    """
+    difficulty = env_int("DRASYL_MIN_POW_DIFFICULTY", DEFAULT_POW_DIFFICULTY, 0, 64)
+    arm_messages = env_bool("DRASYL_ARM_MESSAGES", True)
+    progress = PowProgress(sys.stderr)
+    try:
+        config = AgentConfig.load_or_create(path, difficulty, progress, _announce_generation, arm_messages)
+    finally:
+        progress.finish()
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    log.info("I am %s", config.identity.public_key_hex)
+    return config
+
+
+def _announce_generation(path: str) -> None:
+    what = "has no [identity]" if os.path.lexists(path) else "does not exist"
+    print(f"Config file '{path}' {what}: generating a new identity (proof of work, this may take a while)...",
+          flush=True)
 
 
 def _status(args: argparse.Namespace) -> int:
