@@ -49,6 +49,8 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
     }
 
 :func:`config_status` produces the parts config.toml knows; the agent fills in the rest.
+The schema is ours, not drasyl-rs' (whose ``Status`` carries the secret key and session keys),
+so drasyl-rs' CLI cannot read it and ours cannot read drasyl-rs'.
 """
 
 from __future__ import annotations
