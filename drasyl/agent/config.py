@@ -39,6 +39,7 @@ from typing import Any, Callable
 from urllib.parse import quote, unquote
 
 import tomlkit
+from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, Array, Comment
 
 from ..errors import ConfigError, IdentityError
@@ -66,7 +67,7 @@ ARMED_MTU = 1345
 UNARMED_MTU = 1393
 #: The smallest datagram every IPv4 host must accept (RFC 791); lower makes no sense here.
 MIN_MTU = 576
-NEW_FILE_HEADER = "# drasyl-agent configuration; config.example.toml documents every key.\n"
+NEW_FILE_COMMENT = "drasyl-agent configuration; config.example.toml documents every key."
 
 _KNOWN_TOP = ("identity", "super_peers", "network", "mtu", "prometheus")
 _SK_HEX = re.compile(r"[0-9a-fA-F]{128}")
@@ -158,13 +159,12 @@ class AgentConfig:
         table["pow"] = identity.proof_of_work
         if not os.path.lexists(path):
             doc = tomlkit.document()
-            doc.add(tomlkit.comment(NEW_FILE_HEADER[2:-1]))
+            doc.add(tomlkit.comment(NEW_FILE_COMMENT))
             doc.add(tomlkit.nl())
             doc["identity"] = table
             _write(path, tomlkit.dumps(doc), create=True)
             return cls.load(path, difficulty, arm_messages)
-        probe = cls(path, identity, (), (), ARMED_MTU, difficulty, arm_messages)
-        return probe._edit(lambda doc, _: doc.add("identity", table))
+        return _edit(path, difficulty, arm_messages, lambda doc, _: doc.add("identity", table))
 
     def reload(self) -> tuple[AgentConfig, ConfigChanges]:
         """Read the file again (SIGHUP) and say what changed; errors leave ``self`` valid."""
@@ -247,19 +247,7 @@ class AgentConfig:
         return self._edit(rename)
 
     def _edit(self, change: Callable[[tomlkit.TOMLDocument, AgentConfig], None]) -> AgentConfig:
-        """Re-read the file, refuse if it is broken, apply ``change``, validate, replace."""
-        text = _read(self.path)
-        data = _parse(self.path, text)
-        current = _validate(self.path, data, self.difficulty, self.arm_messages, need_identity=False)
-        try:
-            doc = tomlkit.parse(text)
-        except tomlkit.exceptions.TOMLKitError as exc:  # tomllib accepted it; tomlkit did not
-            raise AgentConfigError(f"{self.path}: cannot edit this file: {exc}") from None
-        change(doc, current)
-        new_text = tomlkit.dumps(doc)
-        new = _validate(self.path, _parse(self.path, new_text), self.difficulty, self.arm_messages)
-        _write(self.path, new_text, create=False)
-        return new
+        return _edit(self.path, self.difficulty, self.arm_messages, change)
 
 
 # --- reading and validating -------------------------------------------------------------------
@@ -417,6 +405,23 @@ def _keep_trailing_comments(networks: AoT, index: int) -> None:
 
 
 # --- writing ----------------------------------------------------------------------------------
+
+
+def _edit(
+    path: str, difficulty: int, arm_messages: bool, change: Callable[[tomlkit.TOMLDocument, AgentConfig], None]
+) -> AgentConfig:
+    """Re-read the file, refuse if it is broken, apply ``change``, validate, replace."""
+    text = _read(path)
+    current = _validate(path, _parse(path, text), difficulty, arm_messages, need_identity=False)
+    try:
+        doc = tomlkit.parse(text)
+    except TOMLKitError as exc:  # tomllib accepted it; tomlkit did not
+        raise AgentConfigError(f"{path}: cannot edit this file: {exc}") from None
+    change(doc, current)
+    new_text = tomlkit.dumps(doc)
+    new = _validate(path, _parse(path, new_text), difficulty, arm_messages)
+    _write(path, new_text, create=False)
+    return new
 
 
 def _write(path: str, text: str, create: bool) -> None:
