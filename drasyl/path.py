@@ -3,6 +3,11 @@
 Shared by the node's super peer and node peer tables (spec §6.2): HELLOs mark a path
 "unanswered since", ACKs clear the mark and add an RTT sample; the median of the last
 five samples ranks paths. Pure data, no I/O.
+
+Each HELLO sent is remembered as (wire timestamp, monotonic send time) for the last
+:data:`STAMP_WINDOW` HELLOs. An ACK counts only if it echoes one of them: its RTT is then
+measured on the monotonic clock (right across wall-clock steps, never negative), and a
+replayed or forged ACK cannot keep a dead path alive.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 from .transmit import Address
 
 RTT_WINDOW = 5
+STAMP_WINDOW = 3  # HELLOs whose ACK is still accepted: one per interval, so ~15 s late at most
 
 
 class Path:
-    __slots__ = ("local", "remote", "rtts", "median", "unanswered_since", "last_ack")
+    __slots__ = ("local", "remote", "rtts", "median", "unanswered_since", "last_ack", "stamps", "rehello_at")
 
     def __init__(self, local: Address | None, remote: Address) -> None:
         self.local = local
@@ -22,20 +28,33 @@ class Path:
         self.median: int | None = None  # µs; None until the first ACK
         self.unanswered_since = 0  # µs of the oldest unanswered HELLO, 0 = none pending
         self.last_ack = 0
+        self.stamps: list[tuple[int, int]] = []  # (wire timestamp, monotonic µs) per HELLO sent
+        self.rehello_at = 0  # µs of the last HELLO sent in answer to the peer's (rate limit)
 
-    def hello_sent(self, now: int) -> None:
+    def hello_sent(self, now: int, stamp: int) -> None:
         if not self.unanswered_since:
             self.unanswered_since = now
+        stamps = self.stamps
+        stamps.append((stamp, now))
+        if len(stamps) > STAMP_WINDOW:
+            del stamps[0]
 
-    def ack_received(self, now: int, rtt: int | None) -> None:
+    def sent_at(self, stamp: int) -> int | None:
+        """Monotonic µs when the HELLO with wire timestamp ``stamp`` went out on this path."""
+        for s, sent in self.stamps:
+            if s == stamp:
+                return sent
+        return None
+
+    def ack_received(self, now: int, sent: int) -> None:
+        """An ACK echoing the HELLO sent at monotonic ``sent``."""
         self.unanswered_since = 0
         self.last_ack = now
-        if rtt is not None and rtt >= 0:
-            rtts = self.rtts
-            rtts.append(rtt)
-            if len(rtts) > RTT_WINDOW:
-                del rtts[0]
-            self.median = sorted(rtts)[len(rtts) // 2]
+        rtts = self.rtts
+        rtts.append(now - sent)
+        if len(rtts) > RTT_WINDOW:
+            del rtts[0]
+        self.median = sorted(rtts)[len(rtts) // 2]
 
     def unanswered_for(self, now: int) -> int:
         """µs since the oldest unanswered HELLO (0 if none is pending)."""

@@ -4,11 +4,16 @@ Parsing follows drasyl-rs (spec §6.2.1): ``publicKey`` required, ``networkId`` 
 ``tcpPort`` to 443, unknown keys are ignored. Two deliberate differences: a value that does
 not parse is a :class:`~drasyl.errors.ConfigError` instead of silently becoming the default,
 and bracketed IPv6 literals work for UDP *and* TCP (drasyl-rs builds a broken TCP address
-for them). Pure: no name resolution here.
+for them). Hosts are checked here, not at the first DNS lookup: an IP literal (IPv6 in
+brackets) or a DNS name of valid labels. IP literals are kept in canonical form
+(:func:`canonical_ip`), the form the kernel reports as a datagram's source, so addresses from
+the configuration and from the network compare equal. Pure: no name resolution here.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 
 from .errors import ConfigError, CryptoError
@@ -16,6 +21,15 @@ from .identity import parse_public_key
 
 DEFAULT_NETWORK_ID = 1
 DEFAULT_TCP_PORT = 443
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def canonical_ip(host: str) -> str:
+    """``host`` in the form the kernel reports (``2001:DB8::0001`` -> ``2001:db8::1``); names as they are."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
 
 
 @dataclass(frozen=True)
@@ -25,6 +39,9 @@ class SuperPeerUrl:
     public_key: bytes
     network_id: int = DEFAULT_NETWORK_ID
     tcp_port: int = DEFAULT_TCP_PORT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host", _checked_host(self.host))
 
     @classmethod
     def parse(cls, text: str) -> SuperPeerUrl:
@@ -70,6 +87,8 @@ def _split_host_port(address: str, text: str) -> tuple[str, int]:
             raise ConfigError(f"super peer URL needs host:port (IPv6 in brackets): {text!r}")
     if not host:
         raise ConfigError(f"super peer URL has no host: {text!r}")
+    if address.startswith("[") and ":" not in host:
+        raise ConfigError(f"super peer URL has a bad IPv6 address: {text!r}")
     try:
         port = int(port_text)
     except ValueError:
@@ -77,6 +96,20 @@ def _split_host_port(address: str, text: str) -> tuple[str, int]:
     if not 1 <= port <= 65535:
         raise ConfigError(f"super peer URL port out of range: {text!r}")
     return host, port
+
+
+def _checked_host(host: str) -> str:
+    """An IP literal in canonical form or a valid DNS name; else a ConfigError."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    # an all-numeric last label is a mistyped IPv4 address (999.1.1.1), never a name
+    if len(name) > 253 or labels[-1].isdigit() or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ConfigError(f"super peer URL has an invalid host {host!r} (neither an IP address nor a DNS name)")
+    return host
 
 
 def _int_param(params: dict[str, str], key: str, default: int, lo: int, hi: int, text: str) -> int:

@@ -39,7 +39,7 @@ from drasyl.messages import (
     open_short,
     parse_long_header,
 )
-from drasyl.node.core import NodeConfig, NodeCore, PayloadTooLarge
+from drasyl.node.core import MAX_PATHS_PER_PEER, MAX_PAYLOAD, NodeConfig, NodeCore, PayloadTooLarge
 from drasyl.node.events import DIRECT, RELAYED, TCP_PATH, CloseTcp, OpenTcp, PathChanged
 from drasyl.superpeer.core import SuperPeerConfig, SuperPeerCore
 from drasyl.transmit import TCP, UDP
@@ -180,7 +180,7 @@ class Net:
         until = self.now if until is None else until
         cores = [*self.sps.values(), *self.nodes]
         while True:
-            self._deliver_all()
+            self.deliver()
             due = [c.next_timer() for c in cores if c.next_timer() <= until]
             if not due:
                 break
@@ -189,16 +189,16 @@ class Net:
                 if core.next_timer() <= self.now:
                     core.handle_timer(self.now)
         self.now = until
-        self._deliver_all()
+        self.deliver()
 
     def advance(self, seconds: float) -> None:
         self.run(self.now + int(seconds * S))
 
     def send(self, node: NodeCore, recipient: bytes, payload: bytes) -> None:
         node.send(recipient, payload, self.now)
-        self._deliver_all()
+        self.deliver()
 
-    def _deliver_all(self) -> None:
+    def deliver(self) -> None:
         for _ in range(10_000):
             batch = []
             for addr, sp in self.sps.items():
@@ -346,12 +346,17 @@ def test_registration_hello_is_accepted_by_the_super_peer_core(net, a, sp_id):
     assert net.traffic(mtype=ACK, dst=A_PUBLIC)
 
 
+def sp_stamp(node: NodeCore, sp: Identity, remote=SP_ADDR, local=A_LOCAL) -> int:
+    """Timestamp of the last HELLO the node sent to this super peer on this path."""
+    return node.super_peers[sp.public_key].paths[(local, remote)].stamps[-1][0]
+
+
 def test_super_peer_rtt_is_the_median_of_the_last_five_acks(sp_id, a):
     node = make_node(a, [(sp_id, SP_ADDR)])
-    node.handle_timer(T0)
-    now = T0 + S
-    for rtt_ms in (90, 10, 50, 20, 40, 30):  # the first sample falls out of the window
-        node.receive_datagram(sp_ack(sp_id, a, now - rtt_ms * MS), A_LOCAL, SP_ADDR, now)
+    for i, rtt_ms in enumerate((90, 10, 50, 20, 40, 30)):  # the first sample falls out of the window
+        tick = T0 + i * 5 * S
+        node.handle_timer(tick)
+        node.receive_datagram(sp_ack(sp_id, a, sp_stamp(node, sp_id)), A_LOCAL, SP_ADDR, tick + rtt_ms * MS)
     [row] = node.peer_list()
     assert row.rtt_ms == 30  # median of 10, 50, 20, 40, 30
     assert row.remote == SP_ADDR
@@ -361,12 +366,12 @@ def test_lowest_rtt_super_peer_becomes_the_default_relay(sp_id, sp2_id, a, b):
     node = make_node(a, [(sp_id, SP_ADDR), (sp2_id, SP2_ADDR)])
     node.handle_timer(T0)
     node.outbox.clear()
-    now = T0 + S
-    node.receive_datagram(sp_ack(sp_id, a, now - 80 * MS), A_LOCAL, SP_ADDR, now)
+    now = T0 + 80 * MS
+    node.receive_datagram(sp_ack(sp_id, a, sp_stamp(node, sp_id)), A_LOCAL, SP_ADDR, now)
     node.send(b.public_key, b"1", now)  # the first super peer that answered relays at once
     assert [t[3] for t in node.outbox] == [SP_ADDR]
     node.outbox.clear()
-    node.receive_datagram(sp_ack(sp2_id, a, now - 10 * MS), A_LOCAL, SP2_ADDR, now)
+    node.receive_datagram(sp_ack(sp2_id, a, sp_stamp(node, sp2_id, SP2_ADDR)), A_LOCAL, SP2_ADDR, T0 + 10 * MS)
     node.handle_timer(T0 + 5 * S)  # the default is recomputed at the tick
     node.outbox.clear()
     node.send(b.public_key, b"2", T0 + 5 * S)
@@ -381,11 +386,12 @@ def test_lowest_rtt_super_peer_becomes_the_default_relay(sp_id, sp2_id, a, b):
 def test_relaying_moves_to_another_super_peer_when_the_default_stops_answering(sp_id, sp2_id, a, b):
     node = make_node(a, [(sp_id, SP_ADDR), (sp2_id, SP2_ADDR)])
     node.handle_timer(T0)
-    node.receive_datagram(sp_ack(sp_id, a, T0), A_LOCAL, SP_ADDR, T0 + 10 * MS)  # fast, default
-    node.receive_datagram(sp_ack(sp2_id, a, T0), A_LOCAL, SP2_ADDR, T0 + 50 * MS)
+    node.receive_datagram(sp_ack(sp_id, a, sp_stamp(node, sp_id)), A_LOCAL, SP_ADDR, T0 + 10 * MS)  # fast
+    node.receive_datagram(sp_ack(sp2_id, a, sp_stamp(node, sp2_id, SP2_ADDR)), A_LOCAL, SP2_ADDR, T0 + 50 * MS)
     for tick in (5, 10):  # from now on only the second super peer answers
         node.handle_timer(T0 + tick * S)
-        node.receive_datagram(sp_ack(sp2_id, a, T0 + tick * S), A_LOCAL, SP2_ADDR, T0 + tick * S + 50 * MS)
+        node.receive_datagram(sp_ack(sp2_id, a, sp_stamp(node, sp2_id, SP2_ADDR)), A_LOCAL, SP2_ADDR,
+                              T0 + tick * S + 50 * MS)
     node.outbox.clear()
     node.send(b.public_key, b"still via the first", T0 + 10 * S + S)
     assert [t[3] for t in node.outbox] == [SP_ADDR]  # one unanswered HELLO is not a failure
@@ -399,7 +405,7 @@ def test_super_peer_without_rtt_samples_is_not_chosen_as_default(sp_id, sp2_id, 
     node = make_node(a, [(sp_id, SP_ADDR), (sp2_id, SP2_ADDR)])  # SP 1 is listed first
     node.handle_timer(T0)
     node.outbox.clear()
-    node.receive_datagram(sp_ack(sp2_id, a, T0), A_LOCAL, SP2_ADDR, T0 + 20 * MS)
+    node.receive_datagram(sp_ack(sp2_id, a, sp_stamp(node, sp2_id, SP2_ADDR)), A_LOCAL, SP2_ADDR, T0 + 20 * MS)
     node.send(b.public_key, b"1", T0 + 20 * MS)  # only SP 2 has answered: it relays at once
     assert [t[3] for t in node.outbox] == [SP2_ADDR]
     node.handle_timer(T0 + 5 * S)
@@ -461,12 +467,16 @@ def test_unite_makes_node_hello_each_endpoint_from_each_local_socket_of_same_fam
     pairs = sorted((t[2], t[3]) for t in node.outbox)
     assert pairs == sorted([(l, e) for l in locals_[:2] for e in endpoints[:2]] + [(locals_[2], endpoints[2])])
     rx_short_id = node.peers[b.public_key].rx_short_id
+    stamps = []
     for data, proto, _, _ in node.outbox:
         header, body = opened(data, b, a)
         assert (proto, header.message_type, header.recipient, header.sender) == (
             UDP, HELLO, b.public_key, a.public_key)
         assert len(data) == 139
-        assert HelloNodePeer.parse(body) == (now, rx_short_id)
+        hello = HelloNodePeer.parse(body)
+        assert hello.short_id == rx_short_id
+        stamps.append(hello.time)
+    assert stamps == list(range(now, now + 5))  # wall time, one µs apart: never repeated
     # the same UNITE again: every endpoint already has a path
     node.outbox.clear()
     node.receive_datagram(unite, locals_[0], SP_ADDR, now)
@@ -499,7 +509,8 @@ def test_node_hello_is_answered_with_ack_and_our_own_hello_on_a_new_or_unconfirm
     node.outbox.clear()
     # known path, our HELLO unanswered (behind NATs the first of two simultaneous punches is
     # dropped): the ACK and our HELLO again at once, not at the next tick
-    node.receive_datagram(hello, A_LOCAL, B_PUBLIC, T0 + S)
+    newer = message(HELLO, b, a, HelloNodePeer(hello_time + S, b"\x01\x02\x03\x04").encode())
+    node.receive_datagram(newer, A_LOCAL, B_PUBLIC, T0 + S)
     assert [t[0][78] for t in node.outbox] == [ACK, HELLO]
     own_hello = HelloNodePeer.parse(opened(node.outbox[1][0], b, a)[1])
     node.receive_datagram(message(ACK, b, a, Ack(own_hello.time).encode()), A_LOCAL, B_PUBLIC, T0 + S + MS)
@@ -893,7 +904,18 @@ def test_garbage_never_raises_from_receive_datagram(sp_id, a, b):
     for data in samples:
         node.receive_datagram(data, A_LOCAL, SP_ADDR, T0)
         node.receive_datagram(data, A_LOCAL, B_PUBLIC, T0)
-        assert node.receive_tcp(sp_id.public_key, data, T0) in (True, False)
+        dropped = sum(node.drops.values())
+        kept = node.receive_tcp(sp_id.public_key, data, T0)
+        try:
+            header = parse_long_header(data)
+        except DrasylError:
+            header = None
+        if header is None or header.recipient != a.public_key or header.network_id != 1:
+            assert kept is False, data.hex()  # only the super peer can have framed this
+        elif header.sender == b.public_key and header.message_type == APP:
+            assert kept is True, data.hex()  # whatever B spoiled, B cannot cut our link
+        if not kept:
+            assert sum(node.drops.values()) == dropped + 1, data.hex()  # every close is counted
     for data in samples[:11]:
         assert node.receive_tcp(sp_id.public_key, data, T0) is False
     assert sum(node.drops.values()) > len(samples)
@@ -909,3 +931,335 @@ def test_short_id_learned_from_a_hello_survives_a_tick_until_the_peer_is_silent(
     assert peer.tx_short_id == sid
     node.handle_timer(T0 + 35 * S)  # no HELLO, no ACK for longer than hello_timeout
     assert peer.tx_short_id is None
+
+
+# --- clocks: monotonic timers, wall-clock timestamps (drasyl/clock.py) ----------------------
+
+HOUR = 3600 * S
+
+
+def sp_hello_times(node: NodeCore, sp: Identity, me: Identity) -> list[int]:
+    return [HelloSuperPeer.parse(opened(t[0], sp, me)[1]).time for t in of_type(node.outbox, HELLO)]
+
+
+def node_hello(sender: Identity, recipient: Identity, time: int, short_id: bytes = b"wxyz") -> bytes:
+    return message(HELLO, sender, recipient, HelloNodePeer(time, short_id).encode())
+
+
+def test_hello_timestamps_are_wall_time_and_never_decrease_across_wall_steps(sp_id, a):
+    node = make_node(a, [(sp_id, SP_ADDR)])
+    node.wall_offset = HOUR  # the wall clock is an hour ahead of the monotonic one
+    node.handle_timer(T0)
+    stamps = sp_hello_times(node, sp_id, a)
+    assert stamps == [T0 + HOUR]
+    node.wall_offset = 0  # NTP steps the wall clock back an hour
+    for tick in range(1, 4):
+        node.outbox.clear()
+        node.handle_timer(T0 + tick * 5 * S)
+        times = sp_hello_times(node, sp_id, a)
+        assert len(times) == 1, f"no HELLO at tick {tick} after the backward step"
+        stamps += times
+    assert stamps == sorted(set(stamps)), stamps  # strictly increasing
+    node.wall_offset = 2 * HOUR  # a forward step: wall time again, and no burst of ticks
+    node.outbox.clear()
+    node.handle_timer(T0 + 20 * S)
+    assert sp_hello_times(node, sp_id, a) == [T0 + 20 * S + 2 * HOUR]
+    node.outbox.clear()
+    node.handle_timer(T0 + 20 * S + 1)
+    assert node.outbox == [] and node.next_timer() == T0 + 25 * S
+
+
+def test_node_hellos_of_one_tick_get_distinct_increasing_timestamps(sp_id, a, b):
+    locals_ = [("10.0.0.1", 1001), ("10.0.0.2", 1001)]
+    node = make_node(a, [(sp_id, SP_ADDR)], locals_)
+    node.send(b.public_key, b"x", T0)
+    node.outbox.clear()
+    unite = message(UNITE, sp_id, a, Unite(b.public_key, encode_endpoints([B_PUBLIC, B_LOCAL])).encode())
+    node.receive_datagram(unite, locals_[0], SP_ADDR, T0)
+    stamps = [HelloNodePeer.parse(opened(t[0], b, a)[1]).time for t in of_type(node.outbox, HELLO)]
+    assert len(stamps) == 4 and stamps == sorted(set(stamps)) and stamps[0] == T0
+
+
+def test_rtt_comes_from_the_monotonic_clock_across_wall_steps(sp_id, a):
+    node = make_node(a, [(sp_id, SP_ADDR)])
+    node.handle_timer(T0)
+    [stamp] = sp_hello_times(node, sp_id, a)
+    node.wall_offset = -HOUR  # the wall clock steps back while the HELLO is in flight
+    node.receive_datagram(sp_ack(sp_id, a, stamp), A_LOCAL, SP_ADDR, T0 + 20 * MS)
+    node.outbox.clear()
+    node.handle_timer(T0 + 5 * S)
+    [stamp] = sp_hello_times(node, sp_id, a)
+    node.wall_offset = HOUR  # and forward
+    node.receive_datagram(sp_ack(sp_id, a, stamp), A_LOCAL, SP_ADDR, T0 + 5 * S + 30 * MS)
+    assert node.super_peers[sp_id.public_key].best_udp.rtts == [20 * MS, 30 * MS]
+
+
+def test_age_of_a_node_hello_is_checked_against_wall_time(sp_id, a, b):
+    node = make_node(a, [(sp_id, SP_ADDR)])
+    node.wall_offset = HOUR
+    node.receive_datagram(node_hello(b, a, T0), A_LOCAL, B_PUBLIC, T0)  # an hour old in wall time
+    assert node.outbox == [] and node.drops["hello_too_old"] == 1
+    node.receive_datagram(node_hello(b, a, T0 + HOUR), A_LOCAL, B_PUBLIC, T0)
+    assert sorted(t[0][78] for t in node.outbox) == [ACK, HELLO]
+
+
+# --- replays and amplification -------------------------------------------------------------
+
+
+def test_replayed_node_hello_from_spoofed_sources_gets_no_answer_and_no_path(sp_id, a, b):
+    node = make_node(a, [(sp_id, SP_ADDR)])
+    hello = node_hello(b, a, T0)
+    node.receive_datagram(hello, A_LOCAL, B_PUBLIC, T0 + MS)
+    assert sorted(t[0][78] for t in node.outbox) == [ACK, HELLO]  # ACK, and punch back
+    node.outbox.clear()
+    for i in range(20):
+        node.receive_datagram(hello, A_LOCAL, ("198.51.100.%d" % (i + 100), 4000 + i), T0 + 2 * MS)
+    assert node.outbox == []
+    assert list(node.peers[b.public_key].paths) == [(A_LOCAL, B_PUBLIC)]
+    assert node.drops["hello_replayed"] == 20
+
+
+def test_hello_on_an_unconfirmed_path_gets_at_most_one_rehello_per_interval(sp_id, a, b):
+    node = make_node(a, [(sp_id, SP_ADDR)])
+    node.send(b.public_key, b"x", T0)
+    unite = message(UNITE, sp_id, a, Unite(b.public_key, encode_endpoints([B_PUBLIC])).encode())
+    node.receive_datagram(unite, A_LOCAL, SP_ADDR, T0)
+    node.outbox.clear()
+    hello = node_hello(b, a, T0 + MS)
+    node.receive_datagram(hello, A_LOCAL, B_PUBLIC, T0 + 2 * MS)
+    assert sorted(t[0][78] for t in node.outbox) == [ACK, HELLO]  # the punch race: HELLO again
+    node.outbox.clear()
+    for i in range(10):  # replays of it: one ACK each (no bigger than what came), no HELLO
+        node.receive_datagram(hello, A_LOCAL, B_PUBLIC, T0 + 3 * MS + i)
+    assert [t[0][78] for t in node.outbox] == [ACK] * 10
+    assert all(len(t[0]) <= len(hello) for t in node.outbox)
+    node.outbox.clear()
+    node.receive_datagram(node_hello(b, a, T0 + 5 * S), A_LOCAL, B_PUBLIC, T0 + 5 * S + 2 * MS)
+    assert sorted(t[0][78] for t in node.outbox) == [ACK, HELLO]
+
+
+def test_an_older_hello_never_installs_its_short_id(sp_id, a, b):
+    node = make_node(a, [(sp_id, SP_ADDR)])
+    node.receive_datagram(node_hello(b, a, T0 + 2 * MS, b"new1"), A_LOCAL, B_PUBLIC, T0 + 3 * MS)
+    peer = node.peers[b.public_key]
+    node.receive_datagram(node_hello(b, a, T0 + MS, b"new1"), A_LOCAL, B_PUBLIC, T0 + 4 * MS)
+    assert peer.tx_short_id == b"new1"  # a replay with the current id changes nothing
+    # a replay with an old id, or B restarted with its clock set back: long headers work for both
+    node.receive_datagram(node_hello(b, a, T0 + MS, b"old1"), A_LOCAL, B_PUBLIC, T0 + 5 * MS)
+    assert peer.tx_short_id is None
+    node.receive_datagram(node_hello(b, a, T0 + 3 * MS, b"new2"), A_LOCAL, B_PUBLIC, T0 + 6 * MS)
+    assert peer.tx_short_id == b"new2"
+
+
+def test_paths_per_peer_are_capped(sp_id, a, b):
+    locals_ = [("10.0.0.1", 1001), ("10.0.0.2", 1001)]
+    node = make_node(a, [(sp_id, SP_ADDR)], locals_)
+    node.send(b.public_key, b"x", T0)
+    node.outbox.clear()
+    endpoints = [("203.0.113.%d" % i, 40000 + i) for i in range(1, 16)]  # 15 x 2 sockets = 30
+    unite = message(UNITE, sp_id, a, Unite(b.public_key, encode_endpoints(endpoints)).encode())
+    node.receive_datagram(unite, locals_[0], SP_ADDR, T0)
+    peer = node.peers[b.public_key]
+    assert len(peer.paths) == MAX_PATHS_PER_PEER < 30
+    assert len(of_type(node.outbox, HELLO)) == MAX_PATHS_PER_PEER
+    assert node.drops["path_limit"] == 30 - MAX_PATHS_PER_PEER
+    for i in range(40):  # fresh HELLOs from ever new sources (a NAT that changes ports)
+        src = ("198.51.100.7", 50000 + i)
+        node.receive_datagram(node_hello(b, a, T0 + (i + 1) * MS), locals_[0], src, T0 + (i + 1) * MS)
+        assert len(peer.paths) <= MAX_PATHS_PER_PEER
+    assert (locals_[0], ("198.51.100.7", 50039)) in peer.paths  # the newest source is tried
+
+
+def test_ack_must_echo_a_hello_we_sent_on_that_path(sp_id, a):
+    node = make_node(a, [(sp_id, SP_ADDR)])
+    node.handle_timer(T0)
+    sp = node.super_peers[sp_id.public_key]
+    node.receive_datagram(sp_ack(sp_id, a, T0 - 10 * MS), A_LOCAL, SP_ADDR, T0 + MS)  # never sent
+    node.receive_datagram(sp_ack(sp_id, a, T0), A_LOCAL, ("192.0.2.99", 22527), T0 + MS)  # other source
+    assert sp.best_udp is None and list(sp.paths) == [(A_LOCAL, SP_ADDR)]
+    assert node.drops["ack_unmatched"] == 2
+    node.receive_datagram(sp_ack(sp_id, a, T0), A_LOCAL, SP_ADDR, T0 + MS)
+    assert sp.best_udp is not None and sp.best_udp.rtts == [MS]
+
+
+# --- TCP to a super peer: cut only by the super peer, half-dead detected -----------------
+
+
+def test_tcp_is_closed_only_for_frames_the_super_peer_is_to_blame_for(sp_id, a, b, ids):
+    node = make_node(a, [(sp_id, SP_ADDR)], enforce_tcp=True)
+    node.tcp_connected(sp_id.public_key, T0)
+    sp_key = sp_id.public_key
+    bad_tag = bytearray(message(APP, b, a, b"payload"))
+    bad_tag[-1] ^= 1
+    from_nodes = [bytes(bad_tag), message(APP, b, a, b"plain", armed=False),
+                  message(APP, b, a, b"x", pow_=b.proof_of_work + 1)]
+    for frame in from_nodes:  # relayed APPs a node spoiled: dropped, the link stays
+        assert node.receive_tcp(sp_key, frame, T0) is True
+    assert node.inbox == [] and node.peers == {}
+    assert sum(node.drops.values()) == len(from_nodes)
+    bad_ack = bytearray(sp_ack(sp_id, a, T0))
+    bad_ack[-1] ^= 1
+    from_sp = [b"\x00" * 10, message(APP, b, ids["id_3"], b"x"), message(APP, b, a, b"x", network_id=2),
+               message(HELLO, b, a, HelloNodePeer(T0).encode()), bytes(bad_ack),
+               message(ACK, sp_id, a, Ack(T0).encode(), armed=False)]
+    for frame in from_sp:  # what only the super peer can have sent wrong: close
+        assert node.receive_tcp(sp_key, frame, T0) is False
+    assert node.receive_tcp(sp_key, message(APP, b, a, b"fine"), T0) is True
+    assert node.inbox == [(b.public_key, b"fine")]
+
+
+def test_unanswered_tcp_path_is_closed_and_reopened_after_two_intervals(net, a, b, sp_id):
+    net.blocked = no_udp_for_a
+    node_a, node_b = two_nodes(net, a, b)
+    net.run(T0 + 5 * S)
+    net.connect_tcp(node_a, sp_id.public_key, A_TCP)
+    net.send(node_a, b.public_key, b"over tcp")
+    assert node_b.inbox[-1] == (a.public_key, b"over tcp")
+    # the connection goes half-dead: nothing comes back from the super peer
+    net.blocked = lambda proto, src, dst: no_udp_for_a(proto, src, dst) or (proto == TCP and dst == A_TCP)
+    node_a.events.clear()
+    first_unanswered = node_a.next_timer()
+    net.run(first_unanswered + 5 * S)
+    assert tcp_events(node_a) == []  # one unanswered interval is tolerated
+    net.run(first_unanswered + 10 * S)
+    assert tcp_events(node_a) == [CloseTcp(sp_id.public_key), OpenTcp(sp_id.public_key, SP_ADDR[0], 8443)]
+    assert PathChanged(b.public_key, RELAYED, None) in node_a.events
+    net.close_tcp(node_a, sp_id.public_key)
+    start = net.mark()
+    net.send(node_a, b.public_key, b"waits for a super peer")
+    assert node_a.queued == 1 and not net.traffic(since=start, proto=TCP)
+    net.connect_tcp(node_a, sp_id.public_key, ("198.51.100.1", 50002))  # reopened, answers
+    assert node_b.inbox[-1] == (a.public_key, b"waits for a super peer")
+
+
+# --- inputs at the edges -------------------------------------------------------------------
+
+
+def test_refused_payload_leaves_no_state(sp_id, a, b):
+    node = make_node(a, [(sp_id, SP_ADDR)])
+    with pytest.raises(PayloadTooLarge):
+        node.send(b.public_key, bytes(2000), T0)
+    assert node.peers == {} and node.short_ids == {} and node.outbox == []
+    node.send(b.public_key, b"x", T0)
+    with pytest.raises(PayloadTooLarge):
+        node.send(b.public_key, bytes(2000), T0 + 50 * S)
+    assert node.peers[b.public_key].app_tx == T0
+
+
+def test_non_canonical_ipv6_super_peer_address_matches_the_address_acks_come_from(sp_id, a):
+    local6 = ("2001:db8:a::1", 1001)
+    node = NodeCore(a, [SuperPeerUrl("2001:DB8::0100", 22527, sp_id.public_key, 1, 8443)], NodeConfig(), T0)
+    node.set_local_addresses([local6])
+    node.set_super_peer_addresses(sp_id.public_key, [("2001:DB8::0100", 22527)])
+    for tick in range(4):
+        now = T0 + tick * 5 * S
+        node.handle_timer(now)
+        [stamp] = sp_hello_times(node, sp_id, a)
+        node.outbox.clear()
+        # the kernel reports the source in canonical form, with flow info and scope id
+        node.receive_datagram(sp_ack(sp_id, a, stamp), local6, ("2001:db8::100", 22527, 0, 0), now + MS)
+        node.set_super_peer_addresses(sp_id.public_key, [("2001:DB8::0100", 22527)])  # re-resolved
+    assert tcp_events(node) == []
+    assert node.peer_list()[0].path == "udp"
+
+
+# --- the data path seam: send handles, batches, byte counts, reloads -----------------------
+
+
+def registered(sp_id, a, **settings) -> NodeCore:
+    node = make_node(a, [(sp_id, SP_ADDR)], **settings)
+    node.handle_timer(T0)
+    node.receive_datagram(sp_ack(sp_id, a, sp_stamp(node, sp_id)), A_LOCAL, SP_ADDR, T0 + 10 * MS)
+    node.outbox.clear()
+    return node
+
+
+def test_send_batch_drops_oversize_payloads_by_count_and_sends_the_rest(sp_id, a, b):
+    node = registered(sp_id, a)
+    handle = node.handle(b.public_key, T0)
+    dropped = node.send_batch([(handle, b"x" * MAX_PAYLOAD), (handle, b"y" * (MAX_PAYLOAD + 1)),
+                               (handle, b"z")], T0 + S)
+    assert dropped == 1 and node.drops["payload_too_large"] == 1
+    assert [opened(t[0], b, a)[1] for t in node.outbox] == [b"x" * MAX_PAYLOAD, b"z"]
+    assert all(len(t[0]) <= 1472 for t in node.outbox)
+    assert MAX_PAYLOAD == 1345
+
+
+def test_send_batch_takes_views_of_a_reused_buffer_and_encrypts_them_at_once(sp_id, a, b):
+    node = registered(sp_id, a)
+    handle = node.handle(b.public_key, T0)
+    arena = bytearray(b"first packet")
+    node.send_batch([(handle, memoryview(arena)[:5])], T0 + S)
+    arena[:] = b"second reuse"  # the TUN reads the next burst into the same buffer
+    [(data, *_)] = node.outbox
+    assert opened(data, b, a)[1] == b"first"
+
+
+def test_send_batch_uses_the_short_header_on_a_direct_path(net, a, b):
+    node_a, node_b = two_nodes(net, a, b)
+    net.send(node_a, b.public_key, b"punch")  # relayed; the UNITE makes the path direct
+    assert node_a.peers[b.public_key].route == DIRECT
+    handle = node_a.handle(b.public_key, net.now)
+    start = net.mark()
+    node_a.send_batch([(handle, b"one"), (handle, b"two")], net.now)
+    net.deliver()
+    assert len(net.traffic(since=start, dst=B_PUBLIC, mtype="short")) == 2
+    assert node_b.inbox[-2:] == [(a.public_key, b"one"), (a.public_key, b"two")]
+
+
+def test_a_held_peer_outlives_idle_expiry_until_released(sp_id, a, b):
+    node = registered(sp_id, a)
+    handle = node.handle(b.public_key, T0)
+    assert node.handle(b.public_key, T0) is handle  # one entry, two holders
+    for t in range(5, 125, 5):
+        node.handle_timer(T0 + t * S)
+    assert b.public_key in node.peers
+    node.release(handle)
+    node.handle_timer(T0 + 130 * S)
+    assert b.public_key in node.peers  # still held once
+    node.release(handle)
+    node.handle_timer(T0 + 135 * S)
+    assert b.public_key not in node.peers
+
+
+def test_peer_list_counts_payload_bytes_both_ways_and_idle_time(net, a, b):
+    node_a, node_b = two_nodes(net, a, b)
+    net.send(node_a, b.public_key, b"12345")
+    net.send(node_b, a.public_key, b"123")
+    [row] = [r for r in node_a.peer_list(net.now + 2 * S) if r.role == "node"]
+    assert (row.bytes_out, row.bytes_in) == (5, 3)
+    assert row.idle_s == pytest.approx(2, abs=0.01)
+
+
+def test_set_super_peers_keeps_unchanged_ones_and_drops_removed_ones(sp_id, sp2_id, a, b):
+    node = registered(sp_id, a)
+    kept = node.super_peers[sp_id.public_key]
+    node.set_super_peers([url(sp_id), url(sp2_id, SP2_ADDR)], T0 + S)
+    assert node.super_peers[sp_id.public_key] is kept and kept.median is not None
+    assert node.next_timer() == T0 + S  # register with the new one at once
+    node.set_super_peer_addresses(sp2_id.public_key, [SP2_ADDR])
+    node.set_super_peers([url(sp2_id, SP2_ADDR)], T0 + 2 * S)
+    assert list(node.super_peers) == [sp2_id.public_key]
+    assert node.default.public_key == sp2_id.public_key
+    node.handle_timer(T0 + 2 * S)
+    assert {t[3] for t in of_type(node.outbox, HELLO)} == {SP2_ADDR}
+
+
+def test_set_super_peers_refuses_a_new_network_id_and_an_empty_list(sp_id, sp2_id, a):
+    node = registered(sp_id, a)
+    other = SuperPeerUrl(SP2_ADDR[0], SP2_ADDR[1], sp2_id.public_key, 7, 8443)
+    with pytest.raises(DrasylError, match="networkId"):
+        node.set_super_peers([other], T0)
+    with pytest.raises(DrasylError):
+        node.set_super_peers([], T0)
+    assert list(node.super_peers) == [sp_id.public_key]
+
+
+def test_set_super_peers_closes_the_tcp_connection_of_a_removed_super_peer(net, a, b, sp_id, sp2_id):
+    node = make_node(a, [(sp_id, SP_ADDR)], enforce_tcp=True)
+    node.handle_timer(T0)
+    assert any(isinstance(e, OpenTcp) for e in node.events)
+    node.tcp_connected(sp_id.public_key, T0 + MS)
+    node.events.clear()
+    node.set_super_peers([url(sp2_id, SP2_ADDR)], T0 + S)
+    assert CloseTcp(sp_id.public_key) in node.events

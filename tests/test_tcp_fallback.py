@@ -32,7 +32,7 @@ B_IP = "198.51.100.30"
 SP_UDP_PORT = 22527
 SP_TCP_PORT = 8443
 HELLO_INTERVAL_S = 5.0  # the nodes' default housekeeping interval; nothing is shortened
-FALLBACK_LIMIT_S = 15.0  # drasyl-rs needs 30-35 s; ours should take one interval (~5-6 s)
+FALLBACK_LIMIT_S = 8.0  # drasyl-rs needs 30-35 s; ours takes one interval (~5-6 s) plus slack for a busy host
 START_S = 10.0  # Python start-up and first output of a process
 
 BLOCK_UDP_TO_SP = f"""

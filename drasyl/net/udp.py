@@ -10,6 +10,11 @@ dropped and counted (UDP semantics; retransmission is the application's business
 to one destination (a burst of full-size APPs) go out as one UDP GSO ``sendmsg``
 (``UDP_SEGMENT``): the kernel cuts them into the same datagrams, one syscall instead of up to
 64. Where GSO is unavailable a socket falls back to one ``sendto`` per datagram.
+
+A failed GSO send is retried as plain sends. Only when those get through where GSO did not
+is GSO to blame (an old kernel, a device without UDP segmentation); after
+:data:`GSO_STRIKES` such failures in a row the socket stops trying GSO. Errors that plain sends
+share (an unreachable network, a source address the route cannot use) say nothing about GSO.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 UDP_SEGMENT = 103  # linux/udp.h: GSO segment size for one sendmsg
 GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS on older kernels
 GSO_MAX_BYTES = 65000  # a GSO sendmsg is one (up to 64 KiB) UDP datagram before segmentation
+GSO_STRIKES = 3  # GSO-only failures in a row before a socket gives GSO up
 
 BatchHandler = Callable[["UdpSocket", list[tuple[bytes, Address]]], None]
 
@@ -64,7 +70,8 @@ class UdpSocket:
         self.sock = sock
         self.local: Address = sock.getsockname()[:2]  # (host, port) for IPv4 and IPv6 alike
         self.send_drops = 0
-        self.gso = hasattr(socket, "SOL_UDP")  # cleared on the first failure
+        self.gso = hasattr(socket, "SOL_UDP")  # cleared after GSO_STRIKES GSO-only failures
+        self._gso_strikes = 0
         self._on_batch = on_batch
         self._batch = batch
         self._loop = asyncio.get_running_loop()
@@ -96,18 +103,27 @@ class UdpSocket:
 
     def send_segments(self, datagrams: list[bytes | bytearray], size: int, addr: Address) -> None:
         """Datagrams of equal ``size`` (the last may be shorter) with one GSO sendmsg."""
-        if self.gso:
-            try:
-                self.sock.sendmsg([b"".join(datagrams)], [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))],
-                                  0, addr)
-                return
-            except BlockingIOError:
-                self.send_drops += len(datagrams)
-                return
-            except OSError:
-                self.gso = False  # no GSO here (old kernel, device without it): plain sends
+        if not self.gso:
+            for data in datagrams:
+                self.send(data, addr)
+            return
+        try:
+            self.sock.sendmsg([b"".join(datagrams)], [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))],
+                              0, addr)
+            self._gso_strikes = 0
+            return
+        except BlockingIOError:
+            self.send_drops += len(datagrams)
+            return
+        except OSError:
+            pass
+        sent = 0
         for data in datagrams:
-            self.send(data, addr)
+            sent += self.send(data, addr)
+        if sent:  # plain sends work where GSO failed: GSO is to blame
+            self._gso_strikes += 1
+            if self._gso_strikes >= GSO_STRIKES:
+                self.gso = False
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:

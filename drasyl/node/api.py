@@ -3,6 +3,15 @@
 Thin glue only: every protocol decision is in :class:`~drasyl.node.core.NodeCore`. Received
 datagrams are processed in batches (all that are ready per wake-up) and the outbox is sent
 right after, so the data path has no per-packet task, future or log call.
+
+Clocks: the core gets monotonic µs (:func:`drasyl.clock.monotonic_us`, the clock the event
+loop schedules on) and its ``wall_offset`` is refreshed at every batch, tick and send, so a
+wall clock that steps neither stops nor bunches the HELLOs.
+
+Bounds: the receive queue holds :data:`INBOX_LIMIT` messages (the oldest is dropped beyond
+that, counted as ``inbox_full``); a TCP connection to a super peer takes no more frames once
+:data:`TCP_BACKLOG_LIMIT` bytes wait to be written (``tcp_backlog_full``). Both counters are in
+:meth:`Node.stats` with the core's drops.
 """
 
 from __future__ import annotations
@@ -12,10 +21,10 @@ import hashlib
 import ipaddress
 import logging
 import socket
-import time
 from collections import deque
-from typing import Iterable
+from typing import Callable, Iterable
 
+from .. import clock
 from ..errors import ConfigError, DrasylError
 from ..identity import Identity
 from ..net.faults import FaultLog
@@ -24,23 +33,29 @@ from ..net.tcp import FramedProtocol
 from ..net.udp import UdpSocket, bind_udp, send_transmits
 from ..transmit import Address
 from ..urls import SuperPeerUrl, parse_super_peers
-from .core import NodeConfig, NodeCore
+from .core import NodeConfig, NodeCore, NodePeer
+
+#: The data path's receive seam: called with each received batch of ``(sender, payload)``.
+Receiver = Callable[[list[tuple[bytes, bytes | bytearray]]], None]
 from .events import CloseTcp, OpenTcp, PathChanged, PeerInfo
 
 log = logging.getLogger(__name__)
 
 DNS_TIMEOUT = 2.0
 TCP_CONNECT_TIMEOUT = 5.0
-INBOX_LIMIT = 65536
-
-
-def _now() -> int:
-    return time.time_ns() // 1000
+INBOX_LIMIT = 65536  # received messages held for the application (~90 MB of full-size APPs)
+TCP_BACKLOG_LIMIT = 128 * 1024  # bytes waiting on a TCP connection, as at the super peer
 
 
 def derived_udp_port(public_key: bytes) -> int:
     """A stable per-identity port in 22528..65534, like drasyl-rs (its hash is not portable)."""
     return 22528 + int.from_bytes(hashlib.sha256(public_key).digest()[:8], "big") % 43007
+
+
+def _urls(super_peers: Iterable[str | SuperPeerUrl] | str) -> list[SuperPeerUrl]:
+    if isinstance(super_peers, str):
+        return parse_super_peers(super_peers)
+    return [u if isinstance(u, SuperPeerUrl) else SuperPeerUrl.parse(u) for u in super_peers]
 
 
 def _as_key(public_key: bytes | str) -> bytes:
@@ -57,8 +72,10 @@ def _as_key(public_key: bytes | str) -> bytes:
 class Node:
     """An asyncio drasyl node. Create it with :meth:`start`; use ``async with`` or :meth:`close`."""
 
-    def __init__(self, core: NodeCore, udp_addrs: list[str] | None, udp_port: int) -> None:
+    def __init__(self, core: NodeCore, udp_addrs: list[str] | None, udp_port: int,
+                 on_receive: Receiver | None = None) -> None:
         self._core = core
+        self._on_receive = on_receive
         self._fixed_addrs = udp_addrs
         self._port = udp_port
         self._loop = asyncio.get_running_loop()
@@ -72,8 +89,6 @@ class Node:
         self._drained = asyncio.Event()  # set by _flush when no APP waits for a super peer
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
-        #: Messages dropped because the application did not read them fast enough.
-        self.inbox_drops = 0
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -86,20 +101,22 @@ class Node:
         udp_port: int | None = None,
         udp_addrs: list[str] | None = None,
         config: NodeConfig | None = None,
+        on_receive: Receiver | None = None,
     ) -> Node:
         """Bind UDP sockets, resolve the super peers and register with them.
 
         ``udp_port``: None derives a stable port from the public key, 0 picks a free one.
         ``udp_addrs``: local IPs to bind (one socket each); None means every usable interface
         address, re-read at each housekeeping tick.
+        ``on_receive``: the data path's receive seam. Called synchronously once per received
+        batch with the ``(sender, payload)`` list (payloads are fresh buffers; the list is
+        not reused after the call); :meth:`recv` then gets nothing. None: queue for
+        :meth:`recv` (at most :data:`INBOX_LIMIT`).
         """
-        if isinstance(super_peers, str):
-            urls = parse_super_peers(super_peers)
-        else:
-            urls = [u if isinstance(u, SuperPeerUrl) else SuperPeerUrl.parse(u) for u in super_peers]
-        core = NodeCore(identity, urls, config, _now())
+        urls = _urls(super_peers)
+        core = NodeCore(identity, urls, config, clock.monotonic_us(), clock.wall_offset_us())
         port = derived_udp_port(identity.public_key) if udp_port is None else udp_port
-        node = cls(core, udp_addrs, port)
+        node = cls(core, udp_addrs, port, on_receive)
         try:
             node._sync_sockets(starting=True)
             await node._resolve_super_peers()
@@ -152,22 +169,27 @@ class Node:
         """Send one message now (direct, relayed or queued until a super peer answers)."""
         if self._closed:
             raise DrasylError("node closed")
-        self._core.send(_as_key(recipient), payload, _now())
+        self._core.send(_as_key(recipient), payload, self._now())
         self._flush()
 
     async def send(self, recipient: bytes | str, payload: bytes) -> None:
         self.send_nowait(recipient, payload)
 
     def send_many(self, recipient: bytes | str, payloads: Iterable[bytes]) -> None:
-        """Send a batch to one peer with one clock read and one flush."""
+        """Send a batch to one peer with one clock read and one flush.
+
+        A refused payload (e.g. too large) raises after what was accepted before it is sent.
+        """
         if self._closed:
             raise DrasylError("node closed")
         key = _as_key(recipient)
-        now = _now()
+        now = self._now()
         send = self._core.send
-        for payload in payloads:
-            send(key, payload, now)
-        self._flush()
+        try:
+            for payload in payloads:
+                send(key, payload, now)
+        finally:
+            self._flush()
 
     async def recv(self) -> tuple[bytes, bytes]:
         """The next ``(sender public key, payload)``."""
@@ -184,8 +206,49 @@ class Node:
         return [q.popleft() for _ in range(n)]
 
     def peers(self) -> list[PeerInfo]:
-        """Super peers and node peers with their path (direct/relayed/tcp, udp/tcp) and RTT."""
-        return self._core.peer_list()
+        """Super peers and node peers: path (direct/relayed/tcp, udp/tcp), RTT, bytes, idle time."""
+        return self._core.peer_list(self._now())
+
+    # --- data path seam (the agent's TUN loop) --------------------------------------------
+
+    def handle(self, peer: bytes | str) -> NodePeer:
+        """A send handle for :meth:`send_batch`; the peer's state is kept while it is held."""
+        return self._core.handle(_as_key(peer), self._now())
+
+    def release(self, handle: NodePeer) -> None:
+        self._core.release(handle)
+
+    def send_batch(self, items: Iterable[tuple[NodePeer, bytes | bytearray | memoryview]]) -> int:
+        """Send ``(handle, payload)`` pairs (payloads ≤ :data:`MAX_PAYLOAD`) with one clock
+        read and one flush; returns how many were dropped as too large (counted, never raised)."""
+        if self._closed:
+            return 0
+        dropped = self._core.send_batch(items, self._now())
+        self._flush()
+        return dropped
+
+    async def set_super_peers(self, super_peers: Iterable[str | SuperPeerUrl] | str) -> None:
+        """Switch to another super peer set while running (a reload): resolve the new ones
+        and register at once; unchanged super peers keep their paths and connections (see
+        :meth:`NodeCore.set_super_peers`)."""
+        self._core.set_super_peers(_urls(super_peers), self._now())
+        self._flush()
+        await self._resolve_super_peers()
+        if self._timer is not None and not self._closed:
+            self._timer.cancel()
+            self._timer = self._loop.call_soon(self._on_timer)
+
+    @property
+    def inbox_drops(self) -> int:
+        """Messages dropped because the application did not read them fast enough."""
+        return self._core.drops["inbox_full"]
+
+    def stats(self) -> dict[str, int]:
+        """Dropped packets by reason (core, receive queue, TCP backlog, UDP send) and queued APPs."""
+        stats = dict(self._core.drops)
+        stats["udp_send_failed"] = sum(s.send_drops for s in self._sockets.values())
+        stats["relay_queued"] = self._core.queued
+        return stats
 
     async def wait_path(self, peer: bytes | str, path: str, timeout: float) -> None:
         """Wait until APPs to ``peer`` travel ``path`` (``direct``, ``relayed``, ``tcp``)."""
@@ -221,8 +284,13 @@ class Node:
             self._reader = self._loop.create_future()
         return self._reader
 
+    def _now(self) -> int:
+        """Monotonic µs for the core, after bringing its wall clock offset up to date."""
+        self._core.wall_offset = clock.wall_offset_us()
+        return clock.monotonic_us()
+
     def _on_datagrams(self, sock: UdpSocket, packets: list[tuple[bytes, Address]]) -> None:
-        now = _now()
+        now = self._now()
         receive = self._core.receive_datagram
         local = sock.local
         for data, addr in packets:
@@ -237,14 +305,17 @@ class Node:
         if core.outbox:
             out, core.outbox = core.outbox, []
             send_transmits(out, self._sockets, self._send_tcp)
-        if core.inbox:
-            self._received.extend(core.inbox)
+        if core.inbox and self._on_receive is not None:
+            batch, core.inbox = core.inbox, []
+            self._on_receive(batch)
+        elif core.inbox:
+            self._received.extend((sender, bytes(payload)) for sender, payload in core.inbox)
             core.inbox.clear()
             excess = len(self._received) - INBOX_LIMIT
             if excess > 0:
                 for _ in range(excess):
                     self._received.popleft()
-                self.inbox_drops += excess
+                core.drops["inbox_full"] += excess
             if self._reader is not None and not self._reader.done():
                 self._reader.set_result(None)
         while core.events:
@@ -254,8 +325,13 @@ class Node:
 
     def _send_tcp(self, data: bytes | bytearray, super_peer: bytes) -> None:
         conn = self._tcp.get(super_peer)
-        if conn is not None:
-            conn.send(data)
+        if conn is None:
+            return
+        transport = conn.transport
+        if transport is not None and transport.get_write_buffer_size() > TCP_BACKLOG_LIMIT:
+            self._core.drops["tcp_backlog_full"] += 1  # a stalled super peer: no unbounded queue
+            return
+        conn.send(data)
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, PathChanged):
@@ -277,12 +353,13 @@ class Node:
         try:
             if self._fixed_addrs is None:
                 self._sync_sockets()
-            self._core.handle_timer(_now())
+            self._core.handle_timer(self._now())
             self._flush()
             self._spawn(self._resolve_super_peers())
         except Exception:  # the timer must keep running whatever happened
             self._faults.report("housekeeping")
-        delay = max(0.0, (self._core.next_timer() - _now()) / 1e6)
+        # the loop's clock is time.monotonic(), the clock of next_timer(): wall steps don't matter
+        delay = max(0.0, (self._core.next_timer() - clock.monotonic_us()) / 1e6)
         self._timer = self._loop.call_later(delay, self._on_timer)
 
     def _spawn(self, coro) -> None:
@@ -353,7 +430,7 @@ class Node:
             if self._tcp.get(pk) is not conn:
                 return
             try:
-                valid = self._core.receive_tcp(pk, frame, _now())
+                valid = self._core.receive_tcp(pk, frame, self._now())
             except Exception:  # a bug must not go unnoticed, nor kill the connection silently
                 self._faults.report("processing a TCP frame")
                 valid = False
@@ -364,7 +441,7 @@ class Node:
         def on_close(conn: FramedProtocol) -> None:
             if self._tcp.get(pk) is conn:
                 del self._tcp[pk]
-                self._core.tcp_closed(pk, _now())
+                self._core.tcp_closed(pk, self._now())
                 self._flush()
 
         try:
@@ -374,11 +451,12 @@ class Node:
             )
         except (OSError, asyncio.TimeoutError) as exc:
             log.info("TCP to super peer %s:%s failed: %s", event.host, event.port, exc)
-            self._core.tcp_closed(pk, _now())
+            self._core.tcp_closed(pk, self._now())
+            self._flush()
             return
         if self._closed or self._core.super_peers[pk].tcp != "connecting":
             proto.close()  # UDP came back while we were connecting
             return
         self._tcp[pk] = proto
-        self._core.tcp_connected(pk, _now())
+        self._core.tcp_connected(pk, self._now())
         self._flush()

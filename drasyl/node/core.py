@@ -2,7 +2,9 @@
 
 Input: :meth:`NodeCore.receive_datagram`, :meth:`receive_tcp`, :meth:`send`,
 :meth:`handle_timer`, and the adapter's reports (local addresses, resolved super peer
-addresses, TCP connected/closed), each with ``now`` in µs since the epoch. Output:
+addresses, TCP connected/closed), each with ``now`` in monotonic µs; :attr:`NodeCore.wall_offset`
+(wall − monotonic µs, kept current by the adapter) turns it into wall time for the wire only
+(see :mod:`drasyl.clock`). Output:
 :attr:`outbox` (transmit tuples, see :mod:`drasyl.transmit`), :attr:`inbox` (received
 ``(sender, payload)``) and :attr:`events`. No sockets, clocks, DNS or threads inside.
 
@@ -23,6 +25,26 @@ Same bytes on the wire as drasyl-rs; behaviour improved where drasyl-rs loses da
   the TCP fallback is up);
 - packets from senders with invalid PoW, and unarmed packets when arming is on, are dropped
   (drasyl-rs processes the first one and accepts unarmed packets).
+
+Built to run for months among hostile peers:
+
+- timers, expiry and RTTs use the monotonic clock; HELLO timestamps are wall time but strictly
+  increasing (a wall clock stepped back never makes them decrease), and received HELLOs are
+  aged against wall time;
+- an ACK counts only if it echoes one of the last HELLOs sent on that path
+  (:class:`~drasyl.path.Path`); others are dropped as ``ack_unmatched``. It echoes our own
+  timestamp, so its age and RTT are measured on the monotonic clock from when that HELLO
+  left (a wall step in between changes neither);
+- a replayed node HELLO gets no more than it brought: from a new source it is answered (and
+  a path stored) only if it is newer than the last accepted HELLO of that peer, on a known
+  path it gets one ACK, and an unconfirmed path gets at most one extra HELLO per interval;
+  an older HELLO never installs its short id (one that differs sends us back to long headers);
+- a node peer has at most :data:`MAX_PATHS_PER_PEER` paths: a UNITE tries that many, and a
+  fresh HELLO from a new source replaces the unconfirmed path tried longest ago;
+- the TCP connection to a super peer is closed only for what the super peer is to blame
+  for (a frame that is not a valid long header for us, a non-APP relayed, a bad ACK/UNITE);
+  a relayed APP the sending node spoiled is dropped and counted;
+- a TCP path unanswered for two intervals is closed and reopened, like a failing UDP path.
 """
 
 from __future__ import annotations
@@ -30,8 +52,9 @@ from __future__ import annotations
 import os
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Iterable
 
-from ..crypto import ARM_OVERHEAD, session_keys
+from ..crypto import ARM_OVERHEAD, arm_into, session_keys
 from ..errors import CryptoError, DrasylError
 from ..identity import DEFAULT_POW_DIFFICULTY, Identity, pow_is_valid
 from ..messages import (
@@ -39,8 +62,10 @@ from ..messages import (
     APP,
     HELLO,
     HELLO_MAX_ENDPOINTS,
+    AD_START,
     LONG_HEADER_LEN,
     MAGIC_BYTES,
+    MAX_ARMED_LONG_APP,
     MTU,
     NO_SHORT_ID,
     SHORT_ID_LEN,
@@ -51,6 +76,7 @@ from ..messages import (
     Unite,
     decode_endpoints,
     encode_endpoints,
+    encode_long_header,
     encode_message,
     encode_short,
     open_body,
@@ -59,8 +85,19 @@ from ..messages import (
 )
 from ..path import Path, best_path
 from ..transmit import TCP, UDP, Address, Transmit
-from ..urls import SuperPeerUrl
+from ..urls import SuperPeerUrl, canonical_ip
 from .events import DIRECT, RELAYED, TCP_PATH, CloseTcp, OpenTcp, PathChanged, PeerInfo
+
+
+#: Paths per node peer. A UNITE names up to 15 endpoints (spec §6.2.5), tried from every local
+#: socket of the same family; 16 covers a dual-stack host with a few LAN addresses on both
+#: sides and keeps a peer that forges fresh sources from growing our memory.
+MAX_PATHS_PER_PEER = 16
+
+#: The largest APP payload :meth:`NodeCore.send_batch` takes: one armed long-header datagram
+#: (1472 − 79 − 48), whatever the route, so a TUN with this MTU never sees a route-dependent
+#: limit. It is drasyl-rs' agent MTU.
+MAX_PAYLOAD = MAX_ARMED_LONG_APP
 
 
 class PayloadTooLarge(DrasylError):
@@ -81,6 +118,11 @@ class NodeConfig:
     process_unites: bool = True
     enforce_tcp: bool = False
     relay_queue_limit: int = 1024  # APPs held while no super peer has answered yet
+
+
+def _check_size(payload: bytes, limit: int) -> None:
+    if len(payload) > limit:
+        raise PayloadTooLarge(f"APP payload of {len(payload)} bytes is too large (max {limit})")
 
 
 def _family(addr: Address) -> bool:
@@ -106,6 +148,10 @@ class SuperPeer:
         self.tcp: str | None = None  # None, "connecting" or "up"
         self.tcp_path = Path(None, ())
 
+    def forget_tcp(self) -> None:
+        self.tcp = None
+        self.tcp_path = Path(None, ())
+
     def median(self) -> int | None:
         if self.tcp == "up":
             return self.tcp_path.median
@@ -115,8 +161,9 @@ class SuperPeer:
 class NodePeer:
     """Another node: keys, short ids, direct paths and traffic times."""
 
-    __slots__ = ("public_key", "rx", "tx", "pow_ok", "rx_short_id", "tx_short_id", "hello_rx", "paths",
-                 "best", "created", "app_tx", "app_rx", "route")
+    __slots__ = ("public_key", "rx", "tx", "pow_ok", "rx_short_id", "tx_short_id", "hello_rx", "hello_stamp",
+                 "paths", "best", "created", "app_tx", "app_rx", "route", "app_header", "held",
+                 "bytes_in", "bytes_out")
 
     def __init__(self, public_key: bytes, rx: bytes | None, tx: bytes | None, short_id: bytes, now: int) -> None:
         self.public_key = public_key
@@ -126,24 +173,31 @@ class NodePeer:
         self.rx_short_id = short_id
         self.tx_short_id: bytes | None = None
         self.hello_rx = 0  # when its last HELLO arrived (which told us tx_short_id)
+        self.hello_stamp = 0  # wire timestamp of its newest HELLO accepted
         self.paths: dict[tuple[Address, Address], Path] = {}
         self.best: Path | None = None
         self.created = now
         self.app_tx = 0
         self.app_rx = 0
         self.route = RELAYED  # last reported PathChanged kind
+        self.app_header = b""  # the long header of our APPs to it, built once
+        self.held = 0  # send handles the application holds: the entry is kept while > 0
+        self.bytes_in = 0  # APP payload bytes received from / sent to it
+        self.bytes_out = 0
 
 
 class NodeCore:
     """The node's protocol state. Feed it input, then drain outbox, inbox and events."""
 
     def __init__(self, identity: Identity, super_peers: list[SuperPeerUrl],
-                 config: NodeConfig | None = None, now: int = 0) -> None:
+                 config: NodeConfig | None = None, now: int = 0, wall_offset: int = 0) -> None:
         if not super_peers:
             raise DrasylError("at least one super peer is required")
         if len({u.network_id for u in super_peers}) > 1:
             raise DrasylError("all super peers must have the same networkId")
         self.identity = identity
+        self.wall_offset = wall_offset  # wall − monotonic µs: the adapter keeps it current
+        self._stamp = 0  # the last HELLO timestamp sent
         self.config = cfg = config or NodeConfig()
         self.public_key = identity.public_key
         self.network_id = super_peers[0].network_id
@@ -156,7 +210,8 @@ class NodeCore:
         self.short_ids: dict[bytes, NodePeer] = {}
         self.locals: list[Address] = []
         self.outbox: list[Transmit] = []
-        self.inbox: list[tuple[bytes, bytes]] = []
+        #: Received APPs as ``(sender, payload)``; a payload is a fresh buffer the receiver owns.
+        self.inbox: list[tuple[bytes, bytes | bytearray]] = []
         self.events: deque = deque()
         self.drops: Counter[str] = Counter()
         self._relay_queue: deque[tuple[NodePeer, bytes]] = deque()
@@ -176,7 +231,7 @@ class NodeCore:
 
     def set_local_addresses(self, locals_: list[Address]) -> None:
         """The bound UDP sockets' addresses; paths via vanished sockets are dropped."""
-        self.locals = [tuple(a[:2]) for a in locals_]
+        self.locals = [(canonical_ip(a[0]), a[1]) for a in locals_]
         self._hello_endpoints = encode_endpoints(self.locals[:HELLO_MAX_ENDPOINTS])
         for sp in self.super_peers.values():
             self._sync_super_peer_paths(sp)
@@ -189,7 +244,7 @@ class NodeCore:
     def set_super_peer_addresses(self, public_key: bytes, addresses: list[Address]) -> None:
         """Resolved UDP addresses of a super peer (kept as they are when resolution fails)."""
         sp = self.super_peers[public_key]
-        sp.addresses = [tuple(a[:2]) for a in addresses]
+        sp.addresses = [(canonical_ip(a[0]), a[1]) for a in addresses]
         self._sync_super_peer_paths(sp)
 
     def _sync_super_peer_paths(self, sp: SuperPeer) -> None:
@@ -207,45 +262,128 @@ class NodeCore:
         if sp.best_udp is not None and (sp.best_udp.local, sp.best_udp.remote) not in sp.paths:
             sp.best_udp = best_path(sp.paths.values(), self._path_failing, 0)
 
+    def set_super_peers(self, urls: list[SuperPeerUrl], now: int) -> None:
+        """Replace the configured super peers (a reload): unchanged ones keep their paths,
+        RTTs and TCP connection; removed or changed ones lose theirs. The network id is every
+        header's, so it cannot change while running (:class:`DrasylError`: restart instead).
+        Registration with the new set starts at the next :meth:`handle_timer` (due at once);
+        the adapter resolves the new addresses.
+        """
+        if not urls:
+            raise DrasylError("at least one super peer is required")
+        if {u.network_id for u in urls} != {self.network_id}:
+            raise DrasylError(f"super peers must keep networkId {self.network_id}; restart to change it")
+        if any(u.public_key in self.peers for u in urls):
+            raise DrasylError("a node peer cannot become a super peer while running; restart instead")
+        kept: dict[bytes, SuperPeer] = {}
+        for url in urls:
+            sp = self.super_peers.get(url.public_key)
+            if sp is None or sp.url != url:
+                keys = session_keys(self.identity, url.public_key) if self._arm else (None, None)
+                sp = SuperPeer(url, *keys)
+                self._sync_super_peer_paths(sp)
+            kept[url.public_key] = sp
+        for pk, sp in self.super_peers.items():
+            if kept.get(pk) is not sp and sp.tcp is not None:
+                self._close_tcp(sp)
+        self.super_peers = kept
+        if kept.get(self.default.public_key) is not self.default:
+            self.default = next(iter(kept.values()))
+            self._choose_default()
+        self._next_tick = now
+        self._update_routes(now)
+
     def tcp_connected(self, public_key: bytes, now: int) -> None:
         sp = self.super_peers[public_key]
         sp.tcp = "up"
-        self.outbox.append((self._hello_for(sp, now), TCP, None, public_key))
-        sp.tcp_path.hello_sent(now)
+        stamp = self._next_stamp(now)
+        self.outbox.append((self._hello_for(sp, stamp), TCP, None, public_key))
+        sp.tcp_path.hello_sent(now, stamp)
         self._update_routes(now)
 
     def tcp_closed(self, public_key: bytes, now: int) -> None:
-        sp = self.super_peers[public_key]
-        sp.tcp = None
-        sp.tcp_path = Path(None, ())
+        self.super_peers[public_key].forget_tcp()
         self._update_routes(now)
+
+    def _close_tcp(self, sp: SuperPeer) -> None:
+        """Ask the adapter to close the connection; routes are the caller's business."""
+        sp.forget_tcp()
+        self.events.append(CloseTcp(sp.public_key))
 
     # --- sending --------------------------------------------------------------------------
 
     def send(self, recipient: bytes, payload: bytes, now: int) -> None:
-        """Send one APP: direct if a path is confirmed, else relayed via the default super peer."""
+        """Send one APP: direct if a path is confirmed, else relayed via the default super peer.
+
+        A refused payload (too large, bad recipient) raises and leaves no state behind.
+        """
         peer = self.peers.get(recipient)
         if peer is None:
+            _check_size(payload, self._max_long)
             peer = self._add_peer(recipient, now)
-        peer.app_tx = now
-        path = peer.best
-        if path is not None:
-            sid = peer.tx_short_id
-            if sid is not None:
-                if len(payload) > self._max_short:
-                    raise PayloadTooLarge(f"APP payload of {len(payload)} bytes is too large")
-                data = encode_short(sid, payload, peer.tx)
-            else:
-                data = self._app(peer, payload)
-            self.outbox.append((data, UDP, path.local, path.remote))
-            return
-        self._relay(peer, self._app(peer, payload))
+        elif peer.best is not None and peer.tx_short_id is not None:
+            _check_size(payload, self._max_short)  # a short header leaves room for more
+        else:
+            _check_size(payload, self._max_long)
+        self._send_app(peer, payload, now)
 
-    def _app(self, peer: NodePeer, payload: bytes) -> bytes:
-        if len(payload) > self._max_long:
-            raise PayloadTooLarge(f"APP payload of {len(payload)} bytes is too large (max {self._max_long})")
-        return encode_message(APP, self.network_id, peer.public_key, self.public_key,
-                              self.identity.proof_of_work, payload, peer.tx)
+    def handle(self, public_key: bytes, now: int) -> NodePeer:
+        """A send handle for :meth:`send_batch`: the peer's entry, kept while a handle is held.
+
+        Like drasyl-rs' ``SendHandle``: an application that means to talk to a peer (the agent,
+        for every peer its policies allow) keeps the entry, its short ids and keys alive even
+        while no traffic flows. Raises :class:`DrasylError` for a key we cannot talk to.
+        """
+        peer = self.peers.get(public_key)
+        if peer is None:
+            peer = self._add_peer(public_key, now)
+        peer.held += 1
+        return peer
+
+    def release(self, peer: NodePeer) -> None:
+        """Give a handle back; the entry then expires like any other."""
+        if peer.held > 0:
+            peer.held -= 1
+
+    def send_batch(self, items: Iterable[tuple[NodePeer, bytes | bytearray | memoryview]], now: int) -> int:
+        """Send APPs to held peers; payloads of up to :data:`MAX_PAYLOAD` bytes.
+
+        The data path's seam: no exception per packet (an oversize payload is dropped and
+        counted, the number dropped is returned), the long header is prebuilt per peer, and
+        payloads may be views into a reused read buffer (they are encrypted into a new datagram
+        before this returns).
+        """
+        dropped = 0
+        send = self._send_app
+        for peer, payload in items:
+            if len(payload) > MAX_PAYLOAD:
+                dropped += 1
+            else:
+                send(peer, payload, now)
+        if dropped:
+            self.drops["payload_too_large"] += dropped
+        return dropped
+
+    def _send_app(self, peer: NodePeer, payload, now: int) -> None:
+        peer.app_tx = now
+        peer.bytes_out += len(payload)
+        path = peer.best
+        if path is None:
+            self._relay(peer, self._app(peer, payload))
+            return
+        sid = peer.tx_short_id
+        data = encode_short(sid, payload, peer.tx) if sid is not None else self._app(peer, payload)
+        self.outbox.append((data, UDP, path.local, path.remote))
+
+    def _app(self, peer: NodePeer, payload) -> bytes | bytearray:
+        """A long-header APP on the peer's prebuilt header (the caller checked the size)."""
+        header = peer.app_header
+        if peer.tx is None:
+            return header + payload
+        out = bytearray(LONG_HEADER_LEN + ARM_OVERHEAD + len(payload))
+        out[:LONG_HEADER_LEN] = header
+        arm_into(out, LONG_HEADER_LEN, payload, peer.tx, header[AD_START:])
+        return out
 
     def _relay(self, peer: NodePeer, data: bytes) -> None:
         sp = self.default
@@ -282,37 +420,53 @@ class NodeCore:
                 self.drops["bad_short_app"] += 1
                 return
             peer.app_rx = now
-            self.inbox.append((peer.public_key, bytes(payload)))
+            peer.bytes_in += len(payload)
+            self.inbox.append((peer.public_key, payload))
             return
         self._receive_long(data, UDP, local, remote, now)
 
     def receive_tcp(self, public_key: bytes, data: bytes, now: int) -> bool:
-        """One frame from the TCP connection to a super peer; False: close the connection."""
+        """One frame from the TCP connection to a super peer.
+
+        False only when the super peer itself misbehaved (close the connection): what another
+        node spoiled in an APP the super peer relayed is dropped and counted, so no node can
+        cut another one's TCP fallback.
+        """
         return self._receive_long(data, TCP, None, public_key, now)
 
     def _receive_long(self, data: bytes, proto: int, local: Address | None, remote, now: int) -> bool:
+        """A long-header message; False if the super peer that sent/relayed it is to blame."""
         try:
             header = parse_long_header(data)
-            if header.network_id != self.network_id or header.recipient != self.public_key:
-                self.drops["not_for_us"] += 1
-                return False
-            if self._arm and not header.armed:
-                self.drops["unarmed"] += 1
-                return False
-            sp = self.super_peers.get(header.sender)
-            if sp is not None:
-                return self._from_super_peer(sp, data, header, proto, local, remote, now)
-            if proto == TCP:
-                # over TCP a super peer relays APPs from other nodes (spec §7: frames are
-                # handled like UDP datagrams); HELLO and ACK between nodes never come this way
-                if header.message_type != APP:
-                    self.drops["unexpected"] += 1
-                    return False
-                return self._from_node(data, header, None, None, now)
-            return self._from_node(data, header, local, remote, now)
         except DrasylError:
             self.drops["malformed"] += 1
             return False
+        if header.network_id != self.network_id or header.recipient != self.public_key:
+            self.drops["not_for_us"] += 1
+            return False
+        sp = self.super_peers.get(header.sender)
+        if sp is not None:
+            if self._arm and not header.armed:
+                self.drops["unarmed"] += 1
+                return False
+            try:
+                return self._from_super_peer(sp, data, header, proto, local, remote, now)
+            except DrasylError:
+                self.drops["malformed"] += 1
+                return False
+        if proto == TCP:
+            if header.message_type != APP:  # super peers relay APPs only (spec §6.1.4)
+                self.drops["unexpected"] += 1
+                return False
+            local = remote = None
+        if self._arm and not header.armed:
+            self.drops["unarmed"] += 1
+            return True
+        try:
+            self._from_node(data, header, local, remote, now)
+        except DrasylError:
+            self.drops["malformed"] += 1
+        return True
 
     def _from_super_peer(self, sp: SuperPeer, data, header, proto, local, remote, now: int) -> bool:
         mtype = header.message_type
@@ -326,28 +480,28 @@ class NodeCore:
         self.drops["unexpected"] += 1
         return False
 
-    def _on_super_peer_ack(self, sp: SuperPeer, time: int, proto, local, remote, now: int) -> None:
-        rtt = now - time if time <= now else None
+    def _on_super_peer_ack(self, sp: SuperPeer, stamp: int, proto, local, remote, now: int) -> None:
         if proto == UDP:
             key = (local, tuple(remote[:2]))
             path = sp.paths.get(key)
-            if path is None:
-                path = sp.paths[key] = Path(*key)
-            path.ack_received(now, rtt)
+        else:
+            path = sp.tcp_path if sp.tcp == "up" else None
+        sent = self._matched_ack(path, stamp, now)
+        if sent is None:
+            return
+        path.ack_received(now, sent)
+        if proto == UDP:
             sp.udp_answered = True
             sp.best_udp = best_path(sp.paths.values(), self._path_failing, now)
             if sp.tcp is not None and not self.config.enforce_tcp:
-                sp.tcp = None
-                sp.tcp_path = Path(None, ())
-                self.events.append(CloseTcp(sp.public_key))
+                self._close_tcp(sp)
                 self._update_routes(now)
                 # the HELLO sent over TCP alongside the answered UDP one may reach the SP
                 # last and leave us registered on the connection we now close: register
                 # again over the UDP path that just answered
-                self.outbox.append((self._hello_for(sp, now), UDP, local, key[1]))
-                path.hello_sent(now)
-        else:
-            sp.tcp_path.ack_received(now, rtt)
+                stamp = self._next_stamp(now)
+                self.outbox.append((self._hello_for(sp, stamp), UDP, local, key[1]))
+                path.hello_sent(now, stamp)
         if self.default.median() is None:
             self._choose_default()
         if self._relay_queue:
@@ -363,6 +517,16 @@ class NodeCore:
         if best is not None:
             self.default = best[1]
 
+    def _matched_ack(self, path: Path | None, stamp: int, now: int) -> int | None:
+        """Monotonic send time of the HELLO an ACK echoes, or None (counted) if it echoes none."""
+        sent = path.sent_at(stamp) if path is not None else None
+        if sent is None:
+            self.drops["ack_unmatched"] += 1
+        elif now - sent > self._max_age:  # our own stamp: aged on the clock that cannot step
+            self.drops["ack_too_old"] += 1
+            sent = None
+        return sent
+
     def _on_unite(self, unite: Unite, now: int) -> None:
         if not self.config.process_unites:
             return
@@ -376,27 +540,52 @@ class NodeCore:
             known.add(endpoint)
             for local in self.locals:
                 if _family(local) == _family(endpoint):
+                    if len(peer.paths) >= MAX_PATHS_PER_PEER:
+                        self.drops["path_limit"] += 1
+                        continue
                     self._punch(peer, local, endpoint, now)
 
     def _punch(self, peer: NodePeer, local: Address, remote: Address, now: int) -> None:
         path = peer.paths[(local, remote)] = Path(local, remote)
         self._node_hello(peer, path, now)
 
+    def _make_room(self, peer: NodePeer) -> bool:
+        """Room for one more path: forget the unconfirmed path tried longest ago if full."""
+        paths = peer.paths
+        if len(paths) < MAX_PATHS_PER_PEER:
+            return True
+        self.drops["path_limit"] += 1
+        oldest = min((p for p in paths.values() if p.median is None),
+                     key=lambda p: p.unanswered_since, default=None)
+        if oldest is None:
+            return False  # all confirmed: they stay
+        del paths[(oldest.local, oldest.remote)]
+        return True
+
+    def _next_stamp(self, now: int) -> int:
+        """Wall µs for a HELLO, above every stamp sent before (the wall clock may step back)."""
+        stamp = now + self.wall_offset
+        if stamp <= self._stamp:
+            stamp = self._stamp + 1
+        self._stamp = stamp
+        return stamp
+
     def _node_hello(self, peer: NodePeer, path: Path, now: int) -> None:
-        body = HelloNodePeer(now, peer.rx_short_id).encode()
+        stamp = self._next_stamp(now)
+        body = HelloNodePeer(stamp, peer.rx_short_id).encode()
         msg = encode_message(HELLO, self.network_id, peer.public_key, self.public_key,
                              self.identity.proof_of_work, body, peer.tx)
         self.outbox.append((msg, UDP, path.local, path.remote))
-        path.hello_sent(now)
+        path.hello_sent(now, stamp)
 
-    def _from_node(self, data: bytes, header, local: Address | None, remote: Address | None, now: int) -> bool:
+    def _from_node(self, data: bytes, header, local: Address | None, remote: Address | None, now: int) -> None:
         """A packet from another node: over UDP from ``remote``, or (None, None) relayed over TCP."""
         sender = header.sender
         peer = self.peers.get(sender)
         if peer is None or peer.pow_ok is None:
             if not pow_is_valid(sender, header.proof_of_work, self.config.min_pow_difficulty):
                 self.drops["pow_invalid"] += 1
-                return False
+                return
         fresh = peer is None
         if fresh:
             peer = self._add_peer(sender, now)
@@ -410,46 +599,57 @@ class NodeCore:
         mtype = header.message_type
         if mtype == APP:
             peer.app_rx = now
-            self.inbox.append((sender, bytes(body)))
+            peer.bytes_in += len(body)
+            self.inbox.append((sender, body))
         elif mtype == HELLO:
             self._on_node_hello(peer, HelloNodePeer.parse(body), local, tuple(remote[:2]), now)
         elif mtype == ACK:
             self._on_node_ack(peer, Ack.parse(body).time, local, tuple(remote[:2]), now)
         else:
             self.drops["unexpected"] += 1
-            return False
-        return True
 
     def _on_node_hello(self, peer: NodePeer, hello: HelloNodePeer, local, remote, now: int) -> None:
-        if now - hello.time > self._max_age:
+        if now + self.wall_offset - hello.time > self._max_age:
             self.drops["hello_too_old"] += 1
             return
-        if hello.short_id != NO_SHORT_ID:
-            peer.tx_short_id = hello.short_id
-            peer.hello_rx = now
+        path = peer.paths.get((local, remote))
+        newer = hello.time > peer.hello_stamp
+        if path is None and not newer:
+            # a HELLO we have seen before, now from another source: a replay, perhaps with
+            # a spoofed source; answering would reflect traffic and store a path per source
+            self.drops["hello_replayed"] += 1
+            return
+        if newer:
+            peer.hello_stamp = hello.time
+            if hello.short_id != NO_SHORT_ID:
+                peer.tx_short_id = hello.short_id
+                peer.hello_rx = now
+        elif hello.short_id != peer.tx_short_id:
+            # an older HELLO never installs its short id: it is a replay, or the peer restarted
+            # with its clock set back. Either way long-header APPs reach it until a newer one
+            peer.tx_short_id = None
         ack = encode_message(ACK, self.network_id, peer.public_key, self.public_key,
                              self.identity.proof_of_work, Ack(hello.time).encode(), peer.tx)
         self.outbox.append((ack, UDP, local, remote))
-        path = peer.paths.get((local, remote))
         if path is None:
             # probably a NAT mapping the UNITE did not know: answering completes the punch
-            self._punch(peer, local, remote, now)
-        elif path.median is None:
+            if self._make_room(peer):
+                self._punch(peer, local, remote, now)
+        elif newer and path.median is None and now - path.rehello_at >= self._interval:
             # our HELLO on this path was never answered: after a UNITE both sides punch at
             # once, and the first HELLO reaches the other NAT before that side's own HELLO
             # has opened it, so the NAT drops it. The peer's HELLO got through, so the way
-            # is open now: send ours again instead of waiting for the next tick (up to 5 s)
+            # is open now: send ours again instead of waiting for the next tick (up to 5 s);
+            # once per interval, so replays of that HELLO get no more than an ACK each
+            path.rehello_at = now
             self._node_hello(peer, path, now)
 
-    def _on_node_ack(self, peer: NodePeer, time: int, local, remote, now: int) -> None:
-        time = min(time, now)
-        if now - time > self._max_age:
-            self.drops["ack_too_old"] += 1
-            return
+    def _on_node_ack(self, peer: NodePeer, stamp: int, local, remote, now: int) -> None:
         path = peer.paths.get((local, remote))
-        if path is None:
+        sent = self._matched_ack(path, stamp, now)
+        if sent is None:
             return
-        path.ack_received(now, now - time)
+        path.ack_received(now, sent)
         self._update_peer_route(peer, now)  # use the direct path at once
 
     # --- peers ----------------------------------------------------------------------------
@@ -472,6 +672,8 @@ class NodeCore:
         while short_id in (NO_SHORT_ID, MAGIC_BYTES) or short_id in self.short_ids:
             short_id = os.urandom(SHORT_ID_LEN)
         peer = self.peers[public_key] = NodePeer(public_key, rx, tx, short_id, now)
+        peer.app_header = encode_long_header(APP, self.network_id, public_key, self.public_key,
+                                             self.identity.proof_of_work, self._arm)
         peer.route = TCP_PATH if self.default.tcp == "up" else RELAYED
         self.short_ids[short_id] = peer
         return peer
@@ -512,26 +714,30 @@ class NodeCore:
             self._node_peer_tick(peer, now)
 
     def _super_peer_tick(self, sp: SuperPeer, now: int) -> None:
+        if sp.tcp == "up" and sp.tcp_path.unanswered_for(now) >= self._path_failing:
+            # half-dead: the kernel still holds the connection, the super peer no longer
+            # answers on it. Give it up like a failing UDP path, and open a new one below
+            self._close_tcp(sp)
         if sp.tcp is None and (self.config.enforce_tcp or self._udp_failing(sp, now)):
             sp.tcp = "connecting"
-            host = sp.url.host
-            self.events.append(OpenTcp(sp.public_key, host, sp.url.tcp_port))
+            self.events.append(OpenTcp(sp.public_key, sp.url.host, sp.url.tcp_port))
         sp.best_udp = best_path(sp.paths.values(), self._path_failing, now)
-        hello = self._hello_for(sp, now)
+        stamp = self._next_stamp(now)
+        hello = self._hello_for(sp, stamp)
         for path in sp.paths.values():
             self.outbox.append((hello, UDP, path.local, path.remote))
-            path.hello_sent(now)
+            path.hello_sent(now, stamp)
         if sp.tcp == "up":
             self.outbox.append((hello, TCP, None, sp.public_key))
-            sp.tcp_path.hello_sent(now)
+            sp.tcp_path.hello_sent(now, stamp)
 
     def _udp_failing(self, sp: SuperPeer, now: int) -> bool:
         """No UDP path, or none answered within one interval (start) / hello_timeout (later)."""
         limit = self._timeout if sp.udp_answered else self._interval
         return all(p.unanswered_for(now) >= limit for p in sp.paths.values())
 
-    def _hello_for(self, sp: SuperPeer, now: int) -> bytes:
-        body = HelloSuperPeer(now, 1, self._hello_endpoints).encode()
+    def _hello_for(self, sp: SuperPeer, stamp: int) -> bytes:
+        body = HelloSuperPeer(stamp, 1, self._hello_endpoints).encode()
         return encode_message(HELLO, self.network_id, sp.public_key, self.public_key,
                               self.identity.proof_of_work, body, sp.tx)
 
@@ -550,7 +756,7 @@ class NodeCore:
         ):  # unreachable and silent: forget its short id (drasyl-rs forgets it even if it just came)
             peer.tx_short_id = None
         self._update_peer_route(peer, now)
-        if not active and now - peer.created >= self._timeout:
+        if not active and not peer.held and now - peer.created >= self._timeout:
             self._remove_peer(peer)
 
     # --- views ----------------------------------------------------------------------------
@@ -560,7 +766,8 @@ class NodeCore:
         """Relayed APPs held back until some super peer answers."""
         return len(self._relay_queue)
 
-    def peer_list(self) -> list[PeerInfo]:
+    def peer_list(self, now: int | None = None) -> list[PeerInfo]:
+        """Super peers, then node peers; ``now`` (monotonic µs) adds each peer's idle time."""
         rows: list[PeerInfo] = []
         for sp in self.super_peers.values():
             if sp.tcp == "up":
@@ -574,6 +781,9 @@ class NodeCore:
         for peer in self.peers.values():
             best = peer.best
             rtt = best.median / 1000 if best is not None and best.median is not None else None
+            last = max(peer.app_tx, peer.app_rx)
+            idle = (now - last) / 1e6 if now is not None and last else None
             rows.append(PeerInfo(peer.public_key, "node", peer.route, rtt,
-                                 best.remote if best is not None else None))
+                                 best.remote if best is not None else None,
+                                 peer.bytes_in, peer.bytes_out, idle))
         return rows

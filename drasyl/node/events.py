@@ -47,3 +47,6 @@ class PeerInfo:
     path: str  # direct / relayed / tcp for nodes; udp / tcp / none for super peers
     rtt_ms: float | None
     remote: tuple | None
+    bytes_in: int = 0  # APP payload bytes (node peers)
+    bytes_out: int = 0
+    idle_s: float | None = None  # since the last APP either way; None: never

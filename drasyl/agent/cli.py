@@ -1,0 +1,360 @@
+"""The ``drasyl-agent`` command: ``run`` the agent, or talk to a running one over its REST API.
+
+Subcommands as drasyl-rs' ``drasyl`` binary: ``run``, ``status``, ``version``, ``add``,
+``remove``, ``enable``, ``disable``; options ``--config``, ``--token``, ``--log-level``,
+``--log-file`` before or after the subcommand. Differences: defaults are the service's files
+(``/etc/drasyl/config.toml``, ``/etc/drasyl/auth.token``) instead of the working directory;
+the client honours ``--api``/``DRASYL_API_LISTEN`` like the server (drasyl-rs always dials
+localhost:22527); ``status --json``; ``status`` shows no secret key; ``--log-level`` falls
+back to ``DRASYL_LOG_LEVEL``/``RUST_LOG`` (drasyl-rs' default hides ``RUST_LOG``).
+
+The client is a one-shot synchronous ``urllib`` request (no event loop, quick start-up;
+proxies ignored: the API is local). Exit codes: 0 success, 1 any failure (one line on
+stderr, never a traceback), 2 usage errors. ``run`` configures logging and hands over to
+``drasyl.agent.daemon.run(options) -> int`` with ``options.agent_config`` (the loaded
+:class:`~drasyl.agent.config.AgentConfig`, generated on the first start), ``options.config``
+and ``options.token`` (paths), ``options.listen`` (``(host, port)`` of the API, or None: no API) and
+``options.log_level`` (int); a :class:`~drasyl.errors.DrasylError` it raises becomes one line
+on stderr and exit code 1. This module only parses, formats and dials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..env import env_bool, env_int, log_level
+from ..errors import DrasylError
+from ..identity import DEFAULT_POW_DIFFICULTY
+from ..superpeer.cli import PowProgress
+from ..urls import format_host_port
+from .api import (
+    DEFAULT_LISTEN,
+    DEFAULT_TOKEN_FILE,
+    FALLBACK_TOKEN_FILE,
+    LISTEN_ENV,
+    AgentError,
+    TokenFile,
+    package_version,
+    parse_listen,
+)
+from .config import AgentConfig
+
+log = logging.getLogger("drasyl.agent")
+
+PROG = "drasyl-agent"
+DEFAULT_CONFIG = "/etc/drasyl/config.toml"
+CLIENT_TIMEOUT_S = 10.0
+SHORT_KEY = 12
+LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+DESCRIPTION = """\
+drasyl agent: joins this machine to drasyl overlay networks through a TUN device named
+'drasyl' and reaches the other members by IP and by name, directly when NATs allow it,
+relayed by a super peer otherwise. 'run' starts the agent (as root or with CAP_NET_ADMIN);
+the other commands talk to a running agent over its REST API."""
+
+EPILOG = f"""\
+files:
+  {DEFAULT_CONFIG:<24} identity, super_peers, [[network]]s, mtu (--config); created
+  {"":<24} with a new identity by the first 'run' (see config.example.toml)
+  {DEFAULT_TOKEN_FILE:<24} API bearer token (--token); 'run' creates it (mode 0600) when
+  {"":<24} missing. Clients fall back to {FALLBACK_TOKEN_FILE}: copy the
+  {"":<24} token there to use the CLI without root.
+
+environment:
+  {LISTEN_ENV:<28} REST API address of the server and the clients (default
+  {"":<28} {DEFAULT_LISTEN}; empty: no API); --api overrides it
+  {"DRASYL_LOG_LEVEL, RUST_LOG":<28} log level when --log-level is not given (default info)
+  {"DRASYL_MIN_POW_DIFFICULTY":<28} proof-of-work bits of a new identity and required of
+  {"":<28} the one in config.toml (default 24)
+  {"DRASYL_ARM_MESSAGES":<28} true|false: encryption (default true; false raises the
+  {"":<28} MTU limit from 1345 to 1393)
+
+exit codes: 0 success, 1 failure (one line on stderr), 2 usage error"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for name, default in (("config", DEFAULT_CONFIG), ("token", DEFAULT_TOKEN_FILE), ("api", None),
+                          ("log_level", None), ("log_file", None)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    try:
+        return COMMANDS[args.command](args)
+    except DrasylError as exc:
+        print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        daemon = importlib.import_module(f"{__package__}.daemon")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.daemon":
+            raise
+        print(f"{PROG} run: the agent daemon is not available in this build", file=sys.stderr)
+        return 1
+    args.listen = _listen(args)
+    _configure_logging(args)
+    args.agent_config = load_config(args.config)
+    return daemon.run(args)
+
+
+def load_config(path: str) -> AgentConfig:
+    """config.toml for ``run``: generated on the first start with drasyl-sp's progress line.
+
+    ``DRASYL_MIN_POW_DIFFICULTY`` and ``DRASYL_ARM_MESSAGES`` are read strictly (a typo is an
+    error, not the default); unknown keys are logged as warnings.
+    """
+    difficulty = env_int("DRASYL_MIN_POW_DIFFICULTY", DEFAULT_POW_DIFFICULTY, 0, 64)
+    arm_messages = env_bool("DRASYL_ARM_MESSAGES", True)
+    progress = PowProgress(sys.stderr)
+    try:
+        config = AgentConfig.load_or_create(path, difficulty, progress, _announce_generation, arm_messages)
+    finally:
+        progress.finish()
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    log.info("I am %s", config.identity.public_key_hex)
+    return config
+
+
+def _announce_generation(path: str) -> None:
+    what = "has no [identity]" if os.path.lexists(path) else "does not exist"
+    print(f"Config file '{path}' {what}: generating a new identity (proof of work, this may take a while)...",
+          flush=True)
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = _request(args, "/status")
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def _network(args: argparse.Namespace) -> int:
+    answer = _request(args, f"/network/{args.command}", {"config_url": args.url})
+    if not isinstance(answer, dict) or not isinstance(answer.get("message"), str):
+        raise AgentError("the agent's API answered without a message")
+    if answer.get("success") is True:
+        print(answer["message"])
+        return 0
+    print(answer["message"], file=sys.stderr)
+    return 1
+
+
+def _version(args: argparse.Namespace) -> int:
+    commit = _git_commit()
+    print(f"Version : {package_version()}" + (f" ({commit})" if commit else ""))
+    print(f"Python  : {platform.python_version()} ({platform.python_implementation()}, {sys.executable})")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run, "status": _status, "version": _version,
+    "add": _network, "remove": _network, "enable": _network, "disable": _network,
+}
+
+
+def _git_commit() -> str | None:
+    """``<commit>[-dirty]`` when running from a git checkout; installed packages have none."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                             capture_output=True, text=True, timeout=2)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+# --- the API client ---------------------------------------------------------------------------
+
+
+def _listen(args: argparse.Namespace) -> tuple[str, int] | None:
+    """The API address: ``--api``, else ``DRASYL_API_LISTEN``, else 127.0.0.1:22527."""
+    return parse_listen(args.api if args.api is not None else os.environ.get(LISTEN_ENV, DEFAULT_LISTEN))
+
+
+def _request(args: argparse.Namespace, path: str, body: dict[str, str] | None = None) -> Any:
+    address = _listen(args)
+    if address is None:
+        raise AgentError(f"the REST API is disabled ({LISTEN_ENV} is empty)")
+    host, port = address
+    base = f"http://{format_host_port(LOOPBACK.get(host, host), port)}"
+    token = TokenFile(args.token).read()
+    headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
+    data = None
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, headers=headers, method="POST" if data else "GET")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=CLIENT_TIMEOUT_S) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise AgentError(f"the agent's API at {base} answered {exc.code}: {_error_text(exc)}") from None
+    except urllib.error.URLError as exc:
+        reason = getattr(exc.reason, "strerror", None) or str(exc.reason)
+        raise AgentError(f"cannot reach the agent's API at {base}: {reason} (is 'drasyl-agent run' running "
+                         f"and listening there? see --api and {LISTEN_ENV})") from None
+    except (TimeoutError, ConnectionError) as exc:
+        raise AgentError(f"no answer from the agent's API at {base}: {exc.strerror or 'timed out'}") from None
+    except ValueError:
+        raise AgentError(f"the agent's API at {base} answered something that is not JSON") from None
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read())["error"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return exc.reason
+
+
+# --- status table -----------------------------------------------------------------------------
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The human view of ``GET /status`` (schema in :mod:`drasyl.agent.api`)."""
+    lines = [f"Agent {status.get('version')}  public key {status.get('public_key')}  MTU {status.get('mtu')}", ""]
+    lines.append("Super peers:")
+    lines += _table(["", "PUBLIC KEY", "ADDRESS", "TRANSPORT", "RTT"], [
+        ["*" if sp.get("default") else "", _short(sp.get("public_key")), sp.get("address"),
+         sp.get("transport") or "-", _rtt(sp.get("rtt_ms"))]
+        for sp in status.get("super_peers", [])
+    ])
+    networks = status.get("networks", [])
+    lines += ["", "Networks:" if networks else "Networks: none (drasyl-agent add URL)"]
+    if networks:
+        rows = []
+        for net in networks:
+            rows.append([net.get("config_url"), net.get("name") or "-", net.get("state"),
+                         net.get("subnet") or "-", net.get("ip") or "-"])
+            if net.get("error"):
+                rows.append([f"  error: {net['error']}"])
+        lines += _table(["URL", "NAME", "STATE", "SUBNET", "IP"], rows)
+    peers = status.get("peers", [])
+    lines += ["", "Peers:" if peers else "Peers: none"]
+    if peers:
+        lines += _table(["HOSTNAME", "IP", "PUBLIC KEY", "PATH", "RTT", "LAST RX", "IN", "OUT"], [
+            [p.get("hostname") or "-", p.get("ip") or "-", _short(p.get("public_key")), p.get("path") or "-",
+             _rtt(p.get("rtt_ms")), _ago(p.get("last_rx_s")), _bytes(p.get("rx_bytes")), _bytes(p.get("tx_bytes"))]
+            for p in peers
+        ])
+    drops = {k: v for k, v in status.get("drops", {}).items() if v}
+    if drops:
+        lines += ["", "Dropped packets: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))]
+    return "\n".join(lines)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    """Left-aligned columns; a one-cell row is a note under the previous row."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(headers[i])] + [len(r[i]) for r in cells if len(r) > 1]) for i in range(len(headers))]
+    out = []
+    for row in [headers] + cells:
+        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() if len(row) > 1 else "  " + row[0])
+    return out
+
+
+def _short(public_key: Any) -> str:
+    return f"{public_key[:SHORT_KEY]}…" if isinstance(public_key, str) and len(public_key) > SHORT_KEY else str(public_key)
+
+
+def _rtt(ms: Any) -> str:
+    return "-" if ms is None else f"{ms:.1f} ms"
+
+
+def _ago(seconds: Any) -> str:
+    if seconds is None:
+        return "never"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m {secs}s"
+
+
+def _bytes(count: Any) -> str:
+    value = float(count or 0)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+# --- arguments and logging --------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help=f"config.toml of the agent (default {DEFAULT_CONFIG})")
+    common.add_argument("--token", metavar="FILE", default=argparse.SUPPRESS,
+                        help=f"API token file (default {DEFAULT_TOKEN_FILE}; clients fall back to {FALLBACK_TOKEN_FILE})")
+    common.add_argument("--api", metavar="HOST:PORT", default=argparse.SUPPRESS,
+                        help=f"REST API address (default ${LISTEN_ENV} or {DEFAULT_LISTEN})")
+    common.add_argument("--log-level", metavar="LEVEL", default=argparse.SUPPRESS,
+                        help="run: error, warn, info, debug, trace or off (default $DRASYL_LOG_LEVEL, $RUST_LOG, info)")
+    common.add_argument("--log-file", metavar="FILE", default=argparse.SUPPRESS,
+                        help="run: append the log to FILE instead of stderr")
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the agent in the foreground (systemd keeps it running)",
+                   description="Run the agent in the foreground until SIGINT/SIGTERM; SIGHUP reloads "
+                               "super_peers and networks from --config.")
+    status = sub.add_parser("status", parents=[common], help="show identity, super peers, networks and peers",
+                            description="Show the running agent's public key, super peers (transport, RTT), "
+                                        "networks and one row per peer (path, RTT, last packet, bytes).")
+    status.add_argument("--json", action="store_true", help="print the API's JSON instead of tables")
+    sub.add_parser("version", parents=[common], help="show the version (does not contact the agent)")
+    for verb, what in (("add", "join a network: add a [[network]] with this config URL"),
+                       ("remove", "leave a network and delete its [[network]] entry"),
+                       ("enable", "re-activate a disabled network"),
+                       ("disable", "leave a network but keep its entry (disabled = true)")):
+        cmd = sub.add_parser(verb, parents=[common], help=what, description=what[0].upper() + what[1:] + ".")
+        cmd.add_argument("url", metavar="URL", help="network config URL (https://, http:// or file://)")
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    if args.log_level is not None:
+        level = log_level({"--log-level": args.log_level}, own="--log-level")
+    else:
+        level = log_level(os.environ, default=logging.INFO)
+    try:
+        handler: logging.Handler = (logging.FileHandler(args.log_file) if args.log_file
+                                    else logging.StreamHandler(sys.stderr))
+    except OSError as exc:
+        raise AgentError(f"cannot open log file {args.log_file!r}: {exc.strerror}") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    args.log_level = level
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Network configs (agent.md §3): TOML text → a validated, immutable :class:`NetworkConfig`.
+
+Checks run in drasyl-rs' order and the first failure wins: TOML syntax, types and required
+keys; duplicate public key, IP address, hostname (per node, in document order), duplicate
+route destination; then per node "not in network", "reserved" (broadcast − 1), "invalid
+hostname"; per route "is a host address", "gateway not found". The messages contain
+drasyl-rs' wording and add the config's source, the ``[[node]]``/``[[route]]`` number and the
+offending value. Unknown keys are ignored, as in drasyl-rs.
+
+Deliberate differences (every config drasyl-rs loads still loads, except the last item):
+- [bug] ``duplicate hostname`` names the hostname, not the IP;
+- warnings (``NetworkConfig.warnings``, for the daemon to log) where drasyl-rs silently accepts
+  something that rarely works: ``network`` with host bits set, a node IP equal to the network
+  or broadcast address, a route destination overlapping the overlay subnet (its kernel route
+  or policy entry captures overlay traffic), route/policy groups that no node has;
+- rejected: a hostname with non-ASCII letters that Unicode lower-casing turns into ASCII
+  (e.g. the Kelvin sign "K"), which drasyl-rs would accept and write into /etc/hosts.
+Pure: no I/O here (fetching is :mod:`drasyl.agent.fetch`, semantics :mod:`drasyl.agent.policy`).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from functools import cached_property
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from ..errors import ConfigError, CryptoError
+from ..identity import parse_public_key
+
+ALL_GROUPS = "ALL"
+"""In a policy's groups, matches every node (also nodes without groups); no meaning in routes."""
+
+_CIDR = re.compile(r"([0-9.]+)/([0-9]{1,2})")
+_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_HOSTNAME_RULE = "1-63 letters, digits or '-', not starting or ending with '-'"
+
+
+class NetworkConfigError(ConfigError):
+    """A network config does not parse or validate; ``str()`` names the source and the value."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"network config {source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class _Invalid(Exception):
+    """Raised inside the parser with the reason; wrapped with the source at the top."""
+
+
+@dataclass(frozen=True)
+class Node:
+    pk: bytes
+    ip: IPv4Address
+    hostname: str
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Route:
+    dest: IPv4Network
+    gw: bytes
+    groups: frozenset[str] = frozenset()
+    """Empty: every node may use the route; else only members of one of these groups."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    source_groups: frozenset[str]
+    destination_groups: frozenset[str]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    subnet: IPv4Network
+    name: str | None
+    nodes: tuple[Node, ...]
+    routes: tuple[Route, ...] = ()
+    policies: tuple[Policy, ...] = ()
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    source: str = field(default="", compare=False)
+
+    @cached_property
+    def _by_pk(self) -> dict[bytes, Node]:
+        return {node.pk: node for node in self.nodes}
+
+    def node(self, pk: bytes) -> Node | None:
+        return self._by_pk.get(pk)
+
+
+def parse_network_config(text: str, source: str) -> NetworkConfig:
+    """Parse and validate one network config. ``source`` names it in messages (no password!)."""
+    try:
+        return _parse(text, source)
+    except _Invalid as exc:
+        raise NetworkConfigError(source, str(exc)) from None
+
+
+def _parse(text: str, source: str) -> NetworkConfig:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _Invalid(f"invalid TOML: {exc}") from None
+    network_text = _get(doc, "network", str, "top level")
+    subnet_addr, prefixlen = _cidr(network_text, "'network'")
+    subnet = IPv4Network((subnet_addr, prefixlen), strict=False)
+    name = _get(doc, "name", str, "top level", required=False)
+    nodes = tuple(_node(table, i) for i, table in _tables(doc, "node"))
+    _check_unique_nodes(nodes)
+    route_specs = [_route(table, i) for i, table in _tables(doc, "route")]
+    _check_unique_routes(route_specs)
+    policies = tuple(_policy(table, i) for i, table in _tables(doc, "policy"))
+
+    _check_nodes(nodes, subnet)
+    routes = _checked_routes(route_specs, nodes)
+    warnings = _warnings(network_text, subnet, subnet_addr, nodes, routes, policies)
+    return NetworkConfig(subnet, name, nodes, routes, policies, warnings, source)
+
+
+def _check_nodes(nodes: tuple[Node, ...], subnet: IPv4Network) -> None:
+    reserved = int(subnet.broadcast_address) - 1
+    for i, node in enumerate(nodes, 1):
+        where = f"[[node]] #{i}"
+        if node.ip not in subnet:
+            raise _Invalid(f"{where}: IP address {node.ip} is not in network {subnet}")
+        if int(node.ip) == reserved:
+            raise _Invalid(f"{where}: IP address {node.ip} is reserved (broadcast - 1 of {subnet})")
+        if not _valid_hostname(node.hostname):
+            raise _Invalid(f"{where}: invalid hostname: {node.hostname!r} ({_HOSTNAME_RULE})")
+
+
+def _checked_routes(specs: list[_RouteSpec], nodes: tuple[Node, ...]) -> tuple[Route, ...]:
+    known = {node.pk for node in nodes}
+    routes = []
+    for i, (dest_addr, dest_len, gw, groups) in enumerate(specs, 1):
+        dest = IPv4Network((dest_addr, dest_len), strict=False)
+        if dest.network_address != dest_addr:
+            raise _Invalid(f"[[route]] #{i}: invalid network address: {dest_addr}/{dest_len} is a host "
+                           f"address (did you mean {dest}?)")
+        if gw not in known:
+            raise _Invalid(f"[[route]] #{i}: gateway {gw.hex()} not found in nodes")
+        routes.append(Route(dest, gw, groups))
+    return tuple(routes)
+
+
+def _node(table: dict[str, Any], i: int) -> Node:
+    where = f"[[node]] #{i}"
+    pk = _public_key(_get(table, "pk", str, where), where, "pk")
+    ip = _ipv4(_get(table, "ip", str, where), f"{where}: 'ip'")
+    hostname = _get(table, "hostname", str, where)
+    return Node(pk, ip, hostname, _groups(table, "groups", where, required=False))
+
+
+_RouteSpec = tuple[IPv4Address, int, bytes, frozenset[str]]
+
+
+def _route(table: dict[str, Any], i: int) -> _RouteSpec:
+    """The route as written: the host-address check comes after the duplicate check."""
+    where = f"[[route]] #{i}"
+    dest_addr, dest_len = _cidr(_get(table, "dest", str, where), f"{where}: 'dest'")
+    gw = _public_key(_get(table, "gw", str, where), where, "gw")
+    return dest_addr, dest_len, gw, _groups(table, "groups", where, required=False)
+
+
+def _policy(table: dict[str, Any], i: int) -> Policy:
+    where = f"[[policy]] #{i}"
+    return Policy(_groups(table, "source_groups", where, required=True),
+                  _groups(table, "destination_groups", where, required=True))
+
+
+def _check_unique_nodes(nodes: tuple[Node, ...]) -> None:
+    by_pk: dict[bytes, int] = {}
+    by_ip: dict[IPv4Address, int] = {}
+    by_hostname: dict[str, int] = {}
+    for i, node in enumerate(nodes, 1):
+        where = f"[[node]] #{i}"
+        if node.pk in by_pk:
+            raise _Invalid(f"{where}: duplicate public key: {node.pk.hex()} (also [[node]] #{by_pk[node.pk]})")
+        by_pk[node.pk] = i
+        if node.ip in by_ip:
+            raise _Invalid(f"{where}: duplicate IP address: {node.ip} (also [[node]] #{by_ip[node.ip]})")
+        by_ip[node.ip] = i
+        folded = node.hostname.lower()
+        if folded in by_hostname:
+            raise _Invalid(f"{where}: duplicate hostname: {node.hostname!r} (also [[node]] "
+                           f"#{by_hostname[folded]}; hostnames are compared case-insensitively)")
+        by_hostname[folded] = i
+
+
+def _check_unique_routes(specs: list[_RouteSpec]) -> None:
+    seen: dict[tuple[IPv4Address, int], int] = {}
+    for i, (addr, length, _gw, _groups) in enumerate(specs, 1):
+        if (addr, length) in seen:
+            raise _Invalid(f"[[route]] #{i}: duplicate route destination: {addr}/{length} "
+                           f"(also [[route]] #{seen[addr, length]})")
+        seen[addr, length] = i
+
+
+def _warnings(network_text: str, subnet: IPv4Network, subnet_addr: IPv4Address, nodes: tuple[Node, ...],
+              routes: tuple[Route, ...], policies: tuple[Policy, ...]) -> tuple[str, ...]:
+    """What drasyl-rs accepts but rarely works; reported, never rejected (module docstring)."""
+    out = []
+    if subnet_addr != subnet.network_address:
+        out.append(f"'network' {network_text} has host bits set; using {subnet}")
+    if subnet.prefixlen <= 30:
+        for i, node in enumerate(nodes, 1):
+            if node.ip in (subnet.network_address, subnet.broadcast_address):
+                kind = "network" if node.ip == subnet.network_address else "broadcast"
+                out.append(f"[[node]] #{i}: IP address {node.ip} is the {kind} address of {subnet}; "
+                           f"other hosts may not reach it")
+    members = {group for node in nodes for group in node.groups}
+    for i, route in enumerate(routes, 1):
+        if route.dest.overlaps(subnet):
+            out.append(f"[[route]] #{i}: destination {route.dest} overlaps the overlay network {subnet}; "
+                       f"overlay traffic to those addresses may be sent to the gateway")
+        for group in sorted(route.groups - members):
+            hint = " ('ALL' means every node only in policies)" if group == ALL_GROUPS else ""
+            out.append(f"[[route]] #{i}: group {group!r} has no members{hint}")
+    for i, policy in enumerate(policies, 1):
+        for group in sorted((policy.source_groups | policy.destination_groups) - members - {ALL_GROUPS}):
+            out.append(f"[[policy]] #{i}: group {group!r} has no members")
+    return tuple(out)
+
+
+def _valid_hostname(name: str) -> bool:
+    return name.isascii() and _HOSTNAME.fullmatch(name.lower()) is not None
+
+
+_TYPE_NAMES = {str: "a string", list: "an array", dict: "a table"}
+
+
+def _get(table: dict[str, Any], key: str, kind: type, where: str, required: bool = True) -> Any:
+    if key not in table:
+        if required:
+            raise _Invalid(f"{where}: missing required key '{key}'")
+        return None
+    value = table[key]
+    if not isinstance(value, kind):
+        raise _Invalid(f"{where}: '{key}' must be {_TYPE_NAMES[kind]}, got {_describe(value)}")
+    return value
+
+
+def _tables(doc: dict[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:
+    value = doc.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise _Invalid(f"'{key}' must be an array of tables ([[{key}]]), got {_describe(value)}")
+    return list(enumerate(value, 1))
+
+
+def _groups(table: dict[str, Any], key: str, where: str, required: bool) -> frozenset[str]:
+    value = _get(table, key, list, where, required)
+    if value is None:
+        return frozenset()
+    for item in value:
+        if not isinstance(item, str):
+            raise _Invalid(f"{where}: '{key}' must be an array of strings, got {_describe(item)} in it")
+    return frozenset(value)
+
+
+def _public_key(text: str, where: str, key: str) -> bytes:
+    try:
+        return parse_public_key(text)
+    except CryptoError as exc:
+        raise _Invalid(f"{where}: '{key}': {exc}") from None
+
+
+def _ipv4(text: str, what: str) -> IPv4Address:
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        raise _Invalid(f"{what} is not an IPv4 address like \"10.1.0.1\": {text!r}") from None
+
+
+def _cidr(text: str, what: str) -> tuple[IPv4Address, int]:
+    """``a.b.c.d/len`` as written (host bits kept), like drasyl-rs' Ipv4Net."""
+    match = _CIDR.fullmatch(text)
+    try:
+        if match is None or int(match[2]) > 32:
+            raise ValueError(text)
+        return IPv4Address(match[1]), int(match[2])
+    except ValueError:
+        raise _Invalid(f"{what} must be an IPv4 network like \"10.1.0.0/24\", got {text!r}") from None
+
+
+def _describe(value: Any) -> str:
+    kinds = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+    kind = kinds.get(type(value), type(value).__name__)
+    return f"{kind} {value!r}" if kind not in ("array", "table") else kind

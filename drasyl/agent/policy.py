@@ -1,0 +1,237 @@
+"""What a network config means for this node (agent.md §3 "Semantics") and the per-packet
+policy lookups of the data path (§4 "Packet path", "Multiple networks").
+
+:func:`desired_state` turns one validated config into this node's :class:`LocalState`: its
+overlay address, the effective access rules (only ALLOW is enforced; DENY is shown in status),
+the kernel routes, whether it forwards (is a gateway) and the hostnames it may resolve.
+LocalState compares by value, so the reconciler can ask "current == desired?".
+
+:class:`PolicyTables` merges the ALLOW rules of every network into two two-level
+longest-prefix tables: TX (destination → source → peer) and RX (source → destination →
+expected sender). Lookups take IPv4 addresses as ints straight from the packet; /32 entries
+(every overlay peer) are one dict lookup, shorter prefixes (routed subnets) are searched by
+prefix length, longest first. As in drasyl-rs only the longest matching outer prefix is
+consulted (no fallback to a shorter one).
+
+Deliberate differences from drasyl-rs:
+- [bug] two effective rules with the same (direction, source, dest) raise
+  :class:`NetworkConfigError` naming both origins (drasyl-rs panics and stops the agent);
+- [bug] identical prefixes from several networks are merged per (outer, inner) prefix pair
+  instead of overwriting each other; if two networks map the same pair to different peers,
+  the network whose URL sorts first wins and the conflict is listed in
+  ``PolicyTables.conflicts``, as are overlapping subnets and an overlay IP used twice.
+Pure: no I/O, no logging; a lookup builds no objects (only the masked int of a routed prefix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Generic, TypeVar
+
+from .netconfig import ALL_GROUPS, NetworkConfig, NetworkConfigError, Node, Policy, Route
+
+OUT = "OUT"
+IN = "IN"
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    direction: str  # OUT: we send source → dest to pk; IN: pk may send source → dest to us
+    source: IPv4Network
+    dest: IPv4Network
+    pk: bytes
+    allow: bool
+
+    @property
+    def action(self) -> str:
+        return "ALLOW" if self.allow else "DENY"
+
+    def __str__(self) -> str:
+        peer = "via" if self.direction == OUT else "from"
+        return f"{self.direction} {self.source} -> {self.dest} {peer} {self.pk.hex()} {self.action}"
+
+
+@dataclass(frozen=True)
+class KernelRoute:
+    dest: IPv4Network
+    gw: IPv4Address
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """This node's desired state in one network; tuples in a fixed order so ``==`` is by value."""
+
+    subnet: IPv4Network
+    ip: IPv4Address
+    access_rules: tuple[AccessRule, ...]  # OUT before IN, then by source, then by dest
+    routes: tuple[KernelRoute, ...]  # by dest
+    forwarding: bool
+    hostnames: tuple[tuple[IPv4Address, str], ...]  # by IP; includes this node
+
+
+def allowed(cfg: NetworkConfig, a: bytes, b: bytes) -> bool:
+    """May nodes a and b talk? Policies are undirected; a node may always talk to itself."""
+    if a == b:
+        return True
+    node_a, node_b = cfg.node(a), cfg.node(b)
+    if node_a is None or node_b is None:
+        return False
+    return any(_matches(p, node_a.groups, node_b.groups) or _matches(p, node_b.groups, node_a.groups)
+               for p in cfg.policies)
+
+
+def _matches(policy: Policy, src: frozenset[str], dst: frozenset[str]) -> bool:
+    return ((ALL_GROUPS in policy.source_groups or not policy.source_groups.isdisjoint(src))
+            and (ALL_GROUPS in policy.destination_groups or not policy.destination_groups.isdisjoint(dst)))
+
+
+def may_use(route: Route, node: Node) -> bool:
+    """A route without groups is for everyone; else for members of one of its groups."""
+    return not route.groups or not route.groups.isdisjoint(node.groups)
+
+
+def desired_state(cfg: NetworkConfig, my_pk: bytes) -> LocalState | None:
+    """This node's state in ``cfg``, or None when it is not a member (→ teardown)."""
+    me = cfg.node(my_pk)
+    if me is None:
+        return None
+    rules = _access_rules(cfg, me)
+    routes = sorted((KernelRoute(r.dest, cfg.node(r.gw).ip) for r in cfg.routes  # type: ignore[union-attr]
+                     if r.gw != my_pk and may_use(r, me)), key=lambda r: r.dest)
+    hostnames = sorted((n.ip, n.hostname) for n in cfg.nodes if allowed(cfg, my_pk, n.pk))
+    return LocalState(
+        subnet=cfg.subnet,
+        ip=me.ip,
+        access_rules=tuple(sorted(rules, key=lambda r: (r.direction != OUT, r.source, r.dest))),
+        routes=tuple(routes),
+        forwarding=any(r.gw == my_pk for r in cfg.routes),
+        hostnames=tuple(hostnames),
+    )
+
+
+def _access_rules(cfg: NetworkConfig, me: Node) -> list[AccessRule]:
+    """§3 "Effective access rules", in drasyl-rs' order so a duplicate names the same pair."""
+    mine = IPv4Network(me.ip)
+    others = [n for n in cfg.nodes if n.pk != me.pk]
+    # (local, remote, peer, allow, origin): OUT local -> remote via peer, IN remote -> local from peer
+    pairs = [(mine, IPv4Network(n.ip), n.pk, allowed(cfg, me.pk, n.pk), f"node {n.hostname!r}") for n in others]
+    for route in cfg.routes:
+        if route.gw != me.pk:
+            pairs.append((mine, route.dest, route.gw, may_use(route, me), f"route {route.dest}"))
+        else:
+            pairs += [(route.dest, IPv4Network(n.ip), n.pk, may_use(route, n),
+                       f"route {route.dest} (this node is its gateway) to node {n.hostname!r}") for n in others]
+    origins: dict[tuple[str, IPv4Network, IPv4Network], str] = {}
+    rules = []
+    for direction in (OUT, IN):
+        for local, remote, pk, allow, origin in pairs:
+            source, dest = (local, remote) if direction == OUT else (remote, local)
+            key = (direction, source, dest)
+            if key in origins:
+                raise NetworkConfigError(cfg.source, f"duplicate route: {direction} {source} -> {dest} comes "
+                                                     f"from {origins[key]} and from {origin}")
+            origins[key] = origin
+            rules.append(AccessRule(direction, source, dest, pk, allow))
+    return rules
+
+
+V = TypeVar("V")
+
+
+class _Lpm(Generic[V]):
+    """Longest-prefix match on int IPv4 addresses: /32 in one dict, then each shorter length."""
+
+    __slots__ = ("hosts", "routed")
+
+    def __init__(self, entries: Mapping[tuple[int, int], V]) -> None:
+        self.hosts: dict[int, V] = {net: v for (net, length), v in entries.items() if length == 32}
+        by_length: dict[int, dict[int, V]] = {}
+        for (net, length), value in entries.items():
+            if length < 32:
+                by_length.setdefault(length, {})[net] = value
+        self.routed = tuple(((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF, table)
+                            for length, table in sorted(by_length.items(), reverse=True))
+
+    def get(self, addr: int) -> V | None:
+        value = self.hosts.get(addr)
+        if value is None:
+            for mask, table in self.routed:
+                value = table.get(addr & mask)
+                if value is not None:
+                    break
+        return value
+
+
+_Prefix = tuple[int, int]  # (network as int, prefix length)
+
+
+def _prefix(net: IPv4Network) -> _Prefix:
+    return int(net.network_address), net.prefixlen
+
+
+class PolicyTables:
+    """The ALLOW rules of all networks, merged, for the per-packet checks (module docstring)."""
+
+    __slots__ = ("_tx", "_rx", "_tx_hosts", "_rx_hosts", "peers", "conflicts")
+
+    def __init__(self, states: Mapping[str, LocalState] | None = None) -> None:
+        """``states``: network URL (as shown to users, without password) → its LocalState."""
+        ordered = sorted((states or {}).items())
+        conflicts: list[str] = _address_conflicts(ordered)
+        tx: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
+        rx: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
+        for url, state in ordered:
+            for rule in state.access_rules:
+                if not rule.allow:
+                    continue
+                if rule.direction == OUT:
+                    table, outer, inner = tx, rule.dest, rule.source
+                else:
+                    table, outer, inner = rx, rule.source, rule.dest
+                slot = table.setdefault(_prefix(outer), {})
+                first = slot.setdefault(_prefix(inner), (rule.pk, url))
+                if first[0] != rule.pk:
+                    conflicts.append(f"{url}: rule {rule} conflicts with network {first[1]} "
+                                     f"(peer {first[0].hex()}), which wins")
+        self._tx = _freeze(tx)
+        self._rx = _freeze(rx)
+        # The common case, a /32 peer address, inlined in egress/ingress_ok: one dict lookup per level.
+        self._tx_hosts = self._tx.hosts
+        self._rx_hosts = self._rx.hosts
+        self.peers: frozenset[bytes] = frozenset(pk for slot in tx.values() for pk, _url in slot.values())
+        """Peers this node may send to: the ones the data path needs a send handle for."""
+        self.conflicts: tuple[str, ...] = tuple(conflicts)
+
+    def egress(self, src_ip: int, dst_ip: int) -> bytes | None:
+        """The peer to send a TUN packet src → dst to, or None if no policy allows it."""
+        inner = self._tx_hosts.get(dst_ip) or self._tx.get(dst_ip)
+        if inner is None:
+            return None
+        return inner.hosts.get(src_ip) or inner.get(src_ip)
+
+    def ingress_ok(self, sender_pk: bytes, src_ip: int, dst_ip: int) -> bool:
+        """May ``sender_pk`` deliver a packet src → dst into our TUN? (Anti-spoofing.)"""
+        inner = self._rx_hosts.get(src_ip) or self._rx.get(src_ip)
+        return inner is not None and (inner.hosts.get(dst_ip) or inner.get(dst_ip)) == sender_pk
+
+
+def _freeze(table: Mapping[_Prefix, Mapping[_Prefix, tuple[bytes, str]]]) -> _Lpm[_Lpm[bytes]]:
+    return _Lpm({outer: _Lpm({inner: pk for inner, (pk, _url) in slot.items()})
+                 for outer, slot in table.items()})
+
+
+def _address_conflicts(ordered: Iterable[tuple[str, LocalState]]) -> list[str]:
+    """Overlapping subnets and a shared overlay IP across networks (drasyl-rs merges silently)."""
+    out = []
+    seen: list[tuple[str, LocalState]] = []
+    for url, state in ordered:
+        for other_url, other in seen:
+            if other.ip == state.ip:
+                out.append(f"{url}: this node's IP {state.ip} is also its IP in network {other_url}")
+            elif other.subnet.overlaps(state.subnet):
+                out.append(f"{url}: subnet {state.subnet} overlaps {other.subnet} of network {other_url}; "
+                           f"packets go to the longest matching prefix of either")
+        seen.append((url, state))
+    return out

@@ -1,0 +1,115 @@
+"""Names of overlay peers in the hosts file (agent.md §5, Linux hosts-file mode).
+
+Every line containing ``# managed by drasyl`` belongs to us; a rewrite keeps all other lines
+as they are and appends one line per (ip, hostname), in drasyl-rs' exact format, so files
+written by either implementation are cleaned by the other. Lines are ordered by address so
+that an unchanged set of names leaves the file untouched (nothing is written then).
+
+Writing is atomic where it can be: a temporary file in the same directory (``/etc/.hosts.drasyl``
+for ``/etc/hosts``, as drasyl-rs) with the original mode and owner, fsynced, then renamed over
+the file (over its target if it is a symlink, which stays). When the rename is impossible —
+a bind-mounted hosts file (Docker, ``ip netns exec`` with ``/etc/netns/<ns>/hosts``) answers
+``EBUSY`` — or the directory is not writable, the file is rewritten in place instead
+(drasyl-rs gives up there [quirk]); a reader may then briefly see a partial file. The path is
+a parameter so that tests never touch the machine's ``/etc/hosts``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from ipaddress import IPv4Address
+
+from .device import TunError
+
+log = logging.getLogger("drasyl.tun")
+
+HOSTS = "/etc/hosts"
+MARKER = "# managed by drasyl"
+DOMAIN = "drasyl.network"
+_FORBIDDEN = frozenset(" \t\r\n#")
+
+
+def host_line(ip: IPv4Address, hostname: str) -> str:
+    return f"{str(ip):<15} {hostname} {hostname}.{DOMAIN}   {MARKER}"
+
+
+def render(text: str, entries: Iterable[tuple[IPv4Address, str]]) -> str:
+    """``text`` without our lines, plus one line per entry (sorted by address, then name).
+
+    A hostname that would break the line (whitespace, ``#``) raises ValueError: network
+    configs validate names as DNS labels, so this only guards the file's syntax.
+    """
+    lines = [line for line in text.splitlines() if MARKER not in line]
+    for ip, hostname in sorted(entries):
+        if not hostname or _FORBIDDEN.intersection(hostname):
+            raise ValueError(f"hostname {hostname!r} cannot be written to a hosts file")
+        lines.append(host_line(ip, hostname))
+    return "".join(line + "\n" for line in lines)
+
+
+class HostsFile:
+    """The hosts file at ``path`` with our block of names."""
+
+    def __init__(self, path: str = HOSTS) -> None:
+        self.path = path
+
+    def write(self, entries: Iterable[tuple[IPv4Address, str]]) -> bool:
+        """Make our block list exactly ``entries``; True if the file changed."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                old = f.read()
+        except FileNotFoundError:
+            old = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TunError(f"cannot read {self.path}: {exc}") from None
+        new = render(old, entries)
+        if new == old:
+            return False
+        try:
+            self._replace(new)
+        except OSError as atomic:
+            try:
+                self._rewrite_in_place(new)
+            except OSError as exc:
+                raise TunError(f"cannot write {self.path}: {exc.strerror} "
+                               f"(atomic replace failed too: {atomic.strerror})") from None
+            log.debug("%s rewritten in place (atomic replace failed: %s)", self.path, atomic.strerror)
+        return True
+
+    def clear(self) -> bool:
+        """Remove our block (at shutdown, and at start after a crash)."""
+        return self.write(())
+
+    def _replace(self, text: str) -> None:
+        target = os.path.realpath(self.path)  # a symlinked hosts file stays a symlink
+        directory, name = os.path.split(target)
+        temp = os.path.join(directory, f".{name}.drasyl")
+        try:
+            st = os.stat(target)
+            mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
+        except FileNotFoundError:
+            mode, uid, gid = 0o644, -1, -1
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), mode)  # not narrowed by the umask
+                os.fchown(f.fileno(), uid, gid)
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(temp, target)
+        except OSError:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
+
+    def _rewrite_in_place(self, text: str) -> None:
+        with open(self.path, "r+", encoding="utf-8") as f:
+            f.write(text)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())

@@ -1,0 +1,225 @@
+"""``drasyl-agent`` in a subprocess against a real REST API server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from agent_api_server import ConfigControl, ServerThread, make_config, token_file
+from drasyl.agent.api import config_status
+from drasyl.agent.cli import format_status
+from netns import python_env
+
+TOKEN = "cli-test-token"
+
+
+def cli(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run the CLI with HOME in the test's directory (so ~/.drasyl is the test's)."""
+    return subprocess.run([sys.executable, "-m", "drasyl.agent.cli", *args], capture_output=True, text=True,
+                          timeout=60, env=python_env(**{"HOME": str(home), "DRASYL_API_LISTEN": "127.0.0.1:1", **env}))
+
+
+@pytest.fixture
+def agent(tmp_path):
+    with ServerThread(ConfigControl(make_config(tmp_path)), token_file(tmp_path, TOKEN)) as running:
+        yield running
+
+
+def client(agent: ServerThread, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """The CLI with this test's token and server; options in ``args`` override them."""
+    return cli("--token", str(tmp_path / "auth.token"), "--api", f"127.0.0.1:{agent.port}", *args,
+               home=tmp_path / "home", **env)
+
+
+def one_error_line(result: subprocess.CompletedProcess, command: str) -> str:
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"drasyl-agent {command}: "), result.stderr
+    return lines[0]
+
+
+def test_status_table(agent, tmp_path):
+    result = client(agent, tmp_path, "status")
+    assert result.returncode == 0, result.stderr
+    config = agent.control.config
+    out = result.stdout
+    assert f"public key {config.identity.public_key_hex}  MTU 1345" in out
+    assert "5b4578909bf0…  sp.example.org:22527  -          -" in out
+    assert "https://user:***@config.example.com/acme.toml  Acme  pending" in out
+    assert "Peers: none" in out
+    assert config.identity.secret_key.hex()[:64] not in out and "secret" not in out
+
+
+def test_status_json(agent, tmp_path):
+    result = client(agent, tmp_path, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == config_status(agent.control.config)
+
+
+def test_status_table_shows_runtime_rows():
+    status = {
+        "version": "0.1.0", "public_key": "ab" * 32, "mtu": 1345,
+        "super_peers": [{"public_key": "5b" * 32, "address": "sp:22527", "transport": "tcp", "rtt_ms": 12.34,
+                         "default": True}],
+        "networks": [{"config_url": "file:///n.toml", "name": None, "state": "error", "subnet": "10.1.0.0/24",
+                      "ip": "10.1.0.1", "error": "duplicate IP address: 10.1.0.2"}],
+        "peers": [{"public_key": "fe" * 32, "hostname": "fileserver", "ip": "10.1.0.2", "path": "direct",
+                   "rtt_ms": 0.5, "last_rx_s": 75.2, "rx_bytes": 1_234_567, "tx_bytes": 999}],
+        "drops": {"policy": 3, "no_route": 0},
+    }
+    assert format_status(status).splitlines()[2:] == [
+        "Super peers:",
+        "     PUBLIC KEY     ADDRESS   TRANSPORT  RTT",
+        "  *  5b5b5b5b5b5b…  sp:22527  tcp        12.3 ms",
+        "",
+        "Networks:",
+        "  URL             NAME  STATE  SUBNET       IP",
+        "  file:///n.toml  -     error  10.1.0.0/24  10.1.0.1",
+        "    error: duplicate IP address: 10.1.0.2",
+        "",
+        "Peers:",
+        "  HOSTNAME    IP        PUBLIC KEY     PATH    RTT     LAST RX  IN      OUT",
+        "  fileserver  10.1.0.2  fefefefefefe…  direct  0.5 ms  1m 15s   1.2 MB  999 B",
+        "",
+        "Dropped packets: policy 3",
+    ]
+
+
+def test_network_commands(agent, tmp_path):
+    url = "https://b.example/net.toml"
+    for verb, past in (("add", "added"), ("disable", "disabled"), ("enable", "enabled"), ("remove", "removed")):
+        result = client(agent, tmp_path, verb, url)
+        assert (result.returncode, result.stdout, result.stderr) == (0, f"Network '{url}' {past} successfully\n", "")
+        if verb == "disable":
+            assert tomllib.loads((tmp_path / "config.toml").read_text())["network"][1]["disabled"] is True
+    result = client(agent, tmp_path, "remove", url)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"Failed to remove network '{url}': Network not found: {url}\n"
+
+
+def test_options_before_the_subcommand_and_api_from_the_environment(agent, tmp_path):
+    result = cli("--token", str(tmp_path / "auth.token"), "add", "file:///x.toml", home=tmp_path / "home",
+                 DRASYL_API_LISTEN=f"127.0.0.1:{agent.port}")
+    assert (result.returncode, result.stdout) == (0, "Network 'file:///x.toml' added successfully\n"), result.stderr
+
+
+def test_wrong_token(agent, tmp_path):
+    (tmp_path / "other.token").write_text("nope")
+    result = client(agent, tmp_path, "status", "--token", str(tmp_path / "other.token"))
+    assert one_error_line(result, "status") == (
+        f"drasyl-agent status: the agent's API at http://127.0.0.1:{agent.port} answered 401: token wrong")
+
+
+def test_missing_token_file_then_the_home_fallback(agent, tmp_path):
+    missing = str(tmp_path / "missing.token")
+    result = client(agent, tmp_path, "add", "file:///x.toml", "--token", missing)
+    line = one_error_line(result, "add")
+    assert line == (f"drasyl-agent add: cannot read the API token: '{missing}': No such file or directory; "
+                    f"'{tmp_path}/home/.drasyl/auth.token': No such file or directory")
+    (tmp_path / "home" / ".drasyl").mkdir(parents=True)
+    (tmp_path / "home" / ".drasyl" / "auth.token").write_text(TOKEN + "\n")
+    result = client(agent, tmp_path, "status", "--json", "--token", missing)
+    assert result.returncode == 0, result.stderr
+
+
+def test_agent_not_running(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again below: nobody listens there
+    token_file(tmp_path)
+    result = cli("status", "--token", str(tmp_path / "auth.token"), "--api", f"127.0.0.1:{port}", home=tmp_path)
+    assert one_error_line(result, "status").startswith(
+        f"drasyl-agent status: cannot reach the agent's API at http://127.0.0.1:{port}: Connection refused")
+
+
+def test_empty_api_address_means_no_api(tmp_path):
+    token_file(tmp_path)
+    result = cli("status", "--token", str(tmp_path / "auth.token"), home=tmp_path, DRASYL_API_LISTEN="")
+    assert one_error_line(result, "status") == "drasyl-agent status: the REST API is disabled (DRASYL_API_LISTEN is empty)"
+    result = cli("status", "--api", "nonsense", home=tmp_path)
+    assert one_error_line(result, "status") == (
+        "drasyl-agent status: API address 'nonsense' is invalid: expected host:port or [ipv6]:port")
+
+
+def test_help_names_the_files_and_variables(tmp_path):
+    result = cli("--help", home=tmp_path)
+    assert result.returncode == 0
+    for words in ("/etc/drasyl/config.toml", "/etc/drasyl/auth.token", "~/.drasyl/auth.token",
+                  "DRASYL_API_LISTEN", "127.0.0.1:22527", "DRASYL_LOG_LEVEL", "run", "status", "disable"):
+        assert words in result.stdout, words
+    result = cli("status", "--help", home=tmp_path)
+    assert result.returncode == 0 and "--json" in result.stdout and "--token FILE" in result.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("add",), ("status", "--bogus"), ("frobnicate",)])
+def test_usage_errors_exit_2(tmp_path, args):
+    result = cli(*args, home=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("usage: drasyl-agent"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_version(tmp_path):
+    result = cli("version", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Version : 0.1.0")
+    assert lines[1].startswith(f"Python  : {sys.version.split()[0]}")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("drasyl.agent.daemon") is not None, reason="the daemon exists")
+def test_run_without_the_daemon_says_so(tmp_path):
+    result = cli("run", "--config", str(tmp_path / "config.toml"), home=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "drasyl-agent run: the agent daemon is not available in this build\n"
+    assert not (tmp_path / "config.toml").exists()
+
+
+def test_systemd_unit_runs_the_agent_with_the_cli_defaults():
+    from drasyl.agent.api import DEFAULT_TOKEN_FILE
+    from drasyl.agent.cli import DEFAULT_CONFIG
+
+    unit = dict(line.split("=", 1) for line in
+                (Path(__file__).resolve().parents[1] / "contrib" / "drasyl-agent.service").read_text().splitlines()
+                if "=" in line and not line.startswith("#"))
+    assert unit["ExecStart"].split() == ["/opt/drasyl/bin/drasyl-agent", "run", "--config", DEFAULT_CONFIG,
+                                         "--token", DEFAULT_TOKEN_FILE]
+    assert unit["WorkingDirectory"] == str(Path(DEFAULT_CONFIG).parent)
+    assert unit["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert (unit["Restart"], unit["RestartSec"]) == ("always", "3")
+    assert unit["AmbientCapabilities"] == unit["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
+    assert unit["After"] == unit["Wants"] == "network-online.target"
+
+
+def test_run_loads_config_with_a_strict_environment(tmp_path, monkeypatch, capsys, caplog):
+    from drasyl.agent.cli import load_config
+    from drasyl.agent.config import AgentConfigError
+    from drasyl.errors import ConfigError
+
+    path = tmp_path / "config.toml"
+    monkeypatch.setenv("DRASYL_MIN_POW_DIFFICULTY", "6")
+    caplog.set_level("INFO", logger="drasyl.agent")
+    config = load_config(str(path))
+    assert capsys.readouterr().out == (f"Config file '{path}' does not exist: generating a new identity "
+                                       "(proof of work, this may take a while)...\n")
+    assert f"I am {config.identity.public_key_hex}" in caplog.text
+    path.write_text("surprise = 1\n" + path.read_text())
+    assert load_config(str(path)).identity == config.identity
+    assert f"{path}: unknown key 'surprise' ignored" in caplog.text
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("DRASYL_ARM_MESSAGES", "yes")
+    with pytest.raises(ConfigError, match="DRASYL_ARM_MESSAGES='yes' is invalid"):
+        load_config(str(path))
+    monkeypatch.setenv("DRASYL_ARM_MESSAGES", "false")
+    path.write_text("mtu = 1393\n" + path.read_text())
+    assert load_config(str(path)).mtu == 1393
+    monkeypatch.setenv("DRASYL_MIN_POW_DIFFICULTY", "64")
+    with pytest.raises(AgentConfigError, match="identity.pow: reaches .* of the required 64 bits"):
+        load_config(str(path))
