@@ -5,8 +5,11 @@ Lab (fresh for every test): one bridge, no NAT, so any two nodes can talk direct
 super peer has introduced them::
 
     sp  198.51.100.10  2001:db8::10   a super peer: ours (python -m drasyl.superpeer) or drasyl-rs'
-    a   198.51.100.20  2001:db8::20   a drasyl-rs example node (identity id_2)
-    b   198.51.100.30  2001:db8::30   a drasyl-rs example node or our node (id_3)
+    a   198.51.100.20  2001:db8::20   a drasyl-rs example node or our node (tests/netns_node.py), id_2
+    b   198.51.100.30  2001:db8::30   a drasyl-rs example node or our node, id_3
+
+nftables in a node's namespace can drop its UDP to the super peer (TCP fallback) or to the
+other node (so that a message each way must be relayed before the pair goes direct).
 
 How a test sees the way a message came: our node (``tests/netns_node.py``) prints it for every
 message (``relayed``, ``short``, ``tcp``, ...). For a drasyl-rs node, nftables counters in its
