@@ -351,7 +351,7 @@ def test_rs_and_our_node_through_rs_super_peer_both_ways_and_direct_after_it_die
     net.rs_super_peer()
     a = net.rs_node(A)
     b = net.our_node(B)
-    row = net.registered(b)
+    row = net.registered(b)  # the drasyl-rs super peer's table shows our node with PoW ok
     print(f"drasyl-rs super peer's row for our node: {row}")
     net.registered(a)
 
@@ -376,7 +376,7 @@ def test_rs_and_our_node_through_our_super_peer(interop, family):
     a = net.rs_node(A, family)
     b = net.our_node(B, family)
     b.proc.wait_for_line(r"^ready ", START_S)
-    row = net.registered(a, family=family)
+    row = net.registered(a, family=family)  # our super peer's table shows theirs with PoW ok
     print(f"our super peer's row for the drasyl-rs node: {row}")
 
     relayed_both_ways(net, a, b)
