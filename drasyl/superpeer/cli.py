@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Collection, Sequence, TextIO
 
+from ..clock import monotonic_us
 from ..errors import ConfigError, IdentityError
 from ..identity import Identity, load_or_generate
 from ..messages import decode_endpoints
@@ -35,7 +36,7 @@ from ..transmit import proto_name
 from ..urls import format_host_port
 from .config import PREFIX, VARIABLES, DaemonConfig
 from .core import Peer
-from .server import BindError, Listener, SuperPeerServer, now_us
+from .server import BindError, Listener, SuperPeerServer
 
 log = logging.getLogger("drasyl.superpeer")
 
@@ -185,7 +186,7 @@ def _is_wildcard(listener: Listener) -> bool:
 
 async def _print_peer_tables(server: SuperPeerServer, interval_s: float) -> None:
     while True:
-        print(peer_table(server.core.peers.values(), now_us()), flush=True)
+        print(peer_table(server.core.peers.values(), monotonic_us()), flush=True)
         await asyncio.sleep(interval_s)
 
 
