@@ -335,10 +335,11 @@ def test_nodes_register_over_udp_and_tcp_and_app_is_relayed_between_them(start_s
         tcp_ack(conn, node_tcp, sp_id)
 
         udp_row = sp.wait_for(lambda line: line.startswith(node_udp.public_key_hex))
-        assert re.fullmatch(
-            rf"{node_udp.public_key_hex} ok  \d+ +udp://127\.0\.0\.1:{udp.getsockname()[1]} udp://192\.0\.2\.44:40000",
+        row = re.fullmatch(
+            rf"{node_udp.public_key_hex} ok  (\d+) +udp://127\.0\.0\.1:{udp.getsockname()[1]} udp://192\.0\.2\.44:40000",
             udp_row,
-        ), udp_row
+        )
+        assert row and int(row[1]) < WAIT_S * 1000, udp_row  # ms since its HELLO, on one clock
         tcp_row = sp.wait_for(lambda line: line.startswith(node_tcp.public_key_hex))
         assert f" tcp://127.0.0.1:{conn.getsockname()[1]}" in tcp_row
         sp.wait_for("Total Peers: 2")
@@ -401,6 +402,30 @@ def test_invalid_environment_value_is_exit_2_naming_the_variable(start_sp, name,
     assert sp.wait_exit() == 2
     assert len(sp.lines["stderr"]) == 1, sp.output()  # one line, no traceback
     assert sp.lines["stderr"][0].startswith(f"drasyl-sp: error: DRASYL_{name}={value!r} is invalid: ")
+
+
+def test_identity_file_readable_by_others_is_warned_about_at_start(start_sp, sp_identity):
+    path = sp_identity[0]
+    path.chmod(0o644)
+    sp = start_sp()
+    sp.wait_for("Super peer listening on:")
+    [warning] = [line for line in sp.lines["stderr"] if "warning" in line]
+    assert warning == (f"drasyl-sp: warning: identity file '{path}' is accessible by group or others "
+                       f"(mode 0644); it holds the secret key: chmod 600 '{path}'")
+    assert sp.stop() == 0
+    path.chmod(0o600)
+    sp = start_sp()
+    sp.wait_for("Super peer listening on:")
+    sp.wait_for("Bound UDP4 server", "stderr")
+    assert sp.stop() == 0
+    assert not any("warning" in line for line in sp.lines["stderr"]), sp.output()
+
+
+def test_config_repr_never_shows_the_prometheus_token():
+    config = DaemonConfig.from_env({"DRASYL_PROMETHEUS_TOKEN": "s3cret-t0ken"})
+    assert config.prometheus_token == "s3cret-t0ken"
+    assert "s3cret-t0ken" not in repr(config) and "s3cret-t0ken" not in str(config)
+    assert "prometheus_listen=" in repr(config)
 
 
 def test_broken_identity_file_is_exit_1_and_left_untouched(start_sp, tmp_path):
