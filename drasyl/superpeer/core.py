@@ -16,7 +16,7 @@ Same bytes on the wire as drasyl-rs, with these deliberate differences:
   its first HELLO. Held APPs live at most one housekeeping interval, at most
   :data:`HOLD_PER_PEER` per missing peer and :data:`HOLD_MAX_PACKETS` /
   :data:`HOLD_MAX_BYTES` in total; what expires or does not fit is dropped and counted
-  (drasyl-rs drops them at once);
+  (drasyl-rs drops APPs to unregistered recipients at once);
 - the peer table only holds senders whose HELLO authenticated: a flood of HELLOs with bad
   PoW or bad tags cannot fill it and lock out real nodes (drasyl-rs stores them first);
 - a HELLO whose timestamp is older than the newest one accepted from that peer, arriving
