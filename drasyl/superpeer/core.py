@@ -199,9 +199,9 @@ class SuperPeerCore:
         if now + self.wall_offset - hello.time > self._max_age_us:  # future timestamps are accepted
             self.drops["hello_too_old"] += 1
             return False
-        if peer is not None and hello.time < peer.hello_stamp and (proto != peer.proto or remote != peer.src) \
-                and now - peer.hello_time <= self._timeout_us:
-            self.drops["hello_replayed"] += 1
+        current = peer is not None and now - peer.hello_time <= self._timeout_us
+        if current and hello.time < peer.hello_stamp and (proto != peer.proto or remote != peer.src):
+            self.drops["hello_replayed"] += 1  # may not move the registration, gets no ACK
             return False
         if peer is None:
             if len(self.peers) >= cfg.max_peers:
@@ -209,7 +209,7 @@ class SuperPeerCore:
                 return False
             rx, tx = self._keys.pop(sender)
             peer = self.peers[sender] = Peer(sender, rx, tx)
-        if hello.time > peer.hello_stamp or now - peer.hello_time > self._timeout_us:
+        if hello.time > peer.hello_stamp or not current:
             peer.hello_stamp = hello.time
         peer.hello_time = now
         peer.proto = proto
@@ -283,19 +283,22 @@ class SuperPeerCore:
         for since, data, reason in held:
             self._held_packets -= 1
             self._held_bytes -= len(data)
-            if now - since > window:
+            if now - since >= window:
                 self.drops[reason] += 1
             else:
                 self._relay(data, parse_long_header(data), now, since)
 
     def _expire_held(self, now: int) -> None:
+        """Drop (and count) held APPs that waited one housekeeping interval."""
         window = self._interval_us
-        drops = self.drops
         for missing, queue in list(self._held.items()):
-            keep = [entry for entry in queue if now - entry[0] < window]
-            for since, data, reason in queue:
-                if now - since >= window:
-                    drops[reason] += 1
+            keep = []
+            for entry in queue:
+                since, data, reason = entry
+                if now - since < window:
+                    keep.append(entry)
+                else:
+                    self.drops[reason] += 1
                     self._held_packets -= 1
                     self._held_bytes -= len(data)
             if keep:
