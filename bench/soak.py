@@ -81,34 +81,43 @@ class Hellos:
 
 
 class TcpClient:
-    """A TCP connection to the super peer; small frames, so a short write is unlikely."""
+    """A non-blocking TCP connection to the super peer that keeps frames whole (never blocks)."""
 
     def __init__(self, address: tuple[str, int]) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a reader that does not read
         self.sock.connect(address)
-        self.sock.settimeout(5.0)
+        self.sock.setblocking(False)
+        self.pending = bytearray()  # what the socket has not taken yet
+        self.closed = False
 
-    def send(self, data: bytes) -> bool:
-        """Write all of ``data``; False once the super peer has closed the connection."""
+    def send(self, data: bytes) -> None:
+        self.pending += data
+        self.flush()
+
+    def flush(self) -> None:
         try:
-            self.sock.sendall(data)
-            return True
+            while self.pending:
+                del self.pending[: self.sock.send(self.pending)]
+        except BlockingIOError:
+            pass
         except OSError:
-            return False
+            self.closed = True
 
     def drain(self) -> None:
         try:
-            while self.sock.recv(65536, socket.MSG_DONTWAIT):
+            while self.sock.recv(65536):
                 pass
-        except OSError:
+        except BlockingIOError:
             pass
+        except OSError:
+            self.closed = True
 
     def alive(self) -> bool:
         try:
-            return self.sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+            return self.sock.recv(1, socket.MSG_PEEK) != b""
         except BlockingIOError:
-            return True
+            return not self.closed
         except OSError:
             return False
 
@@ -133,8 +142,8 @@ def main() -> None:
     ap.add_argument("--app-rate", type=float, default=1000.0, help="valid APPs per second")
     ap.add_argument("--garbage-rate", type=float, default=2000.0, help="invalid packets per second")
     ap.add_argument("--replay-rate", type=float, default=500.0, help="replayed HELLOs per second")
-    ap.add_argument("--slow-readers", type=int, default=256, help="TCP nodes that never read")
-    ap.add_argument("--bulk-rate", type=float, default=100.0, help="32 KB APPs per second to the slow readers")
+    ap.add_argument("--slow-readers", type=int, default=300, help="TCP nodes that never read")
+    ap.add_argument("--bulk-rate", type=float, default=200.0, help="32 KB APPs per second to the slow readers")
     ap.add_argument("--tricklers", type=int, default=64, help="TCP connections that never complete a frame")
     args = ap.parse_args()
 
@@ -196,7 +205,7 @@ def main() -> None:
         sent_for = {k: 0.0 for k in ("hello", "app", "garbage", "replay", "bulk")}
         rates = {"hello": args.nodes / HELLO_INTERVAL_S, "app": args.app_rate,
                  "garbage": args.garbage_rate, "replay": args.replay_rate, "bulk": args.bulk_rate}
-        next_tcp = start
+        next_tcp = next_hello = start
         while True:
             now = time.monotonic()
             elapsed = now - start
@@ -233,22 +242,28 @@ def main() -> None:
                 if captured and now - captured[0][0] >= REPLAY_AGE_S:
                     stats["replays"] += spoofer.send(captured[rng.randrange(min(len(captured), 200))][1], sp.address)
             for _ in range(due["bulk"]):
-                stats["apps"] += bulk.send(rng.choice(bulk_apps))
+                if len(bulk.pending) < 1 << 20:  # the super peer reads it: only a hiccup
+                    bulk.send(rng.choice(bulk_apps))
+                    stats["apps"] += 1
+            bulk.flush()
             bulk.drain()
             for k in due:
                 sent_for[k] += due[k]
-            if now >= next_tcp:  # once a second: TCP clients
-                next_tcp = now + 1.0
-                if int(elapsed) % 5 == 0:
-                    bulk.send(frame(reader_hellos.stamped(len(readers), stamp)))
+            if now >= next_hello:  # the TCP nodes register every 5 s
+                next_hello += HELLO_INTERVAL_S
+                bulk.send(frame(reader_hellos.stamped(len(readers), stamp)))
                 for i, client in enumerate(slow):
-                    if int(elapsed) % 5 == 0 and not client.send(frame(reader_hellos.stamped(i, stamp))):
+                    client.send(frame(reader_hellos.stamped(i, stamp)))
+                    if client.closed:
                         client.close()
                         slow[i] = TcpClient(tcp_address)
                         slow[i].send(frame(reader_hellos.stamped(i, stamp)))
                         stats["reconnects"] += 1
+            if now >= next_tcp:  # once a second: tricklers
+                next_tcp = now + 1.0
                 for i, client in enumerate(tricklers):
-                    if client.alive() and client.send(b"x"):
+                    if client.alive():
+                        client.send(b"x")
                         continue
                     client.close()
                     tricklers[i] = TcpClient(tcp_address)
