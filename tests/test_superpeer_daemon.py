@@ -48,7 +48,7 @@ from drasyl.superpeer.cli import listening_urls, main, peer_table
 from drasyl.superpeer.config import VARIABLES, DaemonConfig, ListenAddress
 from drasyl.superpeer.core import Peer, SuperPeerConfig, SuperPeerCore
 from drasyl.superpeer.metrics import SuperPeerMetrics
-from drasyl.superpeer.server import Listener, SuperPeerServer
+from drasyl.superpeer.server import REGISTER_TIMEOUT_S, Listener, SuperPeerServer
 from drasyl.transmit import TCP, UDP
 
 REPO = Path(__file__).resolve().parents[1]
@@ -463,6 +463,8 @@ def test_garbage_is_counted_and_never_stops_the_daemon(start_sp, sp_identity, id
     rng = random.Random(4711)
     valid = hello(ids["id_2"], sp_id, time.time_ns() // 1000)
     sent = 0
+    partial = tcp_connect("127.0.0.1", tcp_port)  # a frame that never completes: loses its slot
+    partial.sendall(b"\xff\xff" + b"x" * 100)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         for burst in range(15):  # bursts small enough for the receive buffer; a HELLO after each
             for i in range(200):
@@ -486,10 +488,11 @@ def test_garbage_is_counted_and_never_stops_the_daemon(start_sp, sp_identity, id
         with tcp_connect("127.0.0.1", tcp_port) as conn:
             conn.sendall(frame(bad))
             assert conn.recv(16) == b""
-    with tcp_connect("127.0.0.1", tcp_port) as conn:  # a frame that never completes
-        conn.sendall(b"\xff\xff" + b"x" * 100)
     with tcp_connect("127.0.0.1", tcp_port) as conn:
         tcp_ack(conn, ids["id_3"], sp_id)
+    with partial:
+        partial.settimeout(REGISTER_TIMEOUT_S + WAIT_S)
+        assert partial.recv(16) == b"", "a connection without a whole frame kept its slot"
 
     udp_ack(ids["id_2"], sp_id, "127.0.0.1", udp_port)
     assert sp.proc.poll() is None, sp.output()
@@ -497,8 +500,9 @@ def test_garbage_is_counted_and_never_stops_the_daemon(start_sp, sp_identity, id
     drops = {match[0]: float(match[1]) for match in
              re.findall(r'^drasyl_sp_dropped_packets\{reason="(\w+)"\} (\S+)$', text, re.MULTILINE)}
     assert "internal_error" not in drops, sp.output()
-    counted = sum(v for reason, v in drops.items() if reason != "udp_send_failed")
+    counted = sum(v for reason, v in drops.items() if reason not in ("udp_send_failed", "tcp_unregistered"))
     assert counted == sent + len(bad_frames), drops
+    assert drops["tcp_unregistered"] == 1, drops
     assert drops["malformed"] >= sent // 4
 
 
@@ -683,9 +687,10 @@ def test_unexpected_exception_is_counted_logged_once_and_serving_goes_on(ids, ca
     assert len(errors) == 1 and "processing a UDP datagram" in errors[0].getMessage()
 
 
-def test_idle_tcp_connection_is_closed_after_hello_timeout(start_sp):
+def test_idle_tcp_connection_is_closed_after_hello_timeout(start_sp, sp_identity, ids):
     sp = start_sp(HELLO_TIMEOUT="100")
     sp.wait_for("Super peer listening on:")
     with tcp_connect("127.0.0.1", port_of(sp.env["DRASYL_TCP4_LISTEN"])) as conn:
+        tcp_ack(conn, ids["id_2"], sp_identity[1])  # registered: only the idle timeout applies
         conn.settimeout(6 + WAIT_S)  # the idle check runs with housekeeping, every 5 s
         assert conn.recv(16) == b""
