@@ -3,8 +3,8 @@
 The public key is the node's address, so an identity file is never replaced: it is created
 only when missing (atomically, mode 0600), and a file that exists but cannot be read or
 parsed is an :class:`~drasyl.errors.IdentityError` naming the file and the line.
-This module performs file I/O only in :meth:`Identity.load`, :meth:`Identity.save` and
-:func:`load_or_generate`; everything else is pure.
+This module performs file I/O only in :meth:`Identity.load`, :meth:`Identity.save`,
+:func:`load_or_generate` and :func:`mode_warning`; everything else is pure.
 """
 
 from __future__ import annotations
@@ -229,3 +229,20 @@ def load_or_generate(
     identity = Identity.generate(difficulty, progress)
     identity.save(path)
     return identity
+
+
+def mode_warning(path: str | os.PathLike[str]) -> str | None:
+    """A one-line warning if group or others may access the identity file, else None.
+
+    The file holds the secret key; drasyl-rs and :meth:`Identity.save` write it with mode
+    0600. Daemons print this at start instead of refusing to run.
+    """
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (f"identity file '{path}' is accessible by group or others (mode {mode:04o}); "
+            f"it holds the secret key: chmod 600 '{path}'")

@@ -26,11 +26,12 @@ from drasyl.messages import (
     Unite,
     decode_endpoints,
     encode_endpoints,
+    encode_long_header,
     encode_message,
     open_body,
     parse_long_header,
 )
-from drasyl.superpeer.core import SuperPeerConfig, SuperPeerCore
+from drasyl.superpeer.core import HOLD_MAX_BYTES, HOLD_MAX_PACKETS, HOLD_PER_PEER, SuperPeerConfig, SuperPeerCore
 from drasyl.transmit import TCP, UDP
 
 SP_UDP = ("192.0.2.100", 22527)
@@ -297,11 +298,18 @@ def test_relay_loopback_rejected(sp_id, a):
     assert sp.outbox == [] and sp.drops["loopback"] == 1
 
 
-def test_unregistered_sender_is_not_relayed(sp_id, a, b):
-    sp = make_sp(sp_id)
+def test_app_of_unregistered_sender_is_never_relayed_and_dropped_after_one_interval(sp_id, a, b):
+    sp = make_sp(sp_id)  # housekeeping every 5 s
     register(sp, b, B_SRC)
-    assert sp.receive(app(a, b, b"x"), UDP, SP_UDP, A_SRC, T0)
+    assert sp.receive(app(a, b, b"x"), UDP, SP_UDP, A_SRC, T0 + S)
+    assert sp.outbox == [] and sum(sp.drops.values()) == 0  # held, not relayed
+    register(sp, b, B_SRC, T0 + 5 * S)
+    sp.handle_timer(T0 + 5 * S)  # held for 4 s: kept
+    assert sp.drops["unregistered_sender"] == 0
+    sp.handle_timer(T0 + 10 * S)
     assert sp.outbox == [] and sp.drops["unregistered_sender"] == 1
+    register(sp, a, A_SRC, T0 + 11 * S)
+    assert sp.outbox == []  # nothing left to relay
 
 
 def test_expired_sender_is_not_relayed_even_before_housekeeping(sp_id, a, b):
@@ -309,13 +317,17 @@ def test_expired_sender_is_not_relayed_even_before_housekeeping(sp_id, a, b):
     register(sp, a, A_SRC)
     register(sp, b, B_SRC, T0 + 20 * S)
     assert sp.receive(app(a, b, b"x"), UDP, SP_UDP, A_SRC, T0 + 31 * S)
+    assert sp.outbox == []
+    sp.handle_timer(T0 + 35 * S)
+    sp.handle_timer(T0 + 40 * S)
     assert sp.outbox == [] and sp.drops["unregistered_sender"] == 1
 
 
-def test_unknown_recipient_is_dropped(sp_id, a, b):
+def test_app_to_unknown_recipient_is_dropped_after_one_interval(sp_id, a, b):
     sp = make_sp(sp_id)
     register(sp, a, A_SRC)
     assert sp.receive(app(a, b, b"x"), UDP, SP_UDP, A_SRC, T0)
+    sp.handle_timer(T0 + 5 * S)
     assert sp.outbox == [] and sp.drops["unknown_recipient"] == 1
 
 
@@ -416,9 +428,11 @@ def test_unite_not_recorded_while_one_side_is_unregistered(sp_id, a, b, late):
     register(sp, early_node, early_src)
     assert sp.receive(app(a, b, b"early"), UDP, SP_UDP, A_SRC, T0)
     assert sp.outbox == []
-    register(sp, late_node, late_src, T0 + S)
+    assert sp.receive(hello(late_node, sp, T0 + S), UDP, SP_UDP, late_src, T0 + S)
+    assert len(unites(sp)) == 2  # with the held APP, at once
+    sp.outbox.clear()
     assert sp.receive(app(a, b, b"later"), UDP, SP_UDP, A_SRC, T0 + 2 * S)
-    assert len(unites(sp)) == 2
+    assert unites(sp) == []  # recorded then, so rate limited now
 
 
 def test_send_unites_negative_never_sends_unite(sp_id, a, b):
@@ -458,21 +472,218 @@ def test_garbage_and_runts_return_false_and_count_drops(sp_id, a, b):
     assert sp.outbox == []
 
 
+#: Long header: magic 0-3, hop count 4, flags 5, network id 6-9, recipient 10-41, sender 42-73,
+#: PoW 74-77, type 78; bytes 5-78 are authenticated with an armed body.
+MAGIC, HOP, NETWORK_ID, TYPE = range(0, 4), 4, range(6, 10), 78
+
+
 def test_every_truncation_and_bit_flip_of_valid_packets_is_handled(sp_id, a, b):
     sp = make_sp(sp_id, send_unites_ms=-1)
     register(sp, a, A_SRC)
     register(sp, b, B_SRC)
     for valid in (hello(a, sp, T0, A_LAN), app(a, b, b"hello")):
+        is_app = parse_long_header(valid).message_type == APP
         for n in range(len(valid)):
             result = sp.receive(valid[:n], UDP, SP_UDP, A_SRC, T0)
             # a HELLO cut anywhere fails; an APP is relayed as is once its header is whole
-            assert result is (n >= 79 and parse_long_header(valid).message_type == APP)
+            assert result is (n >= 79 and is_app)
         for i in range(len(valid)):
             flipped = bytearray(valid)
             flipped[i] ^= 0x40
             result = sp.receive(bytes(flipped), UDP, SP_UDP, A_SRC, T0)
-            assert isinstance(result, bool)
+            # HELLO: only the unauthenticated hop count may change. APP: the super peer reads
+            # magic, network id and type; the rest is relayed (or held) as is.
+            expected = i not in MAGIC and i not in NETWORK_ID and i != TYPE if is_app else i == HOP
+            assert result is expected, i
     sp.outbox.clear()
     # the table still works afterwards
     assert sp.receive(app(a, b, b"x"), UDP, SP_UDP, A_SRC, T0)
     assert sp.outbox[0][1:] == (UDP, SP_UDP, B_SRC)
+
+
+# --- clocks: monotonic now, wall time only for HELLO ages ------------------------------------
+
+
+def test_hello_age_is_checked_against_the_wall_clock_not_the_monotonic_one(sp_id, a):
+    sp = make_sp(sp_id)  # hello_max_age 300 s
+    sp.wall_offset = 10 * 60 * S  # our wall clock is 10 min ahead of the monotonic one
+    assert not sp.receive(hello(a, sp, T0), UDP, SP_UDP, A_SRC, T0)  # 10 min old by the wall
+    assert sp.drops["hello_too_old"] == 1 and sp.peers == {}
+    assert sp.receive(hello(a, sp, T0 + 10 * 60 * S), UDP, SP_UDP, A_SRC, T0)
+    assert Ack.parse(opened(sp.outbox[0][0], a, sp)[1]).time == T0 + 10 * 60 * S
+
+
+def test_wall_clock_stepping_back_stalls_neither_expiry_nor_housekeeping(sp_id, a):
+    sp = make_sp(sp_id)
+    register(sp, a, A_SRC)
+    sp.wall_offset = -3600 * S  # wall clock set back one hour; monotonic time runs on
+    assert sp.receive(hello(a, sp, T0 + S), UDP, SP_UDP, A_SRC, T0 + S)  # "future" HELLO: fine
+    sp.outbox.clear()
+    ticks = []
+    for t in range(5, 40, 5):
+        before = sp.next_timer()
+        sp.handle_timer(T0 + t * S)
+        ticks.append(sp.next_timer() != before)
+    assert ticks == [True] * 7
+    assert a.public_key not in sp.peers  # expired 30 s after its last HELLO
+
+
+def test_wall_clock_stepping_forward_neither_expires_peers_nor_bursts_ticks(sp_id, a):
+    sp = make_sp(sp_id)
+    register(sp, a, A_SRC)
+    sp.wall_offset = 3600 * S  # wall clock one hour ahead
+    sp.handle_timer(T0 + 5 * S)
+    assert a.public_key in sp.peers
+    assert sp.next_timer() == T0 + 10 * S
+    sp.handle_timer(T0 + 6 * S)  # no catching up on the hour the wall clock jumped
+    assert sp.next_timer() == T0 + 10 * S
+
+
+# --- replays: a HELLO older than the last one does not move a registration ------------------
+
+ATTACKER = ("192.0.2.66", 6666)
+
+
+def test_replayed_older_hello_from_another_source_is_dropped_without_ack(sp_id, a):
+    sp = make_sp(sp_id)
+    captured = hello(a, sp, T0)  # seen on the wire, still within hello_max_age
+    register(sp, a, A_SRC, T0)
+    register(sp, a, A_SRC, T0 + 5 * S)
+    for proto, src in ((UDP, ATTACKER), (TCP, ATTACKER), (TCP, A_SRC)):
+        assert not sp.receive(captured, proto, SP_UDP, src, T0 + 6 * S)
+    assert sp.outbox == []  # no ACK reflected to a spoofed source
+    assert sp.drops["hello_replayed"] == 3
+    peer = sp.peers[a.public_key]
+    assert (peer.proto, peer.src, peer.hello_time) == (UDP, A_SRC, T0 + 5 * S)
+
+
+def test_older_hello_from_the_same_source_is_accepted_after_the_nodes_clock_stepped_back(sp_id, a):
+    sp = make_sp(sp_id)
+    register(sp, a, A_SRC, T0 + 60 * S)
+    stepped_back = T0 + 5 * S  # the node's clock went back almost a minute
+    assert sp.receive(hello(a, sp, stepped_back), UDP, SP_UDP, A_SRC, T0 + 65 * S)
+    [(data, *_)] = sp.outbox
+    assert Ack.parse(opened(data, a, sp)[1]).time == stepped_back
+    assert sp.peers[a.public_key].hello_time == T0 + 65 * S  # still registered, renewed
+    sp.outbox.clear()
+    # its replay still cannot move it: the newest timestamp seen is what counts
+    assert not sp.receive(hello(a, sp, T0 + 30 * S), UDP, SP_UDP, ATTACKER, T0 + 66 * S)
+    assert sp.drops["hello_replayed"] == 1
+
+
+def test_newer_hello_from_another_source_moves_the_registration(sp_id, a):
+    sp = make_sp(sp_id)
+    register(sp, a, A_SRC, T0)
+    assert sp.receive(hello(a, sp, T0), TCP, None, B_TCP, T0 + S)  # same timestamp: UDP and TCP HELLOs of one tick
+    assert sp.receive(hello(a, sp, T0 + S), UDP, SP_UDP, B_SRC, T0 + S)  # roamed
+    assert sp.peers[a.public_key].src == B_SRC and sp.drops["hello_replayed"] == 0
+
+
+def test_older_hello_from_another_source_is_accepted_once_the_registration_expired(sp_id, a):
+    sp = make_sp(sp_id)
+    register(sp, a, A_SRC, T0 + 60 * S)
+    # the node rebooted with its clock a minute behind and came back from elsewhere
+    assert sp.receive(hello(a, sp, T0 + 31 * S), UDP, SP_UDP, B_SRC, T0 + 91 * S)
+    assert sp.peers[a.public_key].src == B_SRC
+
+
+# --- APPs overtaking a HELLO are held, not dropped ---------------------------------------------
+
+
+def app_frames(outbox: list) -> list:
+    return [t for t in outbox if parse_long_header(bytes(t[0])).message_type == APP]
+
+
+def test_app_overtaking_the_senders_first_hello_is_relayed_when_the_hello_arrives(sp_id, a, b):
+    sp = make_sp(sp_id)
+    register(sp, b, B_SRC)
+    data = app(a, b, b"first message")
+    assert sp.receive(data, UDP, SP_UDP, A_SRC, T0 + S)
+    assert sp.outbox == []
+    assert sp.receive(hello(a, sp, T0 + S), UDP, SP_UDP, A_SRC, T0 + 2 * S)
+    kinds = [parse_long_header(bytes(t[0])).message_type for t in sp.outbox]
+    assert kinds == [ACK, APP, UNITE, UNITE]
+    [(out, proto, local, remote)] = app_frames(sp.outbox)
+    assert (proto, local, remote) == (UDP, SP_UDP, B_SRC)
+    assert bytes(out[:4]) + bytes(out[5:]) == data[:4] + data[5:] and out[4] == 1
+    assert sum(sp.drops.values()) == 0
+
+
+def test_app_to_a_recipient_not_yet_registered_is_relayed_when_it_registers(sp_id, a, b):
+    sp = make_sp(sp_id, send_unites_ms=-1)
+    register(sp, a, A_SRC)
+    assert sp.receive(app(a, b, b"1"), UDP, SP_UDP, A_SRC, T0)
+    assert sp.receive(app(a, b, b"2"), UDP, SP_UDP, A_SRC, T0 + S)
+    assert sp.outbox == []
+    assert sp.receive(hello(b, sp, T0 + 2 * S), TCP, None, B_TCP, T0 + 2 * S)
+    relayed = app_frames(sp.outbox)
+    assert [t[1:] for t in relayed] == [(TCP, None, B_TCP)] * 2
+    assert [open_body(bytes(t[0]), parse_long_header(bytes(t[0])), session_keys(b, a.public_key)[0])
+            for t in relayed] == [b"1", b"2"]  # in order
+
+
+def test_app_with_neither_side_registered_waits_for_both(sp_id, a, b):
+    sp = make_sp(sp_id, send_unites_ms=-1)
+    assert sp.receive(app(a, b, b"x"), UDP, SP_UDP, A_SRC, T0)
+    register(sp, a, A_SRC, T0 + S)  # the helper clears the outbox: check it did hold
+    assert sp.receive(hello(b, sp, T0 + 2 * S), UDP, SP_UDP, B_SRC, T0 + 2 * S)
+    assert [t[1:] for t in app_frames(sp.outbox)] == [(UDP, SP_UDP, B_SRC)]
+
+
+def test_held_app_older_than_one_interval_is_dropped_not_relayed(sp_id, a, b):
+    sp = make_sp(sp_id)
+    register(sp, b, B_SRC)
+    assert sp.receive(app(a, b, b"x"), UDP, SP_UDP, A_SRC, T0 + S)
+    assert sp.receive(hello(a, sp, T0 + 6 * S + 1), UDP, SP_UDP, A_SRC, T0 + 6 * S + 1)
+    assert app_frames(sp.outbox) == [] and sp.drops["unregistered_sender"] == 1
+
+
+def test_held_apps_are_bounded_per_missing_peer(sp_id, a, b):
+    sp = make_sp(sp_id, send_unites_ms=-1)
+    register(sp, b, B_SRC)
+    for i in range(HOLD_PER_PEER + 5):
+        assert sp.receive(app(a, b, b"%d" % i), UDP, SP_UDP, A_SRC, T0)
+    assert sp.drops["hold_full"] == 5
+    assert sp.receive(hello(a, sp, T0), UDP, SP_UDP, A_SRC, T0)
+    assert len(app_frames(sp.outbox)) == HOLD_PER_PEER
+
+
+def fake_app(sender: bytes, recipient: bytes, size: int) -> bytes:
+    """An APP from a key that never registers: the super peer cannot tell it from a real one."""
+    return encode_long_header(APP, 1, recipient, sender, 0, True) + bytes(size)
+
+
+def test_held_apps_are_bounded_in_number_and_bytes_in_total(sp_id, a, b):
+    sp = make_sp(sp_id, send_unites_ms=-1)
+    senders = [i.to_bytes(32, "big") for i in range(1, HOLD_MAX_PACKETS // HOLD_PER_PEER + 2)]
+    for sender in senders:  # one sender more than fits
+        for _ in range(HOLD_PER_PEER):
+            assert sp.receive(fake_app(sender, b.public_key, 100), UDP, SP_UDP, ATTACKER, T0)
+    assert sp.drops["hold_full"] == HOLD_PER_PEER
+    sp.handle_timer(T0 + 5 * S)  # all expired: room again
+    assert sp.drops["unregistered_sender"] == HOLD_MAX_PACKETS
+    big = 60_000  # TCP frames can be this large: the byte bound applies first
+    fits = HOLD_MAX_BYTES // (big + 79)
+    for i, sender in enumerate(senders):
+        assert sp.receive(fake_app(sender, b.public_key, big), TCP, None, ATTACKER, T0 + 5 * S)
+    assert sp.drops["hold_full"] == HOLD_PER_PEER + len(senders) - fits
+
+
+# --- bounded state ---------------------------------------------------------------------------
+
+
+def test_relayed_bytes_forget_recipients_that_left_the_table(sp_id, a, b, ids):
+    c = ids["id_3"]
+    sp = make_sp(sp_id, send_unites_ms=-1)
+    register(sp, a, A_SRC)
+    register(sp, b, B_SRC)
+    register(sp, c, ATTACKER)
+    assert sp.receive(app(a, b, b"x"), UDP, SP_UDP, A_SRC, T0)
+    assert sp.receive(app(a, c, b"x"), UDP, SP_UDP, A_SRC, T0)
+    assert set(sp.peers[a.public_key].relayed_bytes) == {b.public_key, c.public_key}
+    for t in range(5, 40, 5):  # a and c keep registering, b goes away
+        register(sp, a, A_SRC, T0 + t * S)
+        register(sp, c, ATTACKER, T0 + t * S)
+        sp.handle_timer(T0 + t * S)
+    assert b.public_key not in sp.peers
+    assert set(sp.peers[a.public_key].relayed_bytes) == {c.public_key}

@@ -48,7 +48,7 @@ from drasyl.superpeer.cli import listening_urls, main, peer_table
 from drasyl.superpeer.config import VARIABLES, DaemonConfig, ListenAddress
 from drasyl.superpeer.core import Peer, SuperPeerConfig, SuperPeerCore
 from drasyl.superpeer.metrics import SuperPeerMetrics
-from drasyl.superpeer.server import Listener, SuperPeerServer
+from drasyl.superpeer.server import REGISTER_TIMEOUT_S, Listener, SuperPeerServer
 from drasyl.transmit import TCP, UDP
 
 REPO = Path(__file__).resolve().parents[1]
@@ -335,10 +335,11 @@ def test_nodes_register_over_udp_and_tcp_and_app_is_relayed_between_them(start_s
         tcp_ack(conn, node_tcp, sp_id)
 
         udp_row = sp.wait_for(lambda line: line.startswith(node_udp.public_key_hex))
-        assert re.fullmatch(
-            rf"{node_udp.public_key_hex} ok  \d+ +udp://127\.0\.0\.1:{udp.getsockname()[1]} udp://192\.0\.2\.44:40000",
+        row = re.fullmatch(
+            rf"{node_udp.public_key_hex} ok  (\d+) +udp://127\.0\.0\.1:{udp.getsockname()[1]} udp://192\.0\.2\.44:40000",
             udp_row,
-        ), udp_row
+        )
+        assert row and int(row[1]) < WAIT_S * 1000, udp_row  # ms since its HELLO, on one clock
         tcp_row = sp.wait_for(lambda line: line.startswith(node_tcp.public_key_hex))
         assert f" tcp://127.0.0.1:{conn.getsockname()[1]}" in tcp_row
         sp.wait_for("Total Peers: 2")
@@ -403,6 +404,30 @@ def test_invalid_environment_value_is_exit_2_naming_the_variable(start_sp, name,
     assert sp.lines["stderr"][0].startswith(f"drasyl-sp: error: DRASYL_{name}={value!r} is invalid: ")
 
 
+def test_identity_file_readable_by_others_is_warned_about_at_start(start_sp, sp_identity):
+    path = sp_identity[0]
+    path.chmod(0o644)
+    sp = start_sp()
+    sp.wait_for("Super peer listening on:")
+    [warning] = [line for line in sp.lines["stderr"] if "warning" in line]
+    assert warning == (f"drasyl-sp: warning: identity file '{path}' is accessible by group or others "
+                       f"(mode 0644); it holds the secret key: chmod 600 '{path}'")
+    assert sp.stop() == 0
+    path.chmod(0o600)
+    sp = start_sp()
+    sp.wait_for("Super peer listening on:")
+    sp.wait_for("Bound UDP4 server", "stderr")
+    assert sp.stop() == 0
+    assert not any("warning" in line for line in sp.lines["stderr"]), sp.output()
+
+
+def test_config_repr_never_shows_the_prometheus_token():
+    config = DaemonConfig.from_env({"DRASYL_PROMETHEUS_TOKEN": "s3cret-t0ken"})
+    assert config.prometheus_token == "s3cret-t0ken"
+    assert "s3cret-t0ken" not in repr(config) and "s3cret-t0ken" not in str(config)
+    assert "prometheus_listen=" in repr(config)
+
+
 def test_broken_identity_file_is_exit_1_and_left_untouched(start_sp, tmp_path):
     broken = tmp_path / "broken.identity"
     content = b"[Identity]\nSecretKey = not-hex\nProofOfWork = 12\n"
@@ -438,6 +463,8 @@ def test_garbage_is_counted_and_never_stops_the_daemon(start_sp, sp_identity, id
     rng = random.Random(4711)
     valid = hello(ids["id_2"], sp_id, time.time_ns() // 1000)
     sent = 0
+    partial = tcp_connect("127.0.0.1", tcp_port)  # a frame that never completes: loses its slot
+    partial.sendall(b"\xff\xff" + b"x" * 100)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         for burst in range(15):  # bursts small enough for the receive buffer; a HELLO after each
             for i in range(200):
@@ -461,10 +488,11 @@ def test_garbage_is_counted_and_never_stops_the_daemon(start_sp, sp_identity, id
         with tcp_connect("127.0.0.1", tcp_port) as conn:
             conn.sendall(frame(bad))
             assert conn.recv(16) == b""
-    with tcp_connect("127.0.0.1", tcp_port) as conn:  # a frame that never completes
-        conn.sendall(b"\xff\xff" + b"x" * 100)
     with tcp_connect("127.0.0.1", tcp_port) as conn:
         tcp_ack(conn, ids["id_3"], sp_id)
+    with partial:
+        partial.settimeout(REGISTER_TIMEOUT_S + WAIT_S)
+        assert partial.recv(16) == b"", "a connection without a whole frame kept its slot"
 
     udp_ack(ids["id_2"], sp_id, "127.0.0.1", udp_port)
     assert sp.proc.poll() is None, sp.output()
@@ -472,8 +500,9 @@ def test_garbage_is_counted_and_never_stops_the_daemon(start_sp, sp_identity, id
     drops = {match[0]: float(match[1]) for match in
              re.findall(r'^drasyl_sp_dropped_packets\{reason="(\w+)"\} (\S+)$', text, re.MULTILINE)}
     assert "internal_error" not in drops, sp.output()
-    counted = sum(v for reason, v in drops.items() if reason != "udp_send_failed")
+    counted = sum(v for reason, v in drops.items() if reason not in ("udp_send_failed", "tcp_unregistered"))
     assert counted == sent + len(bad_frames), drops
+    assert drops["tcp_unregistered"] == 1, drops
     assert drops["malformed"] >= sent // 4
 
 
@@ -658,9 +687,10 @@ def test_unexpected_exception_is_counted_logged_once_and_serving_goes_on(ids, ca
     assert len(errors) == 1 and "processing a UDP datagram" in errors[0].getMessage()
 
 
-def test_idle_tcp_connection_is_closed_after_hello_timeout(start_sp):
+def test_idle_tcp_connection_is_closed_after_hello_timeout(start_sp, sp_identity, ids):
     sp = start_sp(HELLO_TIMEOUT="100")
     sp.wait_for("Super peer listening on:")
     with tcp_connect("127.0.0.1", port_of(sp.env["DRASYL_TCP4_LISTEN"])) as conn:
+        tcp_ack(conn, ids["id_2"], sp_identity[1])  # registered: only the idle timeout applies
         conn.settimeout(6 + WAIT_S)  # the idle check runs with housekeeping, every 5 s
         assert conn.recv(16) == b""

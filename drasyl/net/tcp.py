@@ -54,7 +54,9 @@ class FramedProtocol(asyncio.Protocol):
         self._buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.peername: tuple = ()
-        self.last_activity = 0.0  # loop.time() of the last frame read or written
+        #: loop.time() of the last complete frame received (or of connecting): what keeps a
+        #: connection alive. Partial frames and our own writes do not count.
+        self.last_activity = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -81,18 +83,23 @@ class FramedProtocol(asyncio.Protocol):
                 return
         if start:
             del buf[:start]
-        self.last_activity = asyncio.get_running_loop().time()
+            self.last_activity = asyncio.get_running_loop().time()
 
     def send(self, data: bytes | bytearray) -> bool:
         if self.transport is None or self.transport.is_closing() or len(data) > MAX_FRAME:
             return False
         self.transport.write(frame(data))
-        self.last_activity = asyncio.get_running_loop().time()
         return True
 
     def close(self) -> None:
+        """Close after what is queued has been written."""
         if self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, discarding what is queued (for a peer that may never read it)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._buffer.clear()

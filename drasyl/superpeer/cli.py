@@ -7,6 +7,9 @@ every ``DRASYL_PEERS_PRINT_INTERVAL`` ms until SIGINT/SIGTERM. Differences: the
 URLs are printed after binding (so port 0 shows the real port); the peer table shows at most
 1000 rows; logs go to stderr; SIGTERM is a clean shutdown with exit code 0 as well.
 
+An identity file that group or others may read is warned about on stderr (one line) at
+start; drasyl-rs does not check.
+
 Exit codes: 0 after a signal, 1 for identity or bind errors, 2 for usage or configuration
 errors; never a traceback for those. This module formats and orchestrates; sockets are
 :mod:`.server`'s business and protocol rules the core's.
@@ -27,15 +30,16 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Collection, Sequence, TextIO
 
+from ..clock import monotonic_us
 from ..errors import ConfigError, IdentityError
-from ..identity import Identity, load_or_generate
+from ..identity import Identity, load_or_generate, mode_warning
 from ..messages import decode_endpoints
 from ..net.interfaces import local_addresses
 from ..transmit import proto_name
 from ..urls import format_host_port
 from .config import PREFIX, VARIABLES, DaemonConfig
 from .core import Peer
-from .server import BindError, Listener, SuperPeerServer, now_us
+from .server import BindError, Listener, SuperPeerServer
 
 log = logging.getLogger("drasyl.superpeer")
 
@@ -66,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         progress.finish()
+    warning = mode_warning(config.identity_file)
+    if warning is not None:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
     return asyncio.run(serve(identity, config))
 
 
@@ -185,7 +192,7 @@ def _is_wildcard(listener: Listener) -> bool:
 
 async def _print_peer_tables(server: SuperPeerServer, interval_s: float) -> None:
     while True:
-        print(peer_table(server.core.peers.values(), now_us()), flush=True)
+        print(peer_table(server.core.peers.values(), monotonic_us()), flush=True)
         await asyncio.sleep(interval_s)
 
 

@@ -16,13 +16,13 @@ This module only parses; it opens no sockets and reads no files.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, NamedTuple
 
 from ..env import boolean, integer, invalid, log_level
 from ..errors import ConfigError
 from ..urls import format_host_port
-from .core import SuperPeerConfig
+from .core import HOUSEKEEPING_INTERVAL_MS, SuperPeerConfig
 
 PREFIX = "DRASYL_"
 U8_MAX = 2**8 - 1
@@ -66,7 +66,7 @@ class DaemonConfig:
     """Everything ``drasyl-sp`` reads from its environment, parsed and checked.
 
     The defaults live in :data:`VARIABLES` only: ``DaemonConfig.from_env({})`` is the
-    default configuration.
+    default configuration. Its repr never shows the Prometheus token.
     """
 
     identity_file: str
@@ -83,8 +83,10 @@ class DaemonConfig:
     hello_max_age_ms: int
     peers_print_interval_ms: int
     prometheus_listen: ListenAddress | None
-    prometheus_token: str
+    prometheus_token: str = field(repr=False)
     log_level: int
+    #: Not read from the environment (drasyl-sp's is fixed too); tests shorten it.
+    housekeeping_interval_ms: int = HOUSEKEEPING_INTERVAL_MS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DaemonConfig:
@@ -124,6 +126,7 @@ class DaemonConfig:
             min_pow_difficulty=self.min_pow_difficulty,
             hello_timeout_ms=self.hello_timeout_ms,
             hello_max_age_ms=self.hello_max_age_ms,
+            housekeeping_interval_ms=self.housekeeping_interval_ms,
         )
 
 

@@ -1,17 +1,31 @@
 """Sans-I/O super peer (spec §6.1, §6.3): ACKs HELLOs, keeps the peer table, relays, UNITEs.
 
-:meth:`SuperPeerCore.receive` takes one datagram or TCP frame with the time in µs since the
-epoch and appends what to send to :attr:`SuperPeerCore.outbox`; :meth:`handle_timer` runs
-housekeeping. No sockets, clocks, threads or logging inside, so every rule is testable with
-a fake clock and a benchmark can drive many thousands of simulated nodes.
+:meth:`SuperPeerCore.receive` takes one datagram or TCP frame with ``now`` in monotonic µs
+and appends what to send to :attr:`SuperPeerCore.outbox`; :meth:`handle_timer` runs
+housekeeping. Expiry, UNITE windows and ticks run on ``now``; only the age check of a
+received HELLO uses wall time, ``now + wall_offset`` (see :mod:`drasyl.clock`), so a wall
+clock step neither stalls nor bursts anything. No sockets, clocks, threads or logging inside,
+so every rule is testable with a fake clock and a benchmark can drive many thousands of
+simulated nodes.
 
 Same bytes on the wire as drasyl-rs, with these deliberate differences:
 
-- only APPs whose *sender* holds a current registration are relayed (no open relay);
+- only APPs whose *sender* holds a current registration are relayed (no open relay). An APP
+  whose sender or recipient is not registered (yet) is *held*, not relayed, and relayed with
+  the usual UNITE as soon as the missing HELLO arrives: a node's first APP often overtakes
+  its first HELLO. Held APPs live at most one housekeeping interval, at most
+  :data:`HOLD_PER_PEER` per missing peer and :data:`HOLD_MAX_PACKETS` /
+  :data:`HOLD_MAX_BYTES` in total; what expires or does not fit is dropped and counted
+  (drasyl-rs drops APPs to unregistered recipients at once);
 - the peer table only holds senders whose HELLO authenticated: a flood of HELLOs with bad
   PoW or bad tags cannot fill it and lock out real nodes (drasyl-rs stores them first);
+- a HELLO whose timestamp is older than the newest one accepted from that peer, arriving
+  from another source (proto, address) while the registration is current, is dropped
+  without an ACK: a replayed HELLO cannot move a registration or reflect an ACK to a
+  spoofed source. From the same source it is accepted (the node's clock stepped back);
 - UNITE rate limiting checks both registrations *before* recording the attempt and expires
-  records after ``send_unites`` ms (drasyl-rs compares µs with ms, see spec §6.3).
+  records after ``send_unites`` ms (drasyl-rs compares µs with ms, see spec §6.3);
+- a peer's relayed-bytes counters forget recipients that left the table.
 """
 
 from __future__ import annotations
@@ -40,6 +54,9 @@ from ..messages import (
 from ..transmit import UDP, Address, Transmit
 
 HOUSEKEEPING_INTERVAL_MS = 5_000
+HOLD_PER_PEER = 32
+HOLD_MAX_PACKETS = 1024
+HOLD_MAX_BYTES = 1536 * 1024
 
 
 @dataclass(frozen=True)
@@ -61,14 +78,15 @@ class Peer:
 
     __slots__ = (
         "public_key", "rx", "tx", "hello_time", "proto", "local", "src", "endpoints",
-        "hello_rx", "ack_tx", "app_rx", "app_tx", "unite_tx", "relayed_bytes",
+        "hello_rx", "ack_tx", "app_rx", "app_tx", "unite_tx", "relayed_bytes", "hello_stamp",
     )
 
     def __init__(self, public_key: bytes, rx: bytes | None, tx: bytes | None) -> None:
         self.public_key = public_key
         self.rx = rx
         self.tx = tx
-        self.hello_time = 0
+        self.hello_time = 0  # monotonic µs of the last accepted HELLO (our clock)
+        self.hello_stamp = 0  # newest timestamp accepted in its HELLOs (its wall clock)
         self.proto = UDP
         self.local: Address | None = None
         self.src: Address = ()
@@ -101,6 +119,12 @@ class SuperPeerCore:
         self._unite_us = cfg.send_unites_ms * 1000
         self._interval_us = cfg.housekeeping_interval_ms * 1000
         self._next_tick = now
+        #: wall − monotonic µs; the adapter refreshes it (see :mod:`drasyl.clock`).
+        self.wall_offset = 0
+        #: missing peer -> [(monotonic µs received, APP, drop reason)], see the module docstring.
+        self._held: dict[bytes, list[tuple[int, bytes, str]]] = {}
+        self._held_packets = 0
+        self._held_bytes = 0
 
     # --- input -------------------------------------------------------------------------
 
@@ -119,13 +143,23 @@ class SuperPeerCore:
             return False
 
     def handle_timer(self, now: int) -> None:
-        """Housekeeping: expire peers and UNITE records, forget unregistered keys."""
+        """Housekeeping: expire peers, held APPs and UNITE records, forget unregistered keys."""
         if now < self._next_tick:
             return
         self._next_tick = now + self._interval_us
         timeout = self._timeout_us
-        for pk in [pk for pk, p in self.peers.items() if now - p.hello_time > timeout]:
-            del self.peers[pk]
+        peers = self.peers
+        gone = [pk for pk, p in peers.items() if now - p.hello_time > timeout]
+        for pk in gone:
+            del peers[pk]
+        if gone:
+            for p in peers.values():
+                relayed = p.relayed_bytes
+                if relayed:
+                    for pk in [pk for pk in relayed if pk not in peers]:
+                        del relayed[pk]
+        if self._held:
+            self._expire_held(now)
         if self._unites:
             window = self._unite_us
             self._unites = {k: t for k, t in self._unites.items() if now - t < window}
@@ -162,8 +196,12 @@ class SuperPeerCore:
                 self._keys[sender] = keys
             rx = keys[0]
         hello = HelloSuperPeer.parse(open_body(data, header, rx))
-        if now - hello.time > self._max_age_us:  # future timestamps are accepted
+        if now + self.wall_offset - hello.time > self._max_age_us:  # future timestamps are accepted
             self.drops["hello_too_old"] += 1
+            return False
+        current = peer is not None and now - peer.hello_time <= self._timeout_us
+        if current and hello.time < peer.hello_stamp and (proto != peer.proto or remote != peer.src):
+            self.drops["hello_replayed"] += 1  # may not move the registration, gets no ACK
             return False
         if peer is None:
             if len(self.peers) >= cfg.max_peers:
@@ -171,6 +209,8 @@ class SuperPeerCore:
                 return False
             rx, tx = self._keys.pop(sender)
             peer = self.peers[sender] = Peer(sender, rx, tx)
+        if hello.time > peer.hello_stamp or not current:
+            peer.hello_stamp = hello.time
         peer.hello_time = now
         peer.proto = proto
         peer.local = local
@@ -181,11 +221,15 @@ class SuperPeerCore:
         ack = encode_message(ACK, cfg.network_id, sender, self.public_key, self.identity.proof_of_work,
                              Ack(hello.time).encode(), peer.tx)
         self.outbox.append((ack, proto, local, remote))
+        if self._held:
+            held = self._held.pop(sender, None)
+            if held is not None:
+                self._release(held, now)
         return True
 
     # --- relay and UNITE ---------------------------------------------------------------
 
-    def _relay(self, data: bytes, header, now: int) -> bool:
+    def _relay(self, data: bytes, header, now: int, since: int | None = None) -> bool:
         if header.message_type != APP:
             self.drops["unexpected_type"] += 1
             return False
@@ -199,11 +243,11 @@ class SuperPeerCore:
         timeout = self._timeout_us
         src = self.peers.get(sender)
         if src is None or now - src.hello_time > timeout:
-            self.drops["unregistered_sender"] += 1
+            self._hold(sender, data, "unregistered_sender", now if since is None else since)
             return True
         dst = self.peers.get(recipient)
         if dst is None or now - dst.hello_time > timeout:
-            self.drops["unknown_recipient"] += 1
+            self._hold(recipient, data, "unknown_recipient", now if since is None else since)
             return True
         packet = bytearray(data)
         packet[HOP_COUNT_OFFSET] += 1
@@ -217,6 +261,52 @@ class SuperPeerCore:
         if self._unite_us >= 0:
             self._unite(src, dst, now)
         return True
+
+    # --- APPs waiting for a registration ----------------------------------------------------
+
+    def _hold(self, missing: bytes, data: bytes, reason: str, since: int) -> None:
+        """Keep an APP until ``missing`` registers; drop it if that would exceed a bound."""
+        queue = self._held.get(missing)
+        if (self._held_packets >= HOLD_MAX_PACKETS or self._held_bytes + len(data) > HOLD_MAX_BYTES
+                or (queue is not None and len(queue) >= HOLD_PER_PEER)):
+            self.drops["hold_full"] += 1
+            return
+        if queue is None:
+            queue = self._held[missing] = []
+        queue.append((since, bytes(data), reason))  # a copy if the adapter reuses its buffers
+        self._held_packets += 1
+        self._held_bytes += len(data)
+
+    def _release(self, held: list[tuple[int, bytes, str]], now: int) -> None:
+        """Relay what waited for a peer that just registered (or hold it for the other side)."""
+        window = self._interval_us
+        for since, data, reason in held:
+            self._held_packets -= 1
+            self._held_bytes -= len(data)
+            if now - since >= window:
+                self.drops[reason] += 1
+            else:
+                self._relay(data, parse_long_header(data), now, since)
+
+    def _expire_held(self, now: int) -> None:
+        """Drop (and count) held APPs that waited one housekeeping interval."""
+        window = self._interval_us
+        for missing, queue in list(self._held.items()):
+            keep = []
+            for entry in queue:
+                since, data, reason = entry
+                if now - since < window:
+                    keep.append(entry)
+                else:
+                    self.drops[reason] += 1
+                    self._held_packets -= 1
+                    self._held_bytes -= len(data)
+            if keep:
+                self._held[missing] = keep
+            else:
+                del self._held[missing]
+
+    # --- UNITE -----------------------------------------------------------------------------
 
     def _unite(self, a: Peer, b: Peer, now: int) -> None:
         """Introduce a and b to each other, at most once per ``send_unites`` per pair."""

@@ -13,8 +13,18 @@ Socket choices (deliberate differences from drasyl-rs):
 - with the IPv4 listener of a transport disabled, the IPv6 socket is dual-stack and serves
   IPv4 nodes too (the Docker image's and the self-hosting guide's setup);
 - more than ``max_peers`` simultaneous TCP connections are refused at accept (drasyl-rs
-  keeps reading them), and a TCP client that does not read gets at most
-  :data:`TCP_BACKLOG_LIMIT` bytes queued; what does not fit is dropped and counted.
+  keeps reading them), and so are more than :func:`connections_per_source` from one IPv4
+  address or IPv6 /64;
+- a TCP connection keeps its slot only by sending complete, valid frames: it must register
+  with a valid HELLO within :data:`REGISTER_TIMEOUT_S` of being accepted, and is closed
+  when no complete frame arrived for ``hello_timeout`` (drasyl-rs counts any read or write);
+- a TCP client that does not read gets at most :data:`TCP_BACKLOG_LIMIT` bytes queued, and
+  all clients together at most :data:`TCP_TOTAL_BACKLOG_LIMIT` (plus one frame per
+  connection); what does not fit is dropped and counted.
+
+Clocks: the core is fed monotonic µs, with its ``wall_offset`` refreshed per batch and tick
+(:mod:`drasyl.clock`); housekeeping, idle close and metrics ticks are scheduled on the event
+loop's monotonic clock, so a wall clock step neither stops nor bursts them.
 
 Nothing a peer sends may stop the process: an unexpected exception while handling input is
 counted, logged at most once per 10 s, and the loop goes on. Nothing here logs per packet.
@@ -23,17 +33,19 @@ counted, logged at most once per 10 s, and the loop goes on. Nothing here logs p
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
-import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from ..clock import monotonic_us, wall_offset_us
 from ..errors import DrasylError
 from ..identity import Identity
+from ..messages import HELLO, LONG_HEADER_LEN
 from ..net.faults import FaultLog
 from ..net.tcp import FramedProtocol, bind_tcp
 from ..net.udp import UdpSocket, bind_udp, send_transmits
@@ -46,11 +58,31 @@ log = logging.getLogger(__name__)
 
 #: Bytes queued for one TCP client beyond which we drop instead of buffering more.
 TCP_BACKLOG_LIMIT = 128 * 1024
+#: Bytes queued for all TCP clients together beyond which we drop: without it, ``max_peers``
+#: clients that do not read could pin ``max_peers`` × 128 KiB (1 GiB by default).
+TCP_TOTAL_BACKLOG_LIMIT = 32 * 1024 * 1024
+#: Seconds a new TCP connection has to register with a valid HELLO (a node sends one at
+#: once after connecting) before its slot is given back.
+REGISTER_TIMEOUT_S = 5.0
+_MESSAGE_TYPE_OFFSET = LONG_HEADER_LEN - 1
 
 
-def now_us() -> int:
-    """The core's clock: microseconds since the Unix epoch (the protocol's timestamps)."""
-    return time.time_ns() // 1000
+def connections_per_source(max_peers: int) -> int:
+    """TCP connections one IPv4 address or IPv6 /64 may hold: 1/64 of ``max_peers``, at least 8.
+
+    Enough for a NAT with many nodes behind it, too few for one host to take every slot.
+    """
+    return max(8, max_peers // 64)
+
+
+def source_of(peername: Address) -> str:
+    """What :func:`connections_per_source` counts: the IPv4 address, or the IPv6 /64."""
+    host = peername[0] if peername else ""
+    if host.startswith("::ffff:"):
+        return host[7:]
+    if ":" in host:
+        return str(ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False))
+    return host
 
 
 class BindError(DrasylError):
@@ -65,20 +97,31 @@ class Listener:
 
 
 class TcpClient(FramedProtocol):
-    """A framed TCP connection that also reports when it is established."""
+    """A node's TCP connection: reports when it opens and when its write buffer drains."""
 
     def __init__(
         self,
         on_open: Callable[[TcpClient], None],
-        on_frame: Callable[[FramedProtocol, bytes], None],
-        on_close: Callable[[FramedProtocol], None],
+        on_frame: Callable[[TcpClient, bytes], None],
+        on_close: Callable[[TcpClient], None],
+        on_drained: Callable[[TcpClient], None],
     ) -> None:
-        super().__init__(on_frame, on_close)
+        super().__init__(on_frame, on_close)  # type: ignore[arg-type]
         self._on_open = on_open
+        self._on_drained = on_drained
+        self.source = ""  # counted against connections_per_source once accepted
+        self.registered = False  # a HELLO arrived over it and was accepted
+        self.queued = 0  # bytes in the transport's write buffer when last seen
+        self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        # pause_writing() at the first queued byte (a no-op), resume_writing() once empty again
+        self.transport.set_write_buffer_limits(high=0)  # type: ignore[union-attr]
         self._on_open(self)
+
+    def resume_writing(self) -> None:
+        self._on_drained(self)
 
 
 class SuperPeerServer:
@@ -86,14 +129,18 @@ class SuperPeerServer:
 
     def __init__(self, identity: Identity, config: DaemonConfig) -> None:
         self.config = config
-        self.core = SuperPeerCore(identity, config.core_config(), now_us())
+        self.core = SuperPeerCore(identity, config.core_config(), monotonic_us())
+        self.core.wall_offset = wall_offset_us()
         #: Drops the I/O layer decides (the core counts protocol drops in ``core.drops``).
         self.drops: Counter[str] = Counter()
         self.listeners: list[Listener] = []
         self.metrics = SuperPeerMetrics(self.core, self.io_drops)
         self._faults = FaultLog(self.drops)
         self._udp: dict[Address, UdpSocket] = {}
-        self._connections: dict[Address, FramedProtocol] = {}
+        self._connections: dict[Address, TcpClient] = {}
+        self._per_source: dict[str, int] = {}
+        self._per_source_limit = connections_per_source(config.max_peers)
+        self._backlog = 0  # bytes queued for all TCP clients, as last seen per client
         self._servers: list[asyncio.Server] = []
         self._timer: asyncio.TimerHandle | None = None
 
@@ -155,7 +202,8 @@ class SuperPeerServer:
             sock = bind_tcp(listen.host, listen.port, dual_stack=dual_stack)
             try:
                 server = await loop.create_server(
-                    lambda: TcpClient(self._on_connect, self._on_frame, self._on_disconnect), sock=sock
+                    lambda: TcpClient(self._on_connect, self._on_frame, self._on_disconnect, self._on_drained),
+                    sock=sock,
                 )
             except BaseException:
                 sock.close()
@@ -175,7 +223,8 @@ class SuperPeerServer:
     # --- input -----------------------------------------------------------------------------
 
     def _on_datagrams(self, sock: UdpSocket, packets: list[tuple[bytes, Address]]) -> None:
-        now = now_us()
+        now = monotonic_us()
+        self.core.wall_offset = wall_offset_us()
         receive = self.core.receive
         local = sock.local
         for data, addr in packets:
@@ -190,21 +239,54 @@ class SuperPeerServer:
             self.drops["tcp_connection_limit"] += 1
             client.close()
             return
+        source = source_of(client.peername)
+        held = self._per_source.get(source, 0)
+        if held >= self._per_source_limit:
+            self.drops["tcp_source_limit"] += 1
+            client.close()
+            return
+        self._per_source[source] = held + 1
+        client.source = source
         self._connections[client.peername] = client
+        client.deadline = asyncio.get_running_loop().call_later(REGISTER_TIMEOUT_S, self._registration_due, client)
 
-    def _on_frame(self, client: FramedProtocol, frame: bytes) -> None:
+    def _registration_due(self, client: TcpClient) -> None:
+        client.deadline = None
+        if not client.registered:
+            self.drops["tcp_unregistered"] += 1
+            client.abort()
+
+    def _on_frame(self, client: TcpClient, frame: bytes) -> None:
+        core = self.core
+        core.wall_offset = wall_offset_us()
         try:
-            valid = self.core.receive(frame, TCP, None, client.peername, now_us())
+            valid = core.receive(frame, TCP, None, client.peername, monotonic_us())
         except Exception:
             self._faults.report("processing a TCP frame")
             valid = False
         if not valid:  # as drasyl-rs: a connection that sends garbage is closed
             client.close()
+        elif frame[_MESSAGE_TYPE_OFFSET] == HELLO:  # valid HELLOs are those the core accepted
+            client.registered = True
         self._send_outbox()
 
-    def _on_disconnect(self, client: FramedProtocol) -> None:
-        if self._connections.get(client.peername) is client:
-            del self._connections[client.peername]
+    def _on_disconnect(self, client: TcpClient) -> None:
+        if client.deadline is not None:
+            client.deadline.cancel()
+        if self._connections.get(client.peername) is not client:
+            return  # refused at accept
+        del self._connections[client.peername]
+        left = self._per_source[client.source] - 1
+        if left:
+            self._per_source[client.source] = left
+        else:
+            del self._per_source[client.source]
+        self._backlog -= client.queued
+        client.queued = 0
+
+    def _on_drained(self, client: TcpClient) -> None:
+        self._backlog -= client.queued
+        client.queued = 0
 
     # --- output ----------------------------------------------------------------------------
 
@@ -223,36 +305,54 @@ class SuperPeerServer:
 
     def _send_tcp(self, data: bytes | bytearray, remote: Address) -> None:
         client = self._connections.get(remote)
-        if client is None or client.transport is None:
+        transport = client.transport if client is not None else None
+        if transport is None:
             self.drops["tcp_connection_gone"] += 1
-        elif client.transport.get_write_buffer_size() > TCP_BACKLOG_LIMIT:
-            self.drops["tcp_backlog_full"] += 1  # a client that does not read
-        elif not client.send(data):
+            return
+        queued = transport.get_write_buffer_size()
+        if queued:  # the kernel takes nothing more for now: this frame would wait in our memory
+            if queued > TCP_BACKLOG_LIMIT:
+                self.drops["tcp_backlog_full"] += 1  # a client that does not read
+                return
+            if self._backlog + len(data) > TCP_TOTAL_BACKLOG_LIMIT:
+                self.drops["tcp_backlog_total"] += 1
+                return
+        if not client.send(data):
             self.drops["tcp_connection_gone"] += 1
+            return
+        queued = transport.get_write_buffer_size()
+        self._backlog += queued - client.queued
+        client.queued = queued
 
     # --- housekeeping ----------------------------------------------------------------------
 
     def _housekeeping(self) -> None:
-        now = now_us()
+        core = self.core
+        now = monotonic_us()
         try:
-            if now >= self.core.next_timer():
-                self.core.handle_timer(now)
+            if now >= core.next_timer():
+                core.wall_offset = wall_offset_us()
+                core.handle_timer(now)
                 if self.config.prometheus_listen is not None:
                     self.metrics.observe_tick()
-                self._close_idle_connections()
+                self._check_connections()
                 self._send_outbox()
         except Exception:
             self._faults.report("housekeeping")
-        # Re-check at least once per interval, so a wall clock stepping back cannot stall us.
-        interval_us = self.core.config.housekeeping_interval_ms * 1000
-        delay_us = min(max(self.core.next_timer() - now, 0), interval_us)
+        delay_us = max(core.next_timer() - now, 0)
         self._timer = asyncio.get_running_loop().call_later(delay_us / 1e6, self._housekeeping)
 
-    def _close_idle_connections(self) -> None:
-        """Close TCP connections without a read or write for longer than ``hello_timeout``."""
+    def _check_connections(self) -> None:
+        """Close TCP connections without a complete frame for ``hello_timeout``; recount backlogs."""
         deadline = asyncio.get_running_loop().time() - self.config.hello_timeout_ms / 1000
-        for client in [c for c in self._connections.values() if c.last_activity < deadline]:
-            client.close()
+        backlog = 0
+        for client in list(self._connections.values()):
+            if client.transport is not None:
+                client.queued = client.transport.get_write_buffer_size()
+                backlog += client.queued
+            if client.last_activity < deadline:
+                client.abort()  # not close(): that would wait for a client that does not read
+        self._backlog = backlog
 
 
 @contextmanager
