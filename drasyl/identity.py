@@ -19,6 +19,7 @@ from typing import Callable
 import nacl.bindings as sodium
 
 from .errors import CryptoError, IdentityError
+from .files import write_atomic
 
 DEFAULT_POW_DIFFICULTY = 24
 I32_MIN = -(2**31)
@@ -179,32 +180,12 @@ class Identity:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the file atomically with mode 0600; refuse to replace an existing file."""
         path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, self.to_file_text().encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, path)  # fails if the file exists: never overwrite an identity
-            except FileExistsError:
-                raise IdentityError(f"identity file '{path}' already exists; not overwritten") from None
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomic(path, self.to_file_text().encode(), exclusive=True)
+        except FileExistsError:
+            raise IdentityError(f"identity file '{path}' already exists; not overwritten") from None
         except OSError as exc:
             raise IdentityError(f"cannot write identity file '{path}': {exc.strerror}") from None
-        finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-
 
 def _field_value(line: str, where: str) -> str:
     """Text between the first and second '=' (drasyl-rs' rule), trimmed."""

@@ -31,8 +31,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import stat
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -51,6 +49,7 @@ from ..identity import (
     ProgressCallback,
     pow_difficulty,
 )
+from ..files import write_atomic
 from ..urls import SuperPeerUrl
 
 DEFAULT_SUPER_PEERS = tuple(
@@ -426,43 +425,12 @@ def _edit(
 
 def _write(path: str, text: str, create: bool) -> None:
     """Replace (or create, never overwriting) ``path`` atomically, keeping mode and owner."""
-    target = os.path.realpath(path)  # editing through a symlink edits its target
-    directory = os.path.dirname(target)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
+        write_atomic(path, text.encode(), exclusive=create)
+    except FileExistsError:
+        raise AgentConfigError(f"{path}: appeared while generating the identity; not overwritten") from None
     except OSError as exc:
         raise AgentConfigError(f"{path}: cannot write: {exc.strerror}") from None
-    try:
-        try:
-            if not create:
-                st = os.stat(target)
-                os.fchmod(fd, stat.S_IMODE(st.st_mode))
-                if os.geteuid() == 0:
-                    os.fchown(fd, st.st_uid, st.st_gid)
-            with os.fdopen(fd, "wb", closefd=False) as fh:
-                fh.write(text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if create:
-            try:
-                os.link(tmp, target)  # fails if the file appeared meanwhile: never overwrite
-            except FileExistsError:
-                raise AgentConfigError(f"{path}: appeared while generating the identity; not overwritten") from None
-        else:
-            os.replace(tmp, target)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        raise AgentConfigError(f"{path}: cannot write: {exc.strerror}") from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
 
 
 # --- network config URLs ----------------------------------------------------------------------

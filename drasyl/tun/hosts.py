@@ -5,9 +5,9 @@ as they are and appends one line per (ip, hostname), in drasyl-rs' exact format,
 written by either implementation are cleaned by the other. Lines are ordered by address so
 that an unchanged set of names leaves the file untouched (nothing is written then).
 
-Writing is atomic where it can be: a temporary file in the same directory (``/etc/.hosts.drasyl``
-for ``/etc/hosts``, as drasyl-rs) with the original mode and owner, fsynced, then renamed over
-the file (over its target if it is a symlink, which stays). When the rename is impossible —
+Writing is atomic where it can be (:func:`drasyl.files.write_atomic`): a temporary file in the
+same directory with the original mode and owner, fsynced, then renamed over the file (over its
+target if it is a symlink, which stays). When the rename is impossible —
 a bind-mounted hosts file (Docker, ``ip netns exec`` with ``/etc/netns/<ns>/hosts``) answers
 ``EBUSY`` — or the directory is not writable, the file is rewritten in place instead
 (drasyl-rs gives up there [quirk]); a reader may then briefly see a partial file. The path is
@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterable
 from ipaddress import IPv4Address
 
+from ..files import write_atomic
 from .device import TunError
 
 log = logging.getLogger("drasyl.tun")
@@ -83,29 +84,8 @@ class HostsFile:
         return self.write(())
 
     def _replace(self, text: str) -> None:
-        target = os.path.realpath(self.path)  # a symlinked hosts file stays a symlink
-        directory, name = os.path.split(target)
-        temp = os.path.join(directory, f".{name}.drasyl")
-        try:
-            st = os.stat(target)
-            mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
-        except FileNotFoundError:
-            mode, uid, gid = 0o644, -1, -1
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                os.fchmod(f.fileno(), mode)  # not narrowed by the umask
-                os.fchown(f.fileno(), uid, gid)
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(temp, target)
-        except OSError:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise
+        # a new file gets the usual 0644; a symlinked hosts file stays a symlink
+        write_atomic(self.path, text.encode("utf-8"), mode=0o644)
 
     def _rewrite_in_place(self, text: str) -> None:
         with open(self.path, "r+", encoding="utf-8") as f:
