@@ -256,10 +256,10 @@ class Agent:
                     pass
 
     async def housekeep(self, session: aiohttp.ClientSession) -> None:
-        """Fetch every enabled network's config, then bring tables and host to the result."""
-        for entry in self.config.networks:
-            if not entry.disabled:
-                await self._refresh(entry, session)
+        """Fetch every enabled network's config (all at once: one slow server delays no other
+        network), then bring tables and host to the result."""
+        await asyncio.gather(*(self._refresh(entry, session) for entry in self.config.networks
+                               if not entry.disabled))
         await self.apply()
 
     async def _refresh(self, entry: NetworkEntry, session: aiohttp.ClientSession) -> None:
@@ -274,7 +274,7 @@ class Agent:
                 member = self.memberships.setdefault(entry.key, Membership())
                 member.error = str(exc)
                 kept = " (keeping the last good state)" if member.state is not None else ""
-                self._report(f"error {entry.key}", [f"Network {shown}: {exc}{kept}"], logging.WARNING)
+                self._report(f"error {entry.key}", [f"{exc}{kept}"], logging.WARNING)
             return
         current = self.config.network(entry.key)
         if current is None or current.disabled:  # removed or disabled while we fetched
