@@ -69,7 +69,6 @@ log = logging.getLogger("drasyl.agent")
 
 T = TypeVar("T")
 HOUSEKEEPING_S = 10.0
-STOP_TIMEOUT_S = 5.0
 #: Variables drasyl-rs reads that have no meaning here (one queue, no worker threads).
 IGNORED_ENV = ("DRASYL_UDP_SOCKETS", "DRASYL_RECV_BUF_CAP", "DRASYL_CHANNEL_CAP", "DRASYL_TUN_THREADS",
                "DRASYL_C2D_THREADS")
@@ -87,7 +86,6 @@ class Membership:
     config: NetworkConfig | None = None  # the last config that validated
     state: LocalState | None = None  # this node's part of it; None: not a member (or down)
     error: str | None = None  # the last fetch/validation error, None after a good fetch
-    warnings: tuple[str, ...] = ()
 
 
 class Agent:
@@ -280,7 +278,7 @@ class Agent:
         if current is None or current.disabled:  # removed or disabled while we fetched
             return
         member = self.memberships.setdefault(entry.key, Membership())
-        member.config, member.state, member.error, member.warnings = cfg, state, None, cfg.warnings
+        member.config, member.state, member.error = cfg, state, None
         self._report(f"error {entry.key}", [], logging.WARNING)
         self._report(f"warnings {entry.key}", [f"Network {shown}: {w}" for w in cfg.warnings], logging.WARNING)
         self._report(f"member {entry.key}", [] if state is not None else
