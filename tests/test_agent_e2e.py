@@ -57,23 +57,23 @@ def sp_url(ip: str, identity: Identity) -> str:
     return f"udp://{ip}:22527?publicKey={identity.public_key_hex}&networkId=1&tcpPort=8443"
 
 
+def network_config(ids: dict[str, Identity], subnet: str, ips: dict[str, str], groups: dict[str, str],
+                   suffix: str = "", extra: str = "", name: str = "") -> str:
+    """A network config with agents a and b (hostnames ``alice``/``bob`` + ``suffix``)."""
+    nodes = "".join(f'''
+[[node]]
+pk = "{ids[side].public_key_hex}"
+ip = "{ips[side]}"
+hostname = "{HOSTNAMES[side]}{suffix}"
+groups = ["{groups[side]}"]
+''' for side in ("a", "b"))
+    top = f'network = "{subnet}"\n' + (f'name = "{name}"\n' if name else "")
+    return f"{top}{nodes}\n{extra}"
+
+
 def net1(ids: dict[str, Identity]) -> str:
-    return f"""
-network = "10.77.0.0/24"
-name = "e2e one"
-
-[[node]]
-pk = "{ids['a'].public_key_hex}"
-ip = "{OVERLAY['a']}"
-hostname = "{HOSTNAMES['a']}"
-groups = ["staff"]
-
-[[node]]
-pk = "{ids['b'].public_key_hex}"
-ip = "{OVERLAY['b']}"
-hostname = "{HOSTNAMES['b']}"
-groups = ["servers"]
-
+    """a (staff) may talk to b (servers), which is the gateway to ROUTED."""
+    return network_config(ids, "10.77.0.0/24", OVERLAY, {"a": "staff", "b": "servers"}, name="e2e one", extra=f'''
 [[route]]
 dest = "{ROUTED}"
 gw = "{ids['b'].public_key_hex}"
@@ -81,26 +81,12 @@ gw = "{ids['b'].public_key_hex}"
 [[policy]]
 source_groups = ["staff"]
 destination_groups = ["servers"]
-"""
+''')
 
 
 def net2(ids: dict[str, Identity], policy: str = "") -> str:
     """Both are members, no policy lets them talk: every packet between them is denied."""
-    return f"""
-network = "10.78.0.0/24"
-
-[[node]]
-pk = "{ids['a'].public_key_hex}"
-ip = "{DENIED['a']}"
-hostname = "alice2"
-groups = ["x"]
-
-[[node]]
-pk = "{ids['b'].public_key_hex}"
-ip = "{DENIED['b']}"
-hostname = "bob2"
-groups = ["y"]
-""" + policy
+    return network_config(ids, "10.78.0.0/24", DENIED, {"a": "x", "b": "y"}, suffix="2", extra=policy)
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, describe: Callable[[], str]) -> Any:
@@ -379,6 +365,28 @@ def test_add_denied_network_disable_remove(cluster: Cluster) -> None:
         assert "net2" not in agent.config.read_text()
     missing = a.cli("remove", url, check=False)
     assert missing.returncode == 1 and "Network not found" in missing.stderr
+
+
+def test_broken_network_config_keeps_last_good_state(cluster: Cluster) -> None:
+    """Fail-static: a network config that stops validating leaves the network as it was."""
+    a = cluster.agents["a"]
+    path = cluster.tmp / "net1.toml"
+    good = path.read_text()
+    path.write_text(good.replace('ip = "10.77.0.2"', 'ip = "10.99.0.2"'))  # outside the subnet
+    try:
+        mark = a.proc.mark()
+        os.kill(a.proc.pid, signal.SIGHUP)  # a reload also fetches every network at once
+        line = a.proc.wait_for_line(r"keeping the last good state", 10, since=mark)
+        assert "10.99.0.2" in line.text
+        net = a.network(a.status(), "net1")
+        assert net["state"] == "active" and net["ip"] == OVERLAY["a"] and "10.99.0.2" in net["error"], net
+        assert _received(a.ping(OVERLAY["b"], count=1)) == 1
+    finally:
+        path.write_text(good)
+    mark = a.proc.mark()
+    os.kill(a.proc.pid, signal.SIGHUP)
+    a.proc.wait_for_line(r"Reload: nothing changed", 10, since=mark)
+    wait_until(lambda: a.network(a.status(), "net1")["error"] is None, 5, "the error clears", cluster.describe)
 
 
 def test_sighup_switches_super_peers(cluster: Cluster) -> None:
