@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 import tomlkit
-from netns import Lab, Process, python_env, require_lab_tools
+from netns import Lab, Process, lab, python_env, require_lab_tools  # noqa: F401 (lab is a fixture)
 
 from drasyl.identity import Identity
 
@@ -515,4 +515,42 @@ data = random.Random(7).randbytes(int(sys.argv[2]))
 with socket.create_connection((sys.argv[1], 5001), timeout=30) as conn:
     conn.sendall(data)
 print(hashlib.sha256(data).hexdigest())
+"""
+
+
+# --- start-up mistakes ---------------------------------------------------------------------------
+
+
+def test_start_mistakes_are_one_line_and_leave_nothing(lab: Lab, ids, tmp_path) -> None:
+    """A bad variable or an API address in use: one line on stderr, exit 1, no device left."""
+    ns = lab.namespace("solo")
+    lab.veth(ns, lab.namespace("peer"), "192.0.2.20/24", "192.0.2.21/24")
+    config = tmp_path / "config.toml"
+    identity = ids["id_2"]
+    config.write_text(f'super_peers = ["{sp_url(SP_IP, ids["id_1"])}"]\n\n[identity]\n'
+                      f'sk = "{identity.secret_key.hex()}"\npow = {identity.proof_of_work}\n')
+    (Path("/etc/netns") / ns).mkdir(parents=True)
+    try:
+        (Path("/etc/netns") / ns / "hosts").write_text("127.0.0.1 localhost\n")
+        blocker = lab.start(ns, [sys.executable, "-c", BLOCK_API], "blocker")
+        blocker.wait_for_line(r"^bound$", 10)
+        for env, expected in ((dict(DRASYL_UDP_PORT="abc"), "DRASYL_UDP_PORT='abc' is invalid: not an integer"),
+                              ({}, "REST API cannot listen on 127.0.0.1:22527")):
+            result = subprocess.run(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "drasyl.agent", "run", "--config", str(config),
+                 "--token", str(tmp_path / "auth.token"), "--api", API, "--log-level", "off"],
+                capture_output=True, text=True, timeout=30, env=python_env(**env))
+            assert result.returncode == 1, result.stderr
+            assert result.stderr.startswith("drasyl-agent run: ") and expected in result.stderr, result.stderr
+            assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+            assert subprocess.run(["ip", "-n", ns, "link", "show", "drasyl"], capture_output=True).returncode != 0
+    finally:
+        shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+
+
+BLOCK_API = """
+import socket, time
+s = socket.create_server(("127.0.0.1", 22527))
+print("bound", flush=True)
+time.sleep(60)
 """
