@@ -389,6 +389,32 @@ def test_broken_network_config_keeps_last_good_state(cluster: Cluster) -> None:
     wait_until(lambda: a.network(a.status(), "net1")["error"] is None, 5, "the error clears", cluster.describe)
 
 
+def test_prefix_change_keeps_routes_rules_and_names(cluster: Cluster) -> None:
+    """drasyl-rs [bug]: after an address change it compared against the torn-down state and
+    lost the network's routes, rules and names. Here they stay."""
+    a, b = cluster.agents["a"], cluster.agents["b"]
+    path = cluster.tmp / "net1.toml"
+    good = path.read_text()
+
+    def reload_with(text: str, prefix: str) -> None:
+        path.write_text(text)
+        for agent in (a, b):
+            os.kill(agent.proc.pid, signal.SIGHUP)
+        for agent in (a, b):
+            wait_until(lambda: f"{OVERLAY[agent.name]}/{prefix} " in agent.exec("ip", "-4", "addr", "show",
+                                                                                 "drasyl").stdout,
+                       10, f"{agent.name} has {OVERLAY[agent.name]}/{prefix}", cluster.describe)
+
+    try:
+        reload_with(good.replace("10.77.0.0/24", "10.77.0.0/25"), "25")
+        routes = a.exec("ip", "route", "show", ROUTED).stdout
+        assert f"via {OVERLAY['b']}" in routes, f"route lost after the prefix change: {routes!r}"
+        assert len(a.our_lines()) == 2, a.our_lines()
+        assert _received(a.ping(OVERLAY["b"])) == 3, cluster.describe()
+    finally:
+        reload_with(good, "24")
+
+
 def test_sighup_switches_super_peers(cluster: Cluster) -> None:
     """A second super peer replaces the first by SIGHUP; the TUN and a running ping stay."""
     a, b = cluster.agents["a"], cluster.agents["b"]
