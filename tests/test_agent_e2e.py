@@ -124,12 +124,12 @@ class Agent:
         doc["network"].append({"config_url": cluster.net_url("net1"), "disabled": False})
         self.config.write_text(tomlkit.dumps(doc))
 
-    def start(self) -> None:
+    def start(self, **env: str) -> None:
         assert self.hosts.exists(), "the agent would write the machine's /etc/hosts"
         self.proc = self.cluster.lab.start(self.ns, [
             sys.executable, "-m", "drasyl.agent", "run", "--config", str(self.config), "--token", str(self.token),
             "--api", API, "--log-file", "/dev/stdout", "--log-level", "info",
-        ], f"agent-{self.name}", python_env())
+        ], f"agent-{self.name}", python_env(**env))
         self.proc.wait_for_line(r"REST API listening", START_S)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -464,6 +464,29 @@ def test_broken_config_on_sighup_keeps_running(cluster: Cluster) -> None:
     assert _received(a.ping(OVERLAY["b"], count=1)) == 1
 
 
+def test_kill_9_then_restart_cleans_up_and_tcp_only(cluster: Cluster) -> None:
+    """After kill -9 a restart cleans up what is left; restarted with DRASYL_ENFORCE_TCP=true
+    b reaches its super peer over TCP and a over the overlay as before."""
+    a, b = cluster.agents["a"], cluster.agents["b"]
+    b.proc.popen.kill()
+    b.proc.wait(10)
+    assert b.our_lines(), "precondition: a killed agent leaves its hosts lines"
+    b.start(DRASYL_ENFORCE_TCP="true")
+    status = b.wait_network("net1", "active")
+    lines = b.our_lines()
+    assert len(lines) == len(set(lines)) == 2, lines
+    wait_until(lambda: b.status()["super_peers"][0]["transport"] == "tcp", 10, "b on TCP", cluster.describe)
+    # a still holds the short id of b's previous run: its packets reach b again once b's new
+    # HELLO arrives, at the latest after a's next HELLO (5 s interval) to b's known path
+    wait_until(lambda: _received(a.ping(OVERLAY["b"], count=1)) == 1, 8, "a reaches the restarted b",
+               cluster.describe)
+    assert _received(b.ping(OVERLAY["a"])) == 3, cluster.describe()
+    assert status["super_peers"][0]["transport"] in (None, "tcp"), "UDP must not be used"
+    b.proc.popen.send_signal(signal.SIGTERM)
+    assert b.proc.wait(10) == 0
+    assert not b.has_device() and b.our_lines() == []
+
+
 def test_sigterm_removes_everything(cluster: Cluster) -> None:
     a = cluster.agents["a"]
     assert a.has_device() and a.our_lines()
@@ -473,20 +496,6 @@ def test_sigterm_removes_everything(cluster: Cluster) -> None:
     assert "4900" not in a.exec("ip", "route", "show").stdout, "route left"
     assert a.our_lines() == [], "hosts lines left"
     assert "localhost" in a.hosts.read_text(), "other hosts lines must stay"
-
-
-def test_kill_9_then_restart_cleans_up(cluster: Cluster) -> None:
-    b = cluster.agents["b"]
-    b.proc.popen.kill()
-    b.proc.wait(10)
-    assert b.our_lines(), "precondition: a killed agent leaves its hosts lines"
-    b.start()
-    b.wait_network("net1", "active")
-    lines = b.our_lines()
-    assert len(lines) == len(set(lines)) == 2, lines
-    b.proc.popen.send_signal(signal.SIGTERM)
-    assert b.proc.wait(10) == 0
-    assert not b.has_device() and b.our_lines() == []
 
 
 # --- with the drasyl-rs super peer --------------------------------------------------------------
