@@ -288,8 +288,10 @@ class Agent:
         """Policy tables, send handles and host state from the memberships of enabled networks."""
         enabled = {n.key: n for n in self.config.networks if not n.disabled}
         for key in list(self.memberships):
-            if key not in enabled:
+            if key not in enabled:  # removed or disabled: gone, and logged afresh if it comes back
                 del self.memberships[key]
+                for topic in ("error", "warnings", "member", "name"):
+                    self._reported.pop(f"{topic} {key}", None)
         states = {mask_url(enabled[k].config_url): m.state for k, m in self.memberships.items()
                   if m.state is not None}
         if states != self._states_applied:
