@@ -16,12 +16,11 @@ import signal
 import sys
 import threading
 
-from ..env import env_bool, env_int, env_str, log_level
+from ..env import env_str, log_level
 from ..errors import DrasylError
 from ..identity import load_or_generate
 from ..urls import parse_super_peers
-from .api import Node
-from .core import NodeConfig
+from .api import Node, node_config_from_env, udp_from_env
 
 #: drasyl-rs' default public super peers (spec §9).
 DEFAULT_SUPER_PEERS = " ".join(
@@ -58,29 +57,14 @@ Default super peers: {DEFAULT_SUPER_PEERS}
 """
 
 
-def _config() -> NodeConfig:
-    return NodeConfig(
-        arm_messages=env_bool("DRASYL_ARM_MESSAGES", True),
-        max_peers=env_int("DRASYL_MAX_PEERS", 8192, 0, 2**32),
-        min_pow_difficulty=env_int("DRASYL_MIN_POW_DIFFICULTY", 24, 0, 64),
-        hello_timeout_ms=env_int("DRASYL_HELLO_TIMEOUT", 30_000, 1, 2**32),
-        hello_max_age_ms=env_int("DRASYL_HELLO_MAX_AGE", 60_000, 1, 2**32),
-        housekeeping_interval_ms=env_int("DRASYL_HOUSEKEEPING_INTERVAL", 5_000, 100, 2**32),
-        process_unites=env_bool("DRASYL_PROCESS_UNITES", True),
-        enforce_tcp=env_bool("DRASYL_ENFORCE_TCP", False),
-    )
-
-
 def _progress(tried: int, expected: int) -> None:
     print(f"\rproof of work: {min(99, 100 * tried // expected)}% of expected tries", end="", file=sys.stderr)
 
 
 async def _run() -> int:
-    config = _config()
+    config = node_config_from_env()
     super_peers = parse_super_peers(env_str("DRASYL_SUPER_PEERS", DEFAULT_SUPER_PEERS))
-    port_text = os.environ.get("DRASYL_UDP_PORT")
-    port = env_int("DRASYL_UDP_PORT", 0, 0, 65535) if port_text else None
-    addrs = env_str("DRASYL_UDP_ADDRS", "").split() or None
+    port, addrs = udp_from_env()
     path = env_str("DRASYL_IDENTITY_FILE", "node.identity")
     identity = load_or_generate(
         path, config.min_pow_difficulty,

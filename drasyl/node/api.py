@@ -20,11 +20,13 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
+import os
 import socket
 from collections import deque
 from typing import Callable, Iterable
 
 from .. import clock
+from ..env import env_bool, env_int, env_str
 from ..errors import ConfigError, DrasylError
 from ..identity import Identity
 from ..net.faults import FaultLog
@@ -50,6 +52,34 @@ TCP_BACKLOG_LIMIT = 128 * 1024  # bytes waiting on a TCP connection, as at the s
 def derived_udp_port(public_key: bytes) -> int:
     """A stable per-identity port in 22528..65534, like drasyl-rs (its hash is not portable)."""
     return 22528 + int.from_bytes(hashlib.sha256(public_key).digest()[:8], "big") % 43007
+
+
+def node_config_from_env() -> NodeConfig:
+    """The node settings from ``DRASYL_*`` variables (drasyl-rs' names and defaults), strictly
+    parsed: a bad value is a :class:`ConfigError` naming the variable."""
+    return NodeConfig(
+        arm_messages=env_bool("DRASYL_ARM_MESSAGES", True),
+        max_peers=env_int("DRASYL_MAX_PEERS", 8192, 0, 2**32),
+        min_pow_difficulty=env_int("DRASYL_MIN_POW_DIFFICULTY", 24, 0, 64),
+        hello_timeout_ms=env_int("DRASYL_HELLO_TIMEOUT", 30_000, 1, 2**32),
+        hello_max_age_ms=env_int("DRASYL_HELLO_MAX_AGE", 60_000, 1, 2**32),
+        housekeeping_interval_ms=env_int("DRASYL_HOUSEKEEPING_INTERVAL", 5_000, 100, 2**32),
+        process_unites=env_bool("DRASYL_PROCESS_UNITES", True),
+        enforce_tcp=env_bool("DRASYL_ENFORCE_TCP", False),
+    )
+
+
+def udp_from_env() -> tuple[int | None, list[str] | None]:
+    """``DRASYL_UDP_PORT`` (unset or empty: derived from the key, 0: random) and
+    ``DRASYL_UDP_ADDRS`` (space-separated IPs; unset or empty: every usable interface)."""
+    port = env_int("DRASYL_UDP_PORT", 0, 0, 65535) if os.environ.get("DRASYL_UDP_PORT") else None
+    addrs = env_str("DRASYL_UDP_ADDRS", "").split() or None
+    for addr in addrs or ():
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            raise ConfigError(f"DRASYL_UDP_ADDRS: {addr!r} is not an IP address") from None
+    return port, addrs
 
 
 def _urls(super_peers: Iterable[str | SuperPeerUrl] | str) -> list[SuperPeerUrl]:

@@ -1,0 +1,435 @@
+"""``drasyl-agent run``: the TUN device, the node and the networks put together (agent.md §0, §4, §7).
+
+Start (§7 order, leftovers first): a crashed run's TUN device and hosts-file names are
+removed, the :class:`~drasyl.node.Node` starts (``DRASYL_*`` variables parsed strictly), the
+TUN device comes up with ``mtu`` from config.toml, the REST API listens, and housekeeping
+runs at once and then every 10 s: each enabled network's config is fetched (one aiohttp
+session, 5 s timeout), parsed and turned into this node's :class:`LocalState`; the policy
+tables, the send handles and the host (addresses, routes, ``ip_forward``, hosts block) follow.
+
+Data path, the product's hot loop: the TUN fd is a reader of the event loop; each wake-up
+reads a burst of packets into the device's reused slots, checks each (IPv4, not drasyl's own
+UDP, allowed by a policy towards one peer) and hands the burst to :meth:`Node.send_batch`
+(one clock read, one GSO flush). Received batches come through ``on_receive`` and are
+checked the other way (IPv4, not drasyl's, the sender is the peer the source address
+belongs to) and written to the TUN. Drops are counted by reason (``status`` shows them),
+never logged per packet.
+
+Deliberate differences from drasyl-rs:
+
+- reconciliation computes the whole host state from every network's state and lets
+  :class:`~drasyl.tun.Host` bring the kernel there, so the §4 table's outcomes hold without
+  comparing against a stored "current" state: an address change re-applies routes, rules and
+  names ([bug]: drasyl-rs compared against the torn-down state and lost them);
+- ``disable`` and ``remove`` tear a network down without waiting for a successful fetch
+  ([quirk] §10.6); a network whose config stops validating keeps its last good state
+  (fail-static, as drasyl-rs) and shows the error in ``status``;
+- a duplicate rule or an address that cannot be added is an error for that network or a
+  retried problem, never a stop ([bug] §10.11); an unexpected exception in housekeeping is
+  counted and logged at most every 10 s and the agent keeps running;
+- SIGHUP reloads ``super_peers`` and the networks without touching the TUN or live flows;
+  identity and ``mtu`` changes are logged as needing a restart; a broken file on reload is
+  logged and the running configuration kept;
+- SIGTERM/SIGINT remove routes, addresses, the hosts block and the device, then exit 0;
+- the network ``name`` from the config is saved into config.toml whenever it differs,
+  also the first time (drasyl-rs only saves a changed name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections import Counter
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Interface
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+import aiohttp
+
+from .. import clock
+from ..errors import DrasylError
+from ..net.faults import FaultLog
+from ..node.api import Node, node_config_from_env, udp_from_env
+from ..node.core import NodePeer
+from ..tun import Host, HostState, TunDevice, cleanup_stale
+from ..tun.device import DEFAULT_NAME
+from ..tun.hosts import HostsFile
+from ..tun.packet import ADDRESSES, is_drasyl_control, is_ipv4
+from ..tun.routes import Route
+from .api import AgentError, ApiServer, TokenFile, config_status
+from .config import AgentConfig, NetworkEntry, mask_url
+from .fetch import FetchError, fetch_config_text
+from .netconfig import NetworkConfig, NetworkConfigError, parse_network_config
+from .policy import LocalState, PolicyTables, desired_state
+
+log = logging.getLogger("drasyl.agent")
+
+T = TypeVar("T")
+HOUSEKEEPING_S = 10.0
+STOP_TIMEOUT_S = 5.0
+#: Variables drasyl-rs reads that have no meaning here (one queue, no worker threads).
+IGNORED_ENV = ("DRASYL_UDP_SOCKETS", "DRASYL_RECV_BUF_CAP", "DRASYL_CHANNEL_CAP", "DRASYL_TUN_THREADS",
+               "DRASYL_C2D_THREADS")
+
+
+def run(options: Any) -> int:
+    """Run the agent until SIGTERM/SIGINT; the exit code. Errors at start raise DrasylError."""
+    return asyncio.run(Agent(options.agent_config, options.token, options.listen).main())
+
+
+@dataclass
+class Membership:
+    """What the agent knows about one network at run time (config.toml has the rest)."""
+
+    config: NetworkConfig | None = None  # the last config that validated
+    state: LocalState | None = None  # this node's part of it; None: not a member (or down)
+    error: str | None = None  # the last fetch/validation error, None after a good fetch
+    warnings: tuple[str, ...] = ()
+
+
+class Agent:
+    """One agent process: node, TUN, host adapter, API and the networks' state."""
+
+    def __init__(self, config: AgentConfig, token_path: str, listen: tuple[str, int] | None) -> None:
+        self.config = config
+        self._token_path = token_path
+        self._listen = listen
+        self.memberships: dict[str, Membership] = {}  # by normalised URL
+        self.tables = PolicyTables()
+        self.handles: dict[bytes, NodePeer] = {}
+        #: Packets the agent dropped, by reason (status ``drops``).
+        self.drops: Counter[str] = Counter()
+        self._faults = FaultLog(self.drops)
+        self._tx_batch: list[tuple[NodePeer, memoryview]] = []
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._reported: dict[str, tuple[str, ...]] = {}  # what was logged last, per topic
+        self._states_applied: dict[str, LocalState] | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._host_thread = ThreadPoolExecutor(1, thread_name_prefix="drasyl-host")
+        self.node: Node | None = None
+        self.tun: TunDevice | None = None
+        self.host: Host | None = None
+        self.api: ApiServer | None = None
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._start()
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            housekeeping = asyncio.create_task(self._housekeeping())
+            await self._stop.wait()
+            log.info("Stopping")
+            housekeeping.cancel()
+            await asyncio.gather(housekeeping, return_exceptions=True)
+        finally:
+            await self._shutdown()
+        return 0
+
+    async def _start(self) -> None:
+        for name in IGNORED_ENV:
+            if name in os.environ:
+                log.info("%s is ignored by this agent (one TUN queue, no worker threads)", name)
+        node_config = node_config_from_env()
+        udp_port, udp_addrs = udp_from_env()
+        await self._on_host(cleanup_stale, DEFAULT_NAME)
+        # names a crashed run left; its device, addresses and routes died with its process
+        await self._on_host(HostsFile().clear)
+        self.node = await Node.start(self.config.identity, self.config.super_peers, udp_port=udp_port,
+                                     udp_addrs=udp_addrs, config=node_config, on_receive=self._on_receive)
+        log.info("Node listening on UDP port %d", self.node.udp_port)
+        self.tun = await self._on_host(TunDevice, DEFAULT_NAME, self.config.mtu)
+        self.host = Host(self.tun.index)
+        asyncio.get_running_loop().add_reader(self.tun.fileno(), self._on_tun_readable)
+        log.info("TUN device %s up, MTU %d", self.tun.name, self.tun.mtu)
+        if self._listen is not None:
+            self.api = ApiServer(self, TokenFile(self._token_path), *self._listen)
+            await self.api.start()
+            log.info("REST API listening on %s:%d", self._listen[0], self.api.port)
+        else:
+            log.info("REST API disabled")
+
+    async def _shutdown(self) -> None:
+        if self.api is not None:
+            await self.api.close()
+        if self.tun is not None:
+            asyncio.get_running_loop().remove_reader(self.tun.fileno())
+        if self.host is not None:
+            for problem in await self._on_host(self.host.close):
+                log.warning("Cleanup: %s", problem)
+        if self.tun is not None:
+            await self._on_host(self.tun.close)
+        if self.node is not None:
+            await self.node.close()
+        self._host_thread.shutdown()
+        log.info("Stopped; routes, addresses, names and the TUN device removed")
+
+    def _on_host(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run a netlink/host call in the host thread: pyroute2's synchronous API runs an event
+        loop of its own, which it cannot inside ours; one thread keeps the calls in order."""
+        return asyncio.get_running_loop().run_in_executor(self._host_thread, func, *args)
+
+    def _on_sighup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload_guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload_guarded(self) -> None:
+        try:
+            await self.reload()
+        except Exception:  # a bug in a reload must not stop the agent
+            self._faults.report("reloading the configuration")
+
+    # --- data path --------------------------------------------------------------------------
+
+    def _on_tun_readable(self) -> None:
+        """A burst from the TUN: check each packet, send all allowed ones in one batch."""
+        tun = self.tun
+        n = tun.read_batch()
+        if not n:
+            return
+        slots, lengths = tun.slots, tun.lengths
+        egress, handles, drops = self.tables.egress, self.handles, self.drops
+        unpack = ADDRESSES.unpack_from
+        batch = self._tx_batch
+        for i in range(n):
+            pkt = slots[i][:lengths[i]]
+            if not is_ipv4(pkt):
+                drops["tx_not_ipv4"] += 1
+                continue
+            if is_drasyl_control(pkt):
+                drops["tx_drasyl_control"] += 1
+                continue
+            src, dst = unpack(pkt, 12)
+            peer = egress(src, dst)
+            if peer is None:
+                drops["tx_policy_denied"] += 1
+                continue
+            batch.append((handles[peer], pkt))
+        if batch:
+            self.node.send_batch(batch)
+            batch.clear()
+
+    def _on_receive(self, batch: list[tuple[bytes, bytes | bytearray]]) -> None:
+        """Received APPs: each must be IPv4, not drasyl's own, and from the peer its source is."""
+        ingress_ok, drops, write = self.tables.ingress_ok, self.drops, self.tun.write
+        unpack = ADDRESSES.unpack_from
+        for sender, payload in batch:
+            if not is_ipv4(payload):
+                drops["rx_not_ipv4"] += 1
+                continue
+            if is_drasyl_control(payload):
+                drops["rx_drasyl_control"] += 1
+                continue
+            src, dst = unpack(payload, 12)
+            if not ingress_ok(sender, src, dst):
+                drops["rx_policy_denied"] += 1
+                continue
+            write(payload)
+
+    # --- housekeeping -----------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None)  # fetch_config_text bounds each fetch
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                self._wake.clear()
+                try:
+                    await self.housekeep(session)
+                except Exception:  # a bug must not stop the agent: count, log rate-limited
+                    self._faults.report("housekeeping")
+                try:
+                    await asyncio.wait_for(self._wake.wait(), HOUSEKEEPING_S)
+                except TimeoutError:
+                    pass
+
+    async def housekeep(self, session: aiohttp.ClientSession) -> None:
+        """Fetch every enabled network's config, then bring tables and host to the result."""
+        for entry in self.config.networks:
+            if not entry.disabled:
+                await self._refresh(entry, session)
+        await self.apply()
+
+    async def _refresh(self, entry: NetworkEntry, session: aiohttp.ClientSession) -> None:
+        shown = mask_url(entry.config_url)
+        try:
+            text = await fetch_config_text(entry.config_url, self.config.identity.public_key_hex, session)
+            cfg = parse_network_config(text, shown)
+            state = desired_state(cfg, self.config.identity.public_key)
+        except (FetchError, NetworkConfigError) as exc:
+            current = self.config.network(entry.key)
+            if current is not None and not current.disabled:
+                member = self.memberships.setdefault(entry.key, Membership())
+                member.error = str(exc)
+                kept = " (keeping the last good state)" if member.state is not None else ""
+                self._report(f"error {entry.key}", [f"Network {shown}: {exc}{kept}"], logging.WARNING)
+            return
+        current = self.config.network(entry.key)
+        if current is None or current.disabled:  # removed or disabled while we fetched
+            return
+        member = self.memberships.setdefault(entry.key, Membership())
+        member.config, member.state, member.error, member.warnings = cfg, state, None, cfg.warnings
+        self._report(f"error {entry.key}", [], logging.WARNING)
+        self._report(f"warnings {entry.key}", [f"Network {shown}: {w}" for w in cfg.warnings], logging.WARNING)
+        self._report(f"member {entry.key}", [] if state is not None else
+                     [f"Network {shown}: this node ({self.config.identity.public_key_hex[:12]}…) is not a member"],
+                     logging.WARNING)
+        if cfg.name != current.name:
+            try:
+                self.config = self.config.set_name(current.config_url, cfg.name)
+            except DrasylError as exc:
+                self._report(f"name {entry.key}", [f"Cannot save the name of network {shown}: {exc}"],
+                             logging.WARNING)
+
+    async def apply(self) -> None:
+        """Policy tables, send handles and host state from the memberships of enabled networks."""
+        enabled = {n.key: n for n in self.config.networks if not n.disabled}
+        for key in list(self.memberships):
+            if key not in enabled:
+                del self.memberships[key]
+        states = {mask_url(enabled[k].config_url): m.state for k, m in self.memberships.items()
+                  if m.state is not None}
+        if states != self._states_applied:
+            self._rebuild_tables(states)
+            self._states_applied = states
+        host_state = HostState(
+            addresses=frozenset(IPv4Interface((s.ip, s.subnet.prefixlen)) for s in states.values()),
+            routes=frozenset(Route(r.dest, r.gw) for s in states.values() for r in s.routes),
+            forwarding=any(s.forwarding for s in states.values()),
+            names=frozenset(name for s in states.values() for name in s.hostnames),
+        )
+        self._report("host", await self._on_host(self.host.apply, host_state), logging.WARNING)
+
+    def _rebuild_tables(self, states: dict[str, LocalState]) -> None:
+        tables = PolicyTables(states)
+        node = self.node
+        for pk in tables.peers - self.handles.keys():
+            self.handles[pk] = node.handle(pk)
+        # the new tables only name peers that have handles now; swap before releasing the rest
+        self.tables = tables
+        for pk in self.handles.keys() - tables.peers:
+            node.release(self.handles.pop(pk))
+        self._report("conflicts", list(tables.conflicts), logging.WARNING)
+        log.info("Policy tables: %d network(s), %d peer(s)", len(states), len(tables.peers))
+
+    def _report(self, topic: str, messages: list[str], level: int) -> None:
+        """Log ``messages`` only when they differ from what was logged last for ``topic``."""
+        new = tuple(messages)
+        if self._reported.get(topic, ()) == new:
+            return
+        self._reported[topic] = new
+        for message in new:
+            log.log(level, "%s", message)
+
+    # --- SIGHUP -----------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """Re-read config.toml: super peers and networks take effect, the TUN stays."""
+        log.info("SIGHUP: reloading %s", self.config.path)
+        try:
+            new, changes = self.config.reload()
+        except DrasylError as exc:
+            log.error("Reload failed, keeping the running configuration: %s", exc)
+            return
+        for key in changes.restart_needed:
+            log.warning("Reload: %s changed in %s; this needs a restart", key, self.config.path)
+        if changes.super_peers:
+            try:
+                await self.node.set_super_peers(new.super_peers)
+                log.info("Reload: super peers now %s", ", ".join(str(u) for u in new.super_peers))
+            except DrasylError as exc:
+                log.error("Reload: cannot switch super peers (%s); keeping the old ones", exc)
+                new = replace(new, super_peers=self.config.super_peers)
+        for entry in changes.added:
+            log.info("Reload: network %s added", mask_url(entry.config_url))
+        for entry in changes.removed:
+            log.info("Reload: network %s removed", mask_url(entry.config_url))
+        for entry in changes.changed:
+            log.info("Reload: network %s %s", mask_url(entry.config_url), "disabled" if entry.disabled else "changed")
+        if not changes:
+            log.info("Reload: nothing changed")
+        self.config = new
+        await self.apply()  # removed and disabled networks go now
+        self._wake.set()  # added and enabled ones are fetched now
+
+    # --- AgentControl (REST API) ------------------------------------------------------------
+
+    def add(self, url: str) -> None:
+        self.config = self.config.add_network(url)
+        self._wake.set()
+
+    async def remove(self, url: str) -> None:
+        self.config = self.config.remove_network(url)
+        await self.apply()
+
+    def enable(self, url: str) -> None:
+        self._set_disabled(url, False)
+        self._wake.set()
+
+    async def disable(self, url: str) -> None:
+        self._set_disabled(url, True)
+        await self.apply()
+
+    def _set_disabled(self, url: str, disabled: bool) -> None:
+        entry = self.config.network(url)
+        if entry is None:
+            raise AgentError(f"Network not found: {mask_url(url)}")
+        if entry.disabled != disabled:
+            self.config = self.config.set_disabled(url, disabled)
+
+    def status(self) -> dict[str, Any]:
+        status = config_status(self.config)
+        node = self.node
+        now = clock.monotonic_us()
+        rows = node.peers()
+        sp_rows = {r.public_key.hex(): r for r in rows if r.role == "super_peer"}
+        default = node.core.default.public_key.hex()
+        for sp in status["super_peers"]:
+            row = sp_rows.get(sp["public_key"])
+            if row is not None:
+                sp["transport"] = row.path if row.path in ("udp", "tcp") else None
+                sp["rtt_ms"] = row.rtt_ms
+            sp["default"] = sp["public_key"] == default
+        for net, entry in zip(status["networks"], self.config.networks):
+            member = self.memberships.get(entry.key)
+            if member is None or entry.disabled:
+                continue
+            net["error"] = member.error
+            if member.config is not None:
+                net["name"] = member.config.name
+            if member.state is not None:
+                net["state"], net["subnet"], net["ip"] = "active", str(member.state.subnet), str(member.state.ip)
+            elif member.config is not None:
+                net["state"] = "not a member"
+            elif member.error is not None:
+                net["state"] = "error"
+        names = {n.pk: n for m in self.memberships.values() if m.state is not None and m.config is not None
+                 for n in m.config.nodes}
+        peers = node.core.peers
+        status["peers"] = sorted(
+            ({"public_key": r.public_key.hex(),
+              "hostname": names[r.public_key].hostname if r.public_key in names else None,
+              "ip": str(names[r.public_key].ip) if r.public_key in names else None,
+              "path": r.path, "rtt_ms": r.rtt_ms,
+              "last_rx_s": _since(now, peers[r.public_key].app_rx) if r.public_key in peers else None,
+              "rx_bytes": r.bytes_in, "tx_bytes": r.bytes_out}
+             for r in rows if r.role == "node"),
+            key=lambda p: (p["hostname"] is None, p["hostname"] or "", p["public_key"]))
+        drops = Counter(self.drops)
+        drops.update(self.tun.drops)
+        drops.update({k: v for k, v in node.stats().items() if k != "relay_queued"})
+        status["drops"] = dict(sorted(drops.items()))
+        return status
+
+
+def _since(now: int, then: int) -> float | None:
+    return round((now - then) / 1e6, 3) if then else None
+
+

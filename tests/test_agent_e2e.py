@@ -1,0 +1,502 @@
+"""drasyl-agent end to end: a super peer and two agents with real TUN devices in namespaces.
+
+Lab (one per module; the tests run in file order and build on each other)::
+
+    a  192.0.2.10/24 ── rt ── 203.0.113.10/24  b          agents (python -m drasyl.agent run)
+                        │ │
+    sp 198.51.100.10/25 ┘ └ 198.51.100.130/25 sp2          super peers (python -m drasyl.superpeer)
+
+``rt`` routes between the four links (no NAT). Each agent has its config.toml, token and
+network configs in a temporary directory, an identity from the vectors, its REST API on the
+namespace's own 127.0.0.1:22527 and its log on stdout. Network ``net1`` (10.77.0.0/24) lets
+a (``alice``, staff) talk to b (``bob``, servers) and routes 10.99.0.0/24 via b; ``net2``
+(10.78.0.0/24) has both as members but no policy between them. ``ip netns exec`` bind-mounts
+``/etc/netns/<ns>/hosts`` over ``/etc/hosts``, so the agents write that file, never the
+machine's. A failing test prints both agents' ``status --json``, every process's output
+(agent logs, the super peers' peer tables) and the hosts files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from ipaddress import ip_interface
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomlkit
+from netns import Lab, Process, python_env, require_lab_tools
+
+from drasyl.identity import Identity
+
+pytestmark = pytest.mark.netns
+
+SP_IP, SP2_IP = "198.51.100.10", "198.51.100.130"
+AGENT_IPS = {"a": "192.0.2.10", "b": "203.0.113.10"}
+OVERLAY = {"a": "10.77.0.1", "b": "10.77.0.2"}
+DENIED = {"a": "10.78.0.1", "b": "10.78.0.2"}
+HOSTNAMES = {"a": "alice", "b": "bob"}
+ROUTED = "10.99.0.0/24"
+API = "127.0.0.1:22527"
+START_S = 20.0  # Python start-up (2 cores shared with other test runs), TUN, first fetch
+SETTLE_S = 15.0
+TRANSFER_BYTES = 20 * 1024 * 1024
+RS_BIN = os.environ.get("DRASYL_RS_BIN", str(Path(__file__).resolve().parents[2] / "shared" / "drasyl-rs"))
+
+
+def sp_url(ip: str, identity: Identity) -> str:
+    return f"udp://{ip}:22527?publicKey={identity.public_key_hex}&networkId=1&tcpPort=8443"
+
+
+def net1(ids: dict[str, Identity]) -> str:
+    return f"""
+network = "10.77.0.0/24"
+name = "e2e one"
+
+[[node]]
+pk = "{ids['a'].public_key_hex}"
+ip = "{OVERLAY['a']}"
+hostname = "{HOSTNAMES['a']}"
+groups = ["staff"]
+
+[[node]]
+pk = "{ids['b'].public_key_hex}"
+ip = "{OVERLAY['b']}"
+hostname = "{HOSTNAMES['b']}"
+groups = ["servers"]
+
+[[route]]
+dest = "{ROUTED}"
+gw = "{ids['b'].public_key_hex}"
+
+[[policy]]
+source_groups = ["staff"]
+destination_groups = ["servers"]
+"""
+
+
+def net2(ids: dict[str, Identity]) -> str:
+    """Both are members, no policy lets them talk: every packet between them is denied."""
+    return f"""
+network = "10.78.0.0/24"
+
+[[node]]
+pk = "{ids['a'].public_key_hex}"
+ip = "{DENIED['a']}"
+hostname = "alice2"
+groups = ["x"]
+
+[[node]]
+pk = "{ids['b'].public_key_hex}"
+ip = "{DENIED['b']}"
+hostname = "bob2"
+groups = ["y"]
+"""
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, describe: Callable[[], str]) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``describe()`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}\n{describe()}")
+        time.sleep(0.2)
+
+
+class Agent:
+    """One ``drasyl-agent run`` in its namespace, with its files."""
+
+    def __init__(self, cluster: Cluster, name: str, identity: Identity) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.ns = cluster.lab.namespace(name)
+        self.dir = cluster.tmp / name
+        self.dir.mkdir()
+        self.config = self.dir / "config.toml"
+        self.token = self.dir / "auth.token"
+        self.etc = Path("/etc/netns") / self.ns
+        self.etc.mkdir(parents=True)
+        self.hosts = self.etc / "hosts"
+        self.hosts.write_text("127.0.0.1 localhost\n")
+        self.proc: Process | None = None
+        doc = tomlkit.document()
+        doc["super_peers"] = [cluster.sp_urls[0]]
+        doc["identity"] = {"sk": identity.secret_key.hex(), "pow": identity.proof_of_work}
+        doc["network"] = tomlkit.aot()
+        doc["network"].append({"config_url": cluster.net_url("net1"), "disabled": False})
+        self.config.write_text(tomlkit.dumps(doc))
+
+    def start(self) -> None:
+        assert self.hosts.exists(), "the agent would write the machine's /etc/hosts"
+        self.proc = self.cluster.lab.start(self.ns, [
+            sys.executable, "-m", "drasyl.agent", "run", "--config", str(self.config), "--token", str(self.token),
+            "--api", API, "--log-file", "/dev/stdout", "--log-level", "info",
+        ], f"agent-{self.name}", python_env())
+        self.proc.wait_for_line(r"REST API listening", START_S)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "drasyl.agent", *args,
+                                 "--token", str(self.token), "--api", API],
+                                capture_output=True, text=True, timeout=30, env=python_env())
+        if check and result.returncode != 0:
+            raise AssertionError(f"drasyl-agent {' '.join(args)} failed ({result.returncode}): "
+                                 f"{result.stderr.strip()}\n{self.cluster.describe()}")
+        return result
+
+    def status(self) -> dict[str, Any]:
+        result = self.cli("status", "--json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr.strip()}
+
+    def network(self, status: dict[str, Any], net: str) -> dict[str, Any] | None:
+        url = self.cluster.net_url(net)
+        return next((n for n in status.get("networks", []) if n["config_url"] == url), None)
+
+    def wait_network(self, net: str, state: str, timeout: float = SETTLE_S) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            status = self.status()
+            network = self.network(status, net)
+            return status if network is not None and network["state"] == state else None
+        return wait_until(check, timeout, f"{self.name}: network {net} {state}", self.cluster.describe)
+
+    def exec(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True, text=True,
+                              timeout=timeout)
+
+    def ping(self, ip: str, count: int = 3) -> subprocess.CompletedProcess:
+        return self.exec("ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", ip)
+
+    def has_device(self) -> bool:
+        return self.exec("ip", "link", "show", "drasyl").returncode == 0
+
+    def our_lines(self) -> list[str]:
+        return [line for line in self.hosts.read_text().splitlines() if "# managed by drasyl" in line]
+
+    def resolve(self, name: str) -> str | None:
+        result = self.exec("getent", "hosts", name)
+        return result.stdout.split()[0] if result.returncode == 0 and result.stdout else None
+
+
+class Cluster:
+    """The lab: router, super peer(s), two agents; :meth:`describe` for failures."""
+
+    def __init__(self, lab: Lab, tmp: Path, ids: dict[str, Identity], sp_cmd: list[str] | None = None) -> None:
+        self.lab = lab
+        self.tmp = tmp
+        self.ids = ids
+        self.agents: dict[str, Agent] = {}
+        self.rt = lab.namespace("rt")
+        lab.sysctl(self.rt, "net.ipv4.ip_forward", "1")
+        self.sp_ns = lab.namespace("sp")
+        self.link(self.sp_ns, SP_IP, 25)
+        self.sp_urls = [sp_url(SP_IP, ids["sp"])]
+        self.write_net("net1", net1(ids))
+        self.write_net("net2", net2(ids))
+        for name in ("a", "b"):
+            agent = Agent(self, name, ids[name])
+            self.link(agent.ns, AGENT_IPS[name], 24)
+            self.agents[name] = agent
+        self.sp = self.start_super_peer(self.sp_ns, "sp", ids["sp"], sp_cmd)
+
+    def link(self, ns: str, ip: str, prefix: int) -> None:
+        """A link from the router to ``ns`` (router at the subnet's first address), default via it."""
+        gateway = str(next(ip_interface(f"{ip}/{prefix}").network.hosts()))
+        self.lab.veth(self.rt, ns, f"{gateway}/{prefix}", f"{ip}/{prefix}")
+        self.lab.ip(ns, "route", "add", "default", "via", gateway)
+
+    def start_super_peer(self, ns: str, name: str, identity: Identity, cmd: list[str] | None = None,
+                         **env: str) -> Process:
+        ip = SP_IP if name == "sp" else SP2_IP
+        path = self.tmp / f"{name}.identity"
+        identity.save(path)
+        argv = cmd or [sys.executable, "-m", "drasyl.superpeer"]
+        return self.lab.start(ns, argv, name, python_env(
+            DRASYL_IDENTITY_FILE=str(path), DRASYL_UDP4_LISTEN=f"{ip}:22527", DRASYL_UDP6_LISTEN="",
+            DRASYL_TCP4_LISTEN=f"{ip}:8443", DRASYL_TCP6_LISTEN="", DRASYL_PEERS_PRINT_INTERVAL="3000",
+            RUST_LOG="info", **env))
+
+    def net_url(self, net: str) -> str:
+        return f"file://{self.tmp / net}.toml"
+
+    def write_net(self, net: str, text: str) -> None:
+        (self.tmp / f"{net}.toml").write_text(text)
+
+    def describe(self) -> str:
+        out = []
+        for agent in self.agents.values():
+            if agent.proc is not None and agent.proc.popen.poll() is None:
+                out.append(f"--- status of agent {agent.name}:\n{json.dumps(agent.status(), indent=1)}")
+            out.append(f"--- hosts of {agent.name}:\n{agent.hosts.read_text() if agent.hosts.exists() else '-'}")
+        return "\n".join(out) + "\n" + self.lab.describe()
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            shutil.rmtree(agent.etc, ignore_errors=True)
+
+
+def _identities(ids: dict[str, Identity]) -> dict[str, Identity]:
+    return {"sp": ids["id_1"], "a": ids["id_2"], "b": ids["id_3"]}
+
+
+@pytest.fixture(scope="module")
+def cluster(ids, tmp_path_factory) -> Iterator[Cluster]:
+    require_lab_tools()
+    with Lab() as lab:
+        c = Cluster(lab, tmp_path_factory.mktemp("agents"), _identities(ids))
+        try:
+            for agent in c.agents.values():
+                agent.start()
+            yield c
+        finally:
+            c.close()
+
+
+@pytest.fixture(autouse=True)
+def show_on_failure(request) -> Iterator[None]:
+    """After a failed test, print both agents' status, all logs and the peer tables."""
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed and "cluster" in request.fixturenames:
+        print(request.getfixturevalue("cluster").describe())
+
+
+def _received(ping: subprocess.CompletedProcess) -> int:
+    match = re.search(r"(\d+) received", ping.stdout)
+    return int(match.group(1)) if match else 0
+
+
+# --- the tests, in order --------------------------------------------------------------------
+
+
+def test_ping_both_ways(cluster: Cluster) -> None:
+    a, b = cluster.agents["a"], cluster.agents["b"]
+    for agent in (a, b):
+        status = agent.wait_network("net1", "active")
+        net = agent.network(status, "net1")
+        assert net["ip"] == OVERLAY[agent.name] and net["subnet"] == "10.77.0.0/24"
+        assert net["name"] == "e2e one"
+    for src, dst in ((a, b), (b, a)):
+        ping = src.ping(OVERLAY[dst.name])
+        assert _received(ping) == 3, f"ping {src.name} → {dst.name}: {ping.stdout}{ping.stderr}\n{cluster.describe()}"
+    status = a.status()
+    sp = status["super_peers"][0]
+    assert sp["transport"] == "udp" and sp["rtt_ms"] is not None and sp["default"], sp
+    peer = next(p for p in status["peers"] if p["public_key"] == cluster.ids["b"].public_key_hex)
+    assert peer["hostname"] == "bob" and peer["ip"] == OVERLAY["b"], peer
+    assert peer["path"] in ("direct", "relayed") and peer["rx_bytes"] >= 3 * 84 and peer["tx_bytes"] >= 3 * 84, peer
+    assert peer["last_rx_s"] is not None and peer["last_rx_s"] < 10, peer
+    seed = cluster.ids["a"].secret_key.hex()[:64]
+    assert seed not in json.dumps(status), "status must not carry the secret key"
+    # the route to b's LAN and b's forwarding, as net1 says
+    routes = a.exec("ip", "route", "show", ROUTED).stdout
+    assert f"via {OVERLAY['b']}" in routes and "metric 4900" in routes, routes
+    assert b.exec("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
+
+
+def test_direct_path(cluster: Cluster) -> None:
+    """No NAT between the agents: after traffic, the path becomes direct."""
+    a = cluster.agents["a"]
+    b_pk = cluster.ids["b"].public_key_hex
+
+    def direct() -> bool:
+        a.ping(OVERLAY["b"], count=1)
+        return any(p["public_key"] == b_pk and p["path"] == "direct" for p in a.status().get("peers", []))
+    wait_until(direct, 10, "a reaches b directly", cluster.describe)
+
+
+def test_names_resolve(cluster: Cluster) -> None:
+    a, b = cluster.agents["a"], cluster.agents["b"]
+    for agent in (a, b):
+        for name, ip in (("bob", OVERLAY["b"]), ("alice", OVERLAY["a"])):
+            assert agent.resolve(name) == ip, f"{agent.name}: {name}\n{cluster.describe()}"
+            assert agent.resolve(f"{name}.drasyl.network") == ip
+    assert len(a.our_lines()) == 2, a.our_lines()
+    assert "drasyl" not in Path("/etc/hosts").read_text(), "the machine's /etc/hosts was touched"
+
+
+def test_tcp_transfer_20mb(cluster: Cluster) -> None:
+    a, b = cluster.agents["a"], cluster.agents["b"]
+    receiver = cluster.lab.start(b.ns, [sys.executable, "-c", RECEIVER, OVERLAY["b"]], "receiver")
+    receiver.wait_for_line(r"^listening$", 10)
+    started = time.monotonic()
+    sent = a.exec(sys.executable, "-c", SENDER, OVERLAY["b"], str(TRANSFER_BYTES), timeout=60)
+    elapsed = time.monotonic() - started
+    assert sent.returncode == 0, f"{sent.stderr}\n{cluster.describe()}"
+    got = receiver.wait_for_line(r"^received (\d+) ([0-9a-f]{64})$", 30).match
+    assert int(got.group(1)) == TRANSFER_BYTES
+    assert got.group(2) == sent.stdout.split()[-1], "the bytes arrived changed"
+    print(f"20 MB a → b in {elapsed:.2f} s ({TRANSFER_BYTES * 8 / elapsed / 1e6:.0f} Mbit/s)")
+
+
+def test_add_denied_network_disable_remove(cluster: Cluster) -> None:
+    """``add`` joins net2 at once; its policy lets nothing through (counted); ``disable``
+    and ``remove`` take the address away at once."""
+    a, b = cluster.agents["a"], cluster.agents["b"]
+    url = cluster.net_url("net2")
+    for agent in (a, b):
+        added = agent.cli("add", url)
+        assert f"Network '{url}' added successfully" in added.stdout
+        status = agent.wait_network("net2", "active", timeout=5)  # no 10 s tick in between
+        assert agent.network(status, "net2")["ip"] == DENIED[agent.name]
+    again = a.cli("add", url, check=False)
+    assert again.returncode == 1 and "Network already exists" in again.stderr
+    denied_before = a.status()["drops"].get("tx_policy_denied", 0)
+    ping = a.ping(DENIED["b"])
+    assert _received(ping) == 0, ping.stdout
+    assert a.status()["drops"].get("tx_policy_denied", 0) >= denied_before + 3
+    assert _received(a.ping(OVERLAY["b"], count=1)) == 1, "net1 must be unaffected"
+    assert a.resolve("bob2") is None, "a name of a peer no policy allows must not resolve"
+
+    a.cli("disable", url)
+    assert DENIED["a"] not in a.exec("ip", "-4", "addr", "show", "drasyl").stdout
+    assert a.network(a.status(), "net2")["state"] == "disabled"
+    assert "disabled = true" in a.config.read_text()
+    a.cli("enable", url)
+    a.wait_network("net2", "active", timeout=5)
+    for agent in (a, b):
+        agent.cli("remove", url)
+        assert DENIED[agent.name] not in agent.exec("ip", "-4", "addr", "show", "drasyl").stdout
+        assert agent.network(agent.status(), "net2") is None
+        assert "net2" not in agent.config.read_text()
+    missing = a.cli("remove", url, check=False)
+    assert missing.returncode == 1 and "Network not found" in missing.stderr
+
+
+def test_sighup_switches_super_peers(cluster: Cluster) -> None:
+    """A second super peer replaces the first by SIGHUP; the TUN and a running ping stay."""
+    a, b = cluster.agents["a"], cluster.agents["b"]
+    sp2_ns = cluster.lab.namespace("sp2")
+    cluster.link(sp2_ns, SP2_IP, 25)
+    sp2_id = Identity.generate(0)  # super peers' keys need no proof of work; ours checks nodes at 24
+    sp2 = cluster.start_super_peer(sp2_ns, "sp2", sp2_id, DRASYL_MIN_POW_DIFFICULTY="0")
+    sp2.wait_for_line(r"^Super peer listening on:$", START_S)
+    index_before = a.exec("cat", "/sys/class/net/drasyl/ifindex").stdout
+    flow = cluster.lab.start(a.ns, ["ping", "-n", "-c", "30", "-i", "0.2", "-W", "2", OVERLAY["b"]], "ping")
+    flow.wait_for_line(r"bytes from", 5)
+    for agent in (a, b):
+        doc = tomlkit.parse(agent.config.read_text())
+        doc["super_peers"] = [sp_url(SP2_IP, sp2_id)]
+        agent.config.write_text(tomlkit.dumps(doc))
+        mark = agent.proc.mark()
+        os.kill(agent.proc.pid, signal.SIGHUP)
+        agent.proc.wait_for_line(r"Reload: super peers now", 10, since=mark)
+
+    def on_sp2(agent: Agent) -> Callable[[], bool]:
+        def check() -> bool:
+            sps = agent.status().get("super_peers", [])
+            return (len(sps) == 1 and sps[0]["public_key"] == sp2_id.public_key_hex
+                    and sps[0]["transport"] == "udp")
+        return check
+    for agent in (a, b):
+        wait_until(on_sp2(agent), 10, f"{agent.name} registered at sp2", cluster.describe)
+    cluster.sp.stop()
+    assert flow.wait(15) == 0, cluster.describe()
+    received = int(flow.wait_for_line(r"(\d+) received", 5).match.group(1))
+    assert received >= 27, f"{received}/30 pings across the reload\n{cluster.describe()}"
+    assert a.exec("cat", "/sys/class/net/drasyl/ifindex").stdout == index_before, "the TUN was recreated"
+    assert _received(b.ping(OVERLAY["a"])) == 3
+
+
+def test_broken_config_on_sighup_keeps_running(cluster: Cluster) -> None:
+    a = cluster.agents["a"]
+    good = a.config.read_text()
+    a.config.write_text(good + "\nmtu = [\n")
+    try:
+        mark = a.proc.mark()
+        os.kill(a.proc.pid, signal.SIGHUP)
+        line = a.proc.wait_for_line(r"Reload failed, keeping the running configuration", 10, since=mark)
+        assert "config.toml" in line.text
+    finally:
+        a.config.write_text(good)
+    assert _received(a.ping(OVERLAY["b"], count=1)) == 1
+
+
+def test_sigterm_removes_everything(cluster: Cluster) -> None:
+    a = cluster.agents["a"]
+    assert a.has_device() and a.our_lines()
+    a.proc.popen.send_signal(signal.SIGTERM)
+    assert a.proc.wait(10) == 0, cluster.describe()
+    assert not a.has_device(), "TUN device left"
+    assert "4900" not in a.exec("ip", "route", "show").stdout, "route left"
+    assert a.our_lines() == [], "hosts lines left"
+    assert "localhost" in a.hosts.read_text(), "other hosts lines must stay"
+
+
+def test_kill_9_then_restart_cleans_up(cluster: Cluster) -> None:
+    b = cluster.agents["b"]
+    b.proc.popen.kill()
+    b.proc.wait(10)
+    assert b.our_lines(), "precondition: a killed agent leaves its hosts lines"
+    b.start()
+    b.wait_network("net1", "active")
+    lines = b.our_lines()
+    assert len(lines) == len(set(lines)) == 2, lines
+    b.proc.popen.send_signal(signal.SIGTERM)
+    assert b.proc.wait(10) == 0
+    assert not b.has_device() and b.our_lines() == []
+
+
+# --- with the drasyl-rs super peer --------------------------------------------------------------
+
+
+def _rs_super_peer() -> str:
+    path = Path(RS_BIN)
+    path = path / "drasyl-sp" if path.is_dir() else path
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"drasyl-rs super peer not found at {path} (set DRASYL_RS_BIN)")
+        pytest.skip(f"drasyl-rs super peer not found at {path} (set DRASYL_RS_BIN)")
+    return str(path)
+
+
+@pytest.mark.interop
+def test_ping_through_drasyl_rs_super_peer(ids, tmp_path) -> None:
+    binary = _rs_super_peer()
+    require_lab_tools()
+    with Lab() as lab:
+        c = Cluster(lab, tmp_path, _identities(ids), sp_cmd=[binary])
+        try:
+            for agent in c.agents.values():
+                agent.start()
+            a, b = c.agents["a"], c.agents["b"]
+            for agent in (a, b):
+                agent.wait_network("net1", "active")
+            for src, dst in ((a, b), (b, a)):
+                ping = src.ping(OVERLAY[dst.name])
+                assert _received(ping) == 3, f"{ping.stdout}{ping.stderr}\n{c.describe()}"
+            sp = a.status()["super_peers"][0]
+            assert sp["transport"] == "udp" and sp["rtt_ms"] is not None, sp
+        finally:
+            c.close()
+
+
+RECEIVER = """
+import hashlib, socket, sys
+srv = socket.create_server((sys.argv[1], 5001))
+print("listening", flush=True)
+conn, _ = srv.accept()
+digest, total = hashlib.sha256(), 0
+while chunk := conn.recv(1 << 16):
+    digest.update(chunk)
+    total += len(chunk)
+print(f"received {total} {digest.hexdigest()}", flush=True)
+"""
+
+SENDER = """
+import hashlib, random, socket, sys
+data = random.Random(7).randbytes(int(sys.argv[2]))
+with socket.create_connection((sys.argv[1], 5001), timeout=30) as conn:
+    conn.sendall(data)
+print(hashlib.sha256(data).hexdigest())
+"""
