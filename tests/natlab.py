@@ -357,11 +357,10 @@ class Agent:
         self.write_config(super_peer_urls, network_url)
         self.env = {"DRASYL_UDP_ADDRS": " ".join(udp_addrs)} if udp_addrs else {}
         self.started_at = time.monotonic()
-        self.proc = self.lab.start(self.ns, [sys.executable, "-m", "drasyl.agent.cli", *self._cli_args(),
-                                             "--log-level", "info", "run"],
+        self.proc = self.lab.start(self.ns, [sys.executable, "-m", "drasyl.agent", "run", *self._cli_args(),
+                                             "--log-file", "/dev/stdout", "--log-level", "info"],
                                    f"agent-{self.name}", python_env(**self.env))
-        wait_until(f"agent {self.name} answering status", self._status_or_none, START_S, self.proc.context,
-                   interval=0.3)
+        self.proc.wait_for_line(r"REST API listening", START_S)
 
     def _cli_args(self) -> list[str]:
         return ["--config", str(self.config), "--token", str(self.token), "--api", API]
@@ -375,8 +374,8 @@ class Agent:
         if self.proc is None or self.proc.popen.poll() is not None:
             raise AssertionError(f"agent {self.name} is not running\n"
                                  f"{self.proc.describe() if self.proc else ''}")
-        result = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "drasyl.agent.cli",
-                                 *self._cli_args(), "status", "--json"],
+        result = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "drasyl.agent",
+                                 "status", "--json", *self._cli_args()],
                                 capture_output=True, text=True, timeout=20, env=python_env())
         if result.returncode != 0:
             return None
