@@ -34,8 +34,6 @@ events; :meth:`NatLab.describe` shows every agent's status and the super peers' 
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -252,7 +250,8 @@ class SuperPeer:
     def _install_counters(self, agents: dict[str, str]) -> None:
         """One counter per agent for the APPs relayed to it over UDP (long header: magic at
         0, message type 1 at 78, recipient at 10; offsets in bits from the UDP header), and
-        one for everything the super peer sends over TCP (frames are not at fixed offsets)."""
+        one each for everything the super peer sends and receives over TCP (frames are not at
+        fixed offsets in segments)."""
         counters = "\n".join(f"    counter relay_{name} {{ }}" for name in agents)
         rules = "\n".join(
             f"        udp sport {SP_UDP_PORT} @th,64,32 0x1e3f5001 @th,688,8 1 @th,144,32 "
@@ -261,16 +260,21 @@ class SuperPeer:
 table inet natlab_sp {{
 {counters}
     counter tcp_out {{ }}
+    counter tcp_in {{ }}
     chain output {{
         type filter hook output priority filter; policy accept;
 {rules}
         tcp sport {SP_TCP_PORT} counter name "tcp_out"
     }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        tcp dport {SP_TCP_PORT} counter name "tcp_in"
+    }}
 }}
 """)
 
     def counters(self) -> dict[str, int]:
-        """Bytes per counter: ``relay_<agent>`` (UDP APPs relayed to it) and ``tcp_out``."""
+        """Bytes per counter: ``relay_<agent>`` (UDP APPs relayed to it), ``tcp_out``, ``tcp_in``."""
         out = json.loads(self.lab.exec(self.ns, "nft", "-j", "list", "counters", "table", "inet", "natlab_sp"))
         return {item["counter"]["name"]: item["counter"]["bytes"] for item in out["nftables"] if "counter" in item}
 
@@ -581,11 +585,3 @@ class NatLab:
         parts += [sp.peer_table() for sp in self.super_peers]
         parts += [f"--- router {a.router.ns}: mode {a.router.mode}, ipv4 {a.router.ipv4}" for a in self.agents.values()]
         return "\n".join(parts) + "\n--- process output:\n" + self.lab.describe()
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def is_ipv6(ip: str) -> bool:
-    return ipaddress.ip_address(ip).version == 6
