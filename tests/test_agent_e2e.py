@@ -84,7 +84,7 @@ destination_groups = ["servers"]
 """
 
 
-def net2(ids: dict[str, Identity]) -> str:
+def net2(ids: dict[str, Identity], policy: str = "") -> str:
     """Both are members, no policy lets them talk: every packet between them is denied."""
     return f"""
 network = "10.78.0.0/24"
@@ -100,7 +100,7 @@ pk = "{ids['b'].public_key_hex}"
 ip = "{DENIED['b']}"
 hostname = "bob2"
 groups = ["y"]
-"""
+""" + policy
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, describe: Callable[[], str]) -> Any:
@@ -203,6 +203,8 @@ class Cluster:
         self.sp_urls = [sp_url(SP_IP, ids["sp"])]
         self.write_net("net1", net1(ids))
         self.write_net("net2", net2(ids))
+        # b's (wrong) view of net2 lets it send to a: a must refuse what b sends
+        self.write_net("net2-b", net2(ids, '[[policy]]\nsource_groups = ["x"]\ndestination_groups = ["y"]\n'))
         for name in ("a", "b"):
             agent = Agent(self, name, ids[name])
             self.link(agent.ns, AGENT_IPS[name], 24)
@@ -340,23 +342,29 @@ def test_tcp_transfer_20mb(cluster: Cluster) -> None:
 
 
 def test_add_denied_network_disable_remove(cluster: Cluster) -> None:
-    """``add`` joins net2 at once; its policy lets nothing through (counted); ``disable``
-    and ``remove`` take the address away at once."""
+    """``add`` joins net2 at once; its policy lets nothing through, neither out of a's TUN
+    nor (b's view of net2 allows it) into it, and both are counted; ``disable`` and
+    ``remove`` take the address away at once."""
     a, b = cluster.agents["a"], cluster.agents["b"]
-    url = cluster.net_url("net2")
+    nets = {"a": "net2", "b": "net2-b"}
     for agent in (a, b):
+        url = cluster.net_url(nets[agent.name])
         added = agent.cli("add", url)
         assert f"Network '{url}' added successfully" in added.stdout
-        status = agent.wait_network("net2", "active", timeout=5)  # no 10 s tick in between
-        assert agent.network(status, "net2")["ip"] == DENIED[agent.name]
+        status = agent.wait_network(nets[agent.name], "active", timeout=5)  # no 10 s tick in between
+        assert agent.network(status, nets[agent.name])["ip"] == DENIED[agent.name]
+    url = cluster.net_url("net2")
     again = a.cli("add", url, check=False)
     assert again.returncode == 1 and "Network already exists" in again.stderr
-    denied_before = a.status()["drops"].get("tx_policy_denied", 0)
-    ping = a.ping(DENIED["b"])
-    assert _received(ping) == 0, ping.stdout
-    assert a.status()["drops"].get("tx_policy_denied", 0) >= denied_before + 3
+    before = a.status()["drops"]
+    assert _received(a.ping(DENIED["b"])) == 0
+    assert _received(b.ping(DENIED["a"])) == 0
+    after = a.status()["drops"]
+    assert after.get("tx_policy_denied", 0) >= before.get("tx_policy_denied", 0) + 3, after
+    assert after.get("rx_policy_denied", 0) >= before.get("rx_policy_denied", 0) + 3, after
     assert _received(a.ping(OVERLAY["b"], count=1)) == 1, "net1 must be unaffected"
     assert a.resolve("bob2") is None, "a name of a peer no policy allows must not resolve"
+    assert b.resolve("alice2") == DENIED["a"]
 
     a.cli("disable", url)
     assert DENIED["a"] not in a.exec("ip", "-4", "addr", "show", "drasyl").stdout
@@ -365,9 +373,9 @@ def test_add_denied_network_disable_remove(cluster: Cluster) -> None:
     a.cli("enable", url)
     a.wait_network("net2", "active", timeout=5)
     for agent in (a, b):
-        agent.cli("remove", url)
+        agent.cli("remove", cluster.net_url(nets[agent.name]))
         assert DENIED[agent.name] not in agent.exec("ip", "-4", "addr", "show", "drasyl").stdout
-        assert agent.network(agent.status(), "net2") is None
+        assert agent.network(agent.status(), nets[agent.name]) is None
         assert "net2" not in agent.config.read_text()
     missing = a.cli("remove", url, check=False)
     assert missing.returncode == 1 and "Network not found" in missing.stderr

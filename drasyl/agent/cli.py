@@ -80,6 +80,22 @@ environment:
   {"":<28} the one in config.toml (default 24)
   {"DRASYL_ARM_MESSAGES":<28} true|false: encryption (default true; false raises the
   {"":<28} MTU limit from 1345 to 1393)
+  {"DRASYL_UDP_PORT":<28} UDP port of the node (default derived from the public key;
+  {"":<28} 0: any free port)
+  {"DRASYL_UDP_ADDRS":<28} space-separated local IPs to bind (default every usable
+  {"":<28} interface address, followed as they change)
+  {"DRASYL_ENFORCE_TCP":<28} true: reach super peers over TCP only (default false)
+  {"DRASYL_MAX_PEERS":<28} node peer table limit, 0 unlimited (default 8192)
+  {"DRASYL_HELLO_TIMEOUT":<28} ms until an unanswered path is stale (default 30000)
+  {"DRASYL_HELLO_MAX_AGE":<28} ms a HELLO/ACK may be old (default 60000)
+  {"DRASYL_HOUSEKEEPING_INTERVAL":<28} ms between the node's HELLO rounds (default 5000)
+  {"DRASYL_PROCESS_UNITES":<28} false: no hole punching, always relayed (default true)
+  {"":<28} A value that does not parse is an error naming the variable.
+
+signals (run): SIGHUP reloads super_peers and the [[network]]s of --config without
+  dropping the TUN device (identity and mtu need a restart; a broken file is logged and
+  the running configuration kept); SIGTERM/SIGINT remove routes, addresses, the hosts
+  names and the TUN device, then exit 0.
 
 exit codes: 0 success, 1 failure (one line on stderr), 2 usage error"""
 

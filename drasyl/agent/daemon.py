@@ -57,7 +57,7 @@ from ..node.core import NodePeer
 from ..tun import Host, HostState, TunDevice, cleanup_stale
 from ..tun.device import DEFAULT_NAME
 from ..tun.hosts import HostsFile
-from ..tun.packet import ADDRESSES, is_drasyl_control, is_ipv4
+from ..tun.packet import ADDRESSES, PROTO_UDP, is_drasyl_control, is_ipv4
 from ..tun.routes import Route
 from .api import AgentError, ApiServer, TokenFile, config_status
 from .config import AgentConfig, NetworkEntry, mask_url
@@ -191,48 +191,53 @@ class Agent:
 
     def _on_tun_readable(self) -> None:
         """A burst from the TUN: check each packet, send all allowed ones in one batch."""
-        tun = self.tun
-        n = tun.read_batch()
-        if not n:
-            return
-        slots, lengths = tun.slots, tun.lengths
-        egress, handles, drops = self.tables.egress, self.handles, self.drops
-        unpack = ADDRESSES.unpack_from
         batch = self._tx_batch
-        for i in range(n):
-            pkt = slots[i][:lengths[i]]
-            if not is_ipv4(pkt):
-                drops["tx_not_ipv4"] += 1
-                continue
-            if is_drasyl_control(pkt):
-                drops["tx_drasyl_control"] += 1
-                continue
-            src, dst = unpack(pkt, 12)
-            peer = egress(src, dst)
-            if peer is None:
-                drops["tx_policy_denied"] += 1
-                continue
-            batch.append((handles[peer], pkt))
-        if batch:
-            self.node.send_batch(batch)
+        try:
+            tun = self.tun
+            n = tun.read_batch()
+            slots, lengths = tun.slots, tun.lengths
+            egress, handles, drops = self.tables.egress, self.handles, self.drops
+            unpack = ADDRESSES.unpack_from
+            for i in range(n):
+                pkt = slots[i][:lengths[i]]
+                if not is_ipv4(pkt):
+                    drops["tx_not_ipv4"] += 1
+                    continue
+                if pkt[9] == PROTO_UDP and is_drasyl_control(pkt):
+                    drops["tx_drasyl_control"] += 1
+                    continue
+                src, dst = unpack(pkt, 12)
+                handle = handles.get(egress(src, dst))
+                if handle is None:
+                    drops["tx_policy_denied"] += 1
+                    continue
+                batch.append((handle, pkt))
+            if batch:
+                self.node.send_batch(batch)
+        except Exception:  # a bug must not stop the data path nor log per packet
+            self._faults.report("sending packets from the TUN")
+        finally:
             batch.clear()
 
     def _on_receive(self, batch: list[tuple[bytes, bytes | bytearray]]) -> None:
         """Received APPs: each must be IPv4, not drasyl's own, and from the peer its source is."""
-        ingress_ok, drops, write = self.tables.ingress_ok, self.drops, self.tun.write
-        unpack = ADDRESSES.unpack_from
-        for sender, payload in batch:
-            if not is_ipv4(payload):
-                drops["rx_not_ipv4"] += 1
-                continue
-            if is_drasyl_control(payload):
-                drops["rx_drasyl_control"] += 1
-                continue
-            src, dst = unpack(payload, 12)
-            if not ingress_ok(sender, src, dst):
-                drops["rx_policy_denied"] += 1
-                continue
-            write(payload)
+        try:
+            ingress_ok, drops, write = self.tables.ingress_ok, self.drops, self.tun.write
+            unpack = ADDRESSES.unpack_from
+            for sender, payload in batch:
+                if not is_ipv4(payload):
+                    drops["rx_not_ipv4"] += 1
+                    continue
+                if payload[9] == PROTO_UDP and is_drasyl_control(payload):
+                    drops["rx_drasyl_control"] += 1
+                    continue
+                src, dst = unpack(payload, 12)
+                if not ingress_ok(sender, src, dst):
+                    drops["rx_policy_denied"] += 1
+                    continue
+                write(payload)
+        except Exception:  # a bug must not stop the node's receive path
+            self._faults.report("writing received packets to the TUN")
 
     # --- housekeeping -----------------------------------------------------------------------
 
@@ -251,10 +256,10 @@ class Agent:
                     pass
 
     async def housekeep(self, session: aiohttp.ClientSession) -> None:
-        """Fetch every enabled network's config, then bring tables and host to the result."""
-        for entry in self.config.networks:
-            if not entry.disabled:
-                await self._refresh(entry, session)
+        """Fetch every enabled network's config (all at once: one slow server delays no other
+        network), then bring tables and host to the result."""
+        await asyncio.gather(*(self._refresh(entry, session) for entry in self.config.networks
+                               if not entry.disabled))
         await self.apply()
 
     async def _refresh(self, entry: NetworkEntry, session: aiohttp.ClientSession) -> None:
@@ -269,7 +274,7 @@ class Agent:
                 member = self.memberships.setdefault(entry.key, Membership())
                 member.error = str(exc)
                 kept = " (keeping the last good state)" if member.state is not None else ""
-                self._report(f"error {entry.key}", [f"Network {shown}: {exc}{kept}"], logging.WARNING)
+                self._report(f"error {entry.key}", [f"{exc}{kept}"], logging.WARNING)
             return
         current = self.config.network(entry.key)
         if current is None or current.disabled:  # removed or disabled while we fetched
@@ -283,7 +288,7 @@ class Agent:
                      logging.WARNING)
         if cfg.name != current.name:
             try:
-                self.config = self.config.set_name(current.config_url, cfg.name)
+                self._edited(self.config.set_name(current.config_url, cfg.name))
             except DrasylError as exc:
                 self._report(f"name {entry.key}", [f"Cannot save the name of network {shown}: {exc}"],
                              logging.WARNING)
@@ -310,8 +315,13 @@ class Agent:
     def _rebuild_tables(self, states: dict[str, LocalState]) -> None:
         tables = PolicyTables(states)
         node = self.node
+        refused = []
         for pk in tables.peers - self.handles.keys():
-            self.handles[pk] = node.handle(pk)
+            try:
+                self.handles[pk] = node.handle(pk)
+            except DrasylError as exc:  # e.g. a super peer's key as a node: its packets are dropped
+                refused.append(f"Cannot send to peer {pk.hex()}: {exc}")
+        self._report("handles", refused, logging.WARNING)
         # the new tables only name peers that have handles now; swap before releasing the rest
         self.tables = tables
         for pk in self.handles.keys() - tables.peers:
@@ -361,12 +371,18 @@ class Agent:
 
     # --- AgentControl (REST API) ------------------------------------------------------------
 
+    def _edited(self, new: AgentConfig) -> None:
+        """Take the networks of a config we just rewrote; what only a reload or a restart
+        applies (super peers, identity, mtu) stays as running, so the next SIGHUP sees it."""
+        self.config = replace(new, super_peers=self.config.super_peers, identity=self.config.identity,
+                              mtu=self.config.mtu)
+
     def add(self, url: str) -> None:
-        self.config = self.config.add_network(url)
+        self._edited(self.config.add_network(url))
         self._wake.set()
 
     async def remove(self, url: str) -> None:
-        self.config = self.config.remove_network(url)
+        self._edited(self.config.remove_network(url))
         await self.apply()
 
     def enable(self, url: str) -> None:
@@ -382,7 +398,7 @@ class Agent:
         if entry is None:
             raise AgentError(f"Network not found: {mask_url(url)}")
         if entry.disabled != disabled:
-            self.config = self.config.set_disabled(url, disabled)
+            self._edited(self.config.set_disabled(url, disabled))
 
     def status(self) -> dict[str, Any]:
         status = config_status(self.config)

@@ -96,7 +96,7 @@ MAX_PATHS_PER_PEER = 16
 
 #: The largest APP payload :meth:`NodeCore.send_batch` takes: one armed long-header datagram
 #: (1472 − 79 − 48), whatever the route, so a TUN with this MTU never sees a route-dependent
-#: limit. It is drasyl-rs' agent MTU.
+#: limit. It is drasyl-rs' agent MTU. Unarmed nodes (no 48-byte overhead) take up to 1393.
 MAX_PAYLOAD = MAX_ARMED_LONG_APP
 
 
@@ -346,7 +346,8 @@ class NodeCore:
             peer.held -= 1
 
     def send_batch(self, items: Iterable[tuple[NodePeer, bytes | bytearray | memoryview]], now: int) -> int:
-        """Send APPs to held peers; payloads of up to :data:`MAX_PAYLOAD` bytes.
+        """Send APPs to held peers; payloads of up to :data:`MAX_PAYLOAD` bytes (1393 unarmed,
+        drasyl-rs' unarmed agent MTU).
 
         The data path's seam: no exception per packet (an oversize payload is dropped and
         counted, the number dropped is returned), the long header is prebuilt per peer, and
@@ -354,9 +355,9 @@ class NodeCore:
         before this returns).
         """
         dropped = 0
-        send = self._send_app
+        send, limit = self._send_app, self._max_long
         for peer, payload in items:
-            if len(payload) > MAX_PAYLOAD:
+            if len(payload) > limit:
                 dropped += 1
             else:
                 send(peer, payload, now)
