@@ -546,7 +546,7 @@ class NatLab:
         router.set_mode("cone")
         lab.etc_file(ns, "hosts", "127.0.0.1 localhost\n")  # the agent edits this, never the machine's
         workdir = self.workdir / site.name
-        workdir.mkdir()
+        workdir.mkdir(parents=True)
         return Agent(lab, site.name, ns, router, identity, f"10.99.0.{site.index}", host, f"{site.lan6}2", workdir)
 
     def _network_config(self) -> str:
