@@ -168,18 +168,14 @@ table inet natlab_fw {{
 
     def flush_conntrack(self) -> int:
         """Forget every NAT mapping and filter state of this router (a reboot of its tables);
-        the number of entries removed. Uses netlink (pyroute2, a dependency of the agent), so
-        neither the ``conntrack`` tool nor a package install is needed."""
+        the number of entries there were. Uses netlink (pyroute2, a dependency of the agent),
+        so neither the ``conntrack`` tool nor a package install is needed."""
         out = self.lab.exec(self.ns, sys.executable, "-c",
                             "from pyroute2 import Conntrack\n"
                             "ct = Conntrack()\n"
-                            "n = sum(1 for _ in ct.dump_entries())\n"
-                            "ct.flush()\n"
-                            "left = sum(1 for _ in ct.dump_entries())\n"
-                            "print(n, left)\n")
-        removed, left = (int(x) for x in out.split())
-        assert left == 0, f"{self.ns}: {left} conntrack entries left after the flush"
-        return removed
+                            "print(sum(1 for _ in ct.dump_entries()))\n"
+                            "ct.flush()\n")
+        return int(out)
 
 
 # --- super peers --------------------------------------------------------------------------
@@ -426,28 +422,46 @@ class Agent:
 # --- flows across the TUN -----------------------------------------------------------------
 
 
+_PING_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
+
+
 class PingFlow:
     """``ping -i`` from one agent to another's overlay IP in the background: reply times
-    tell when a flow stopped and resumed."""
+    tell when a flow stopped and resumed. The times are ping's own (``-D``, taken when the
+    reply arrived), moved to the monotonic clock, so a busy test process does not skew them."""
 
     def __init__(self, lab: Lab, src: Agent, target: str, interval_s: float = 0.1) -> None:
-        self.proc = lab.start(src.ns, ["ping", "-n", "-O", "-i", f"{interval_s:g}", "-W", "1", target],
-                              f"ping-{src.name}")
+        self._wall_offset = time.time() - time.monotonic()
         self.interval = interval_s
+        self.proc = lab.start(src.ns, ["ping", "-n", "-D", "-O", "-i", f"{interval_s:g}", "-W", "1", target],
+                              f"ping-{src.name}")
 
     def replies(self) -> list[float]:
-        return [line.at for line in self.proc.stdout.lines if " bytes from " in line.text]
+        """Monotonic times of the replies so far."""
+        return [float(m.group(1)) - self._wall_offset for line in list(self.proc.stdout.lines)
+                if (m := _PING_REPLY.match(line.text))]
 
-    def wait_reply(self, after: float, timeout: float, context: Callable[[], str]) -> float:
+    def wait_reply(self, after: float, timeout: float) -> float:
         """Time of the first reply later than ``after``."""
         found = wait_until("a ping reply", lambda: next((t for t in self.replies() if t > after), None),
-                           timeout, context, interval=0.05)
+                           timeout, lambda: self.proc.describe(), interval=0.05)
         return float(found)
 
-    def max_gap(self, start: float, end: float) -> float:
-        times = [t for t in self.replies() if start <= t <= end]
-        edges = [start, *times, end]
-        return max(b - a for a, b in zip(edges, edges[1:]))
+    def outage(self, since: float, timeout: float, steady_s: float = 1.0) -> float:
+        """The longest time without a reply from ``since`` until replies have come steadily
+        (no gap over three intervals) for ``steady_s``; fails after ``timeout``."""
+        limit = 3 * self.interval
+
+        def settled() -> float | None:
+            times = [since, *(t for t in self.replies() if t > since)]
+            i = len(times) - 1
+            while i > 0 and times[i] - times[i - 1] <= limit:
+                i -= 1
+            if len(times) < 2 or times[-1] - times[i] < steady_s:
+                return None
+            return max(b - a for a, b in zip(times, times[1:]))
+        return float(wait_until("replies flowing steadily again", settled, timeout + steady_s,
+                                lambda: self.proc.describe(), interval=0.05))
 
     def stop(self) -> None:
         self.proc.stop()

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.netns
 FIRST_PING_S = 30.0  # agent start -> first reply (drasyl-rs falls back to TCP only after ~30 s)
 DIRECT_LIMIT_S = 10.0  # issue 8: direct within 10 s of the first packet
 RECOVERY_LIMIT_S = 15.0
+DIRECT_GAP_LIMIT_S = 1.0  # a direct flow "does not stop": no reply missing for longer (pings every 0.1 s)
 TRANSFER = 2 * 1024 * 1024
 RELAYED_OBSERVE_S = 6.0  # how long a path must stay relayed where no punch can work
 FLOOD_S = 10.0
@@ -142,7 +143,7 @@ def first_ping(net: NatLab, src: Agent, dst: Agent, timeout: float = FIRST_PING_
         if not first_packet and (ok or src.proc is not None and _routed(src, dst)):
             first_packet.append(at)
         return ok
-    wait_until(f"first ping {src.name} -> {dst.name}", attempt, timeout, lambda: "", interval=0)
+    wait_until(f"first ping {src.name} -> {dst.name}", attempt, timeout, lambda: "", interval=0.05)
     return time.monotonic() - src.started_at, first_packet[0]
 
 
@@ -271,55 +272,62 @@ def test_4_udp_blocked_falls_back_to_tcp(net, sp_kind):
 
 
 def test_5_super_peer_restart(net):
-    """a-b direct (cone/cone), a-c relayed (c symmetric): the super peer restarts mid-flow."""
+    """a-b direct (cone/cone), a-c relayed (c symmetric): the super peer restarts mid-flow.
+    Flows are pings every 100 ms; a TCP transfer over each path follows the restart."""
     (sp,), (a, b, c) = start(net, {"a": "cone", "b": "cone", "c": "symmetric"}, agents="abc")
     row = Row("5 super peer restart", "py")
     first_ping(net, a, b)
     first_ping(net, a, c)
     wait_paths(a, b, "direct", DIRECT_LIMIT_S)
     direct, relayed = PingFlow(net.lab, a, b.overlay_ip), PingFlow(net.lab, a, c.overlay_ip)
-    direct.wait_reply(time.monotonic(), 5, lambda: "")
-    relayed.wait_reply(time.monotonic(), 5, lambda: "")
-    sp.stop()
+    direct.wait_reply(time.monotonic(), 5)
+    relayed.wait_reply(time.monotonic(), 5)
     down = time.monotonic()
+    sp.stop()
     sp.start()
-    resumed = relayed.wait_reply(time.monotonic(), RECOVERY_LIMIT_S, lambda: "relayed flow a->c did not resume")
-    row.recovery_s = resumed - down
-    direct_gap = direct.max_gap(down - 1, time.monotonic())
+    row.recovery_s = relayed.outage(down, RECOVERY_LIMIT_S)
+    direct_gap = direct.outage(down, 5)
     direct.stop(), relayed.stop()
-    assert direct_gap < 1.0, f"the direct flow a->b stopped for {direct_gap:.2f} s"
+    assert row.recovery_s < RECOVERY_LIMIT_S, f"the relayed flow a->c stopped for {row.recovery_s:.2f} s"
+    assert direct_gap < DIRECT_GAP_LIMIT_S, f"the direct flow a->b stopped for {direct_gap:.2f} s"
     for agent in (a, b, c):
         wait_until(f"{agent.name} registered again", lambda: sp.registered(agent.pk), 3 * 2.0, lambda: "")
+    connectivity(net, a, b)
     connectivity(net, a, c)
     row.path = f"a-b {'/'.join(paths(a, b))}, a-c {'/'.join(paths(a, c))}"
-    row.note = f"direct flow max gap {direct_gap:.2f} s"
-    assert paths(a, c) == ("relayed", "relayed")
+    row.note = f"direct flow's longest gap {direct_gap:.2f} s"
+    assert paths(a, c) == ("relayed", "relayed") and paths(a, b) == ("direct", "direct")
     ROWS.append(row)
 
 
 def test_6_conntrack_flush_recovers(net):
+    """a's router forgets its NAT state under a flow from b to a: b's packets now hit a's
+    router with no mapping and are dropped until something leaves a again (a's echo replies
+    cannot: the requests do not arrive). The agents' HELLOs on the path are what repair it."""
     (sp,), (a, b) = start(net, {"a": "cone", "b": "cone"})
     row = Row("6 NAT state lost at a", "py")
     first_ping(net, a, b)
     wait_paths(a, b, "direct", DIRECT_LIMIT_S)
-    flow = PingFlow(net.lab, a, b.overlay_ip)
-    flow.wait_reply(time.monotonic(), 5, lambda: "")
-    removed = a.router.flush_conntrack()
+    flow = PingFlow(net.lab, b, a.overlay_ip)
+    flow.wait_reply(time.monotonic(), 5)
     lost = time.monotonic()
+    removed = a.router.flush_conntrack()
     assert removed > 0, "nothing to flush: the lab is not what this test assumes"
-    # the next reply after every reply could have been lost: wait for a steady stream again
-    resumed = flow.wait_reply(lost + 0.5, RECOVERY_LIMIT_S, lambda: "ping a->b did not resume")
-    row.recovery_s = max(resumed - lost, flow.max_gap(lost, resumed))
-    wait_paths(a, b, "direct", RECOVERY_LIMIT_S)
+    row.recovery_s = flow.outage(lost, RECOVERY_LIMIT_S)
     flow.stop()
+    wait_paths(a, b, "direct", RECOVERY_LIMIT_S)
     assert row.recovery_s < RECOVERY_LIMIT_S
     connectivity(net, a, b)
     row.path = "/".join(paths(a, b))
+    row.note = f"{removed} conntrack entries flushed"
     ROWS.append(row)
 
 
 def test_7_failover_to_the_second_super_peer(net):
-    """a cone, c symmetric: relayed; the super peer a relays through is killed."""
+    """a cone, c symmetric: relayed; the super peer a relays through is killed (SIGKILL).
+
+    By design the node gives a super peer up when its HELLOs have gone unanswered for two
+    intervals, checked on the 5 s tick: 10-15 s after the kill, for each agent that used it."""
     sps, (a, c) = start(net, {"a": "cone", "c": "symmetric"}, ("py", "py"), agents="ac")
     row = Row("7 super peer killed, failover", "py")
     first_ping(net, a, c)
@@ -329,18 +337,17 @@ def test_7_failover_to_the_second_super_peer(net):
     victim = next(sp for sp in sps if sp.public_key_hex == in_use)
     other = next(sp for sp in sps if sp is not victim)
     flow = PingFlow(net.lab, a, c.overlay_ip)
-    flow.wait_reply(time.monotonic(), 5, lambda: "")
-    victim.kill()
+    flow.wait_reply(time.monotonic(), 5)
     killed = time.monotonic()
-    resumed = flow.wait_reply(killed + 0.5, RECOVERY_LIMIT_S, lambda: "relayed flow a->c did not resume")
-    row.recovery_s = max(resumed - killed, flow.max_gap(killed, resumed))
+    victim.kill()
+    row.recovery_s = flow.outage(killed, RECOVERY_LIMIT_S)
     flow.stop()
-    wait_until("a moved to the other super peer", lambda: a.default_super_peer() == other.public_key_hex,
-               RECOVERY_LIMIT_S, lambda: "")
     assert row.recovery_s < RECOVERY_LIMIT_S
+    assert a.default_super_peer() == other.public_key_hex, "a did not move to the other super peer"
+    before = other.relayed_udp("a", "c")
     connectivity(net, a, c)
     row.path = "/".join(paths(a, c)) + " (a-c)"
-    row.relayed_bytes = other.relayed_udp("a", "c")
+    row.relayed_bytes = other.relayed_udp("a", "c") - before
     assert row.relayed_bytes >= TRANSFER, "the other super peer did not relay the transfer"
     ROWS.append(row)
 
