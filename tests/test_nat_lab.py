@@ -327,7 +327,11 @@ def test_7_failover_to_the_second_super_peer(net):
     """a cone, c symmetric: relayed; the super peer a relays through is killed (SIGKILL).
 
     By design the node gives a super peer up when its HELLOs have gone unanswered for two
-    intervals, checked on the 5 s tick: 10-15 s after the kill, for each agent that used it."""
+    intervals (one lost HELLO is not a failure), checked on the 5 s tick: the first
+    unanswered HELLO leaves 0-5 s after the kill, so each agent that used it moves 10-15 s
+    after the kill. The limit is the issue's 15 s plus the flow's resolution (one ping
+    interval): this bound has no slack beyond that. When both super peers answer with equal
+    RTTs the default can also change at any tick on its own, so a shorter time is possible."""
     sps, (a, c) = start(net, {"a": "cone", "c": "symmetric"}, ("py", "py"), agents="ac")
     row = Row("7 super peer killed, failover", "py")
     first_ping(net, a, c)
@@ -340,9 +344,9 @@ def test_7_failover_to_the_second_super_peer(net):
     flow.wait_reply(time.monotonic(), 5)
     killed = time.monotonic()
     victim.kill()
-    row.recovery_s = flow.outage(killed, RECOVERY_LIMIT_S)
+    row.recovery_s = flow.outage(killed, RECOVERY_LIMIT_S + flow.interval)
     flow.stop()
-    assert row.recovery_s < RECOVERY_LIMIT_S
+    assert row.recovery_s < RECOVERY_LIMIT_S + flow.interval
     assert a.default_super_peer() == other.public_key_hex, "a did not move to the other super peer"
     before = other.relayed_udp("a", "c")
     connectivity(net, a, c)
