@@ -105,9 +105,7 @@ class Router:
     wan: str  # interface names
     lan: str
     wan_ip: str
-    wan_ip6: str
-    host_ip: str
-    lan_prefix6: str
+    host_ip: str  # the one host behind it (mode none maps the public address to it)
     mode: str = "cone"
     ipv4: bool = True
 
@@ -556,7 +554,7 @@ class NatLab:
             if member != router_ns:
                 lab.ip(member, "-6", "route", "add", f"{site.lan6}/64", "via", site.wan_ip6)
         self.lan_routes.append((site.lan6, site.wan_ip6))
-        router = Router(lab, router_ns, wan, lan, site.wan_ip, site.wan_ip6, host, site.lan6)
+        router = Router(lab, router_ns, wan, lan, site.wan_ip, host)
         router.set_mode("cone")
         lab.etc_file(ns, "hosts", "127.0.0.1 localhost\n")  # the agent edits this, never the machine's
         workdir = self.workdir / site.name

@@ -188,6 +188,30 @@ def connectivity(net: NatLab, a: Agent, b: Agent) -> None:
     tcp_transfer(net.lab, a, dst=b, nbytes=TRANSFER)
 
 
+def goes_direct(net: NatLab, sp: SuperPeer, a: Agent, b: Agent, row: Row, first_packet: float) -> None:
+    """Both agents report ``direct`` within :data:`DIRECT_LIMIT_S` of the first packet; then
+    ping and a TCP transfer pass while the super peer relays no APP byte between them."""
+    wait_paths(a, b, "direct", DIRECT_LIMIT_S - (time.monotonic() - first_packet))
+    row.direct_s = time.monotonic() - first_packet
+    before = sp.relayed_udp(a.name, b.name), sp.metrics_relayed()
+    connectivity(net, a, b)
+    after = sp.relayed_udp(a.name, b.name), sp.metrics_relayed()
+    assert after == before, f"the super peer relayed on the direct path: (nft, /metrics) {before} -> {after}"
+    row.relayed_bytes, row.path = before[0], "/".join(paths(a, b))
+    assert paths(a, b) == ("direct", "direct")
+
+
+def stays_relayed(net: NatLab, sp: SuperPeer, a: Agent, b: Agent, row: Row) -> None:
+    """Ping and a TCP transfer pass through the super peer (its counter grows by at least the
+    transfer), and both agents report ``relayed`` all along for a while."""
+    before = sp.relayed_udp(a.name, b.name)
+    connectivity(net, a, b)
+    relayed = sp.relayed_udp(a.name, b.name) - before
+    assert relayed >= TRANSFER, f"only {relayed} bytes relayed for a {TRANSFER}-byte transfer"
+    assert_paths_stay(a, b, "relayed", RELAYED_OBSERVE_S)
+    row.relayed_bytes, row.path = sp.relayed_udp(a.name, b.name), "/".join(paths(a, b))
+
+
 # --- scenarios ---------------------------------------------------------------------------------
 
 
@@ -196,16 +220,7 @@ def test_1_cone_nats_go_direct_and_leave_the_super_peer(net, sp_kind):
     (sp,), (a, b) = start(net, {"a": "cone", "b": "cone"}, (sp_kind,))
     row = Row("1 cone / cone", sp_kind)
     row.first_ping_s, first_packet = first_ping(net, a, b)
-    wait_paths(a, b, "direct", DIRECT_LIMIT_S - (time.monotonic() - first_packet))
-    row.direct_s = time.monotonic() - first_packet
-    relayed_before = sp.relayed_udp("a", "b")
-    metrics_before = sp.metrics_relayed()
-    connectivity(net, a, b)
-    row.relayed_bytes = relayed_before
-    assert sp.relayed_udp("a", "b") == relayed_before, "the super peer relayed APPs on the direct path"
-    assert sp.metrics_relayed() == metrics_before, "the super peer's metrics count relayed bytes"
-    row.path = "/".join(paths(a, b))
-    assert paths(a, b) == ("direct", "direct")
+    goes_direct(net, sp, a, b, row, first_packet)
     ROWS.append(row)
 
 
@@ -214,12 +229,7 @@ def test_2_symmetric_nats_stay_relayed(net, sp_kind):
     (sp,), (a, b) = start(net, {"a": "symmetric", "b": "symmetric"}, (sp_kind,))
     row = Row("2 symmetric / symmetric", sp_kind)
     row.first_ping_s, _ = first_ping(net, a, b)
-    before = sp.relayed_udp("a", "b")
-    connectivity(net, a, b)
-    relayed = sp.relayed_udp("a", "b") - before
-    assert relayed >= TRANSFER, f"only {relayed} bytes relayed for a {TRANSFER}-byte transfer"
-    assert_paths_stay(a, b, "relayed", RELAYED_OBSERVE_S)
-    row.relayed_bytes, row.path = sp.relayed_udp("a", "b"), "/".join(paths(a, b))
+    stays_relayed(net, sp, a, b, row)
     ROWS.append(row)
 
 
@@ -239,15 +249,9 @@ def test_3_cone_and_symmetric(net, a_mode):
     row = Row(f"3 {'cone' if a_mode == 'cone' else 'no NAT filter (1:1)'} / symmetric", "py")
     row.first_ping_s, first_packet = first_ping(net, a, b)
     if a_mode == "cone":
-        connectivity(net, a, b)
-        assert_paths_stay(a, b, "relayed", RELAYED_OBSERVE_S)
+        stays_relayed(net, sp, a, b, row)
     else:
-        wait_paths(a, b, "direct", DIRECT_LIMIT_S)
-        row.direct_s = time.monotonic() - first_packet
-        before = sp.relayed_udp("a", "b")
-        connectivity(net, a, b)
-        assert sp.relayed_udp("a", "b") == before, "the super peer relayed APPs on the direct path"
-    row.relayed_bytes, row.path = sp.relayed_udp("a", "b"), "/".join(paths(a, b))
+        goes_direct(net, sp, a, b, row, first_packet)
     ROWS.append(row)
 
 
@@ -381,11 +385,6 @@ def test_9_ipv6_only_underlay(net):
     (sp,), (a, b) = start(net, {"a": "cone", "b": "cone"}, family=6, ipv4=False)
     row = Row("9 IPv6-only underlay", "py")
     row.first_ping_s, first_packet = first_ping(net, a, b)
-    wait_paths(a, b, "direct", DIRECT_LIMIT_S)
-    row.direct_s = time.monotonic() - first_packet
-    before = sp.relayed_udp("a", "b")
-    connectivity(net, a, b)
-    assert sp.relayed_udp("a", "b") == before, "the super peer relayed APPs on the direct path"
-    row.relayed_bytes, row.path = before, "/".join(paths(a, b))
+    goes_direct(net, sp, a, b, row, first_packet)
     assert a.super_peer_transport(sp) == "udp"
     ROWS.append(row)
