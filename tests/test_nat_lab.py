@@ -74,17 +74,24 @@ class Row:
 ROWS: list[Row] = []
 
 
+def new_row(scenario: str, sp: str) -> Row:
+    """A row of the summary table, listed at once so that a failed scenario shows too."""
+    row = Row(scenario, sp)
+    ROWS.append(row)
+    return row
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
 def summary_lines(rows: list[Row]) -> list[str]:
-    head = f"{'scenario':<34} {'super peer':<10} {'path a->b/b->a':<16} {'1st ping s':>10} {'direct s':>9} " \
+    head = f"{'scenario':<34} {'super peer':<10} {'path (ab unless named)':<22} {'1st ping s':>10} {'direct s':>9} " \
            f"{'relayed B':>10} {'recovery s':>10}  note"
     lines = [head, "-" * len(head)]
     for r in rows:
         relayed = "-" if r.relayed_bytes is None else str(r.relayed_bytes)
-        lines.append(f"{r.scenario:<34} {r.sp:<10} {r.path:<16} {_fmt(r.first_ping_s):>10} {_fmt(r.direct_s):>9} "
+        lines.append(f"{r.scenario:<34} {r.sp:<10} {r.path:<22} {_fmt(r.first_ping_s):>10} {_fmt(r.direct_s):>9} "
                      f"{relayed:>10} {_fmt(r.recovery_s):>10}  {r.note}")
     return lines
 
@@ -104,9 +111,11 @@ def net(ids, tmp_path_factory, pytestconfig) -> Iterator[NatLab]:
 def show_on_failure(request, net) -> Iterator[None]:
     """After a failed scenario, print every agent's status, the super peers' peer tables and
     all process output (before the next scenario stops them)."""
-    failed = request.session.testsfailed
+    failed, rows = request.session.testsfailed, len(ROWS)
     yield
     if request.session.testsfailed > failed:
+        for row in ROWS[rows:]:
+            row.note = f"FAILED {row.note}".strip()
         print(net.describe())
 
 
@@ -164,6 +173,12 @@ def paths(a: Agent, b: Agent) -> tuple[str | None, str | None]:
     return a.path_to(b), b.path_to(a)
 
 
+def path_text(a: Agent, b: Agent) -> str:
+    """``direct`` when both sides say so, else ``<a's view>/<b's view>``."""
+    ab, ba = paths(a, b)
+    return str(ab) if ab == ba else f"{ab}/{ba}"
+
+
 def wait_paths(a: Agent, b: Agent, want: str, timeout: float) -> float:
     """Poll both agents' status until each reports ``want`` for the other; the time it took."""
     t0 = time.monotonic()
@@ -197,7 +212,7 @@ def goes_direct(net: NatLab, sp: SuperPeer, a: Agent, b: Agent, row: Row, first_
     connectivity(net, a, b)
     after = sp.relayed_udp(a.name, b.name), sp.metrics_relayed()
     assert after == before, f"the super peer relayed on the direct path: (nft, /metrics) {before} -> {after}"
-    row.relayed_bytes, row.path = before[0], "/".join(paths(a, b))
+    row.relayed_bytes, row.path = before[0], path_text(a, b)
     assert paths(a, b) == ("direct", "direct")
 
 
@@ -209,7 +224,7 @@ def stays_relayed(net: NatLab, sp: SuperPeer, a: Agent, b: Agent, row: Row) -> N
     relayed = sp.relayed_udp(a.name, b.name) - before
     assert relayed >= TRANSFER, f"only {relayed} bytes relayed for a {TRANSFER}-byte transfer"
     assert_paths_stay(a, b, "relayed", RELAYED_OBSERVE_S)
-    row.relayed_bytes, row.path = sp.relayed_udp(a.name, b.name), "/".join(paths(a, b))
+    row.relayed_bytes, row.path = sp.relayed_udp(a.name, b.name), path_text(a, b)
 
 
 # --- scenarios ---------------------------------------------------------------------------------
@@ -218,19 +233,17 @@ def stays_relayed(net: NatLab, sp: SuperPeer, a: Agent, b: Agent, row: Row) -> N
 @pytest.mark.parametrize("sp_kind", SP_KINDS)
 def test_1_cone_nats_go_direct_and_leave_the_super_peer(net, sp_kind):
     (sp,), (a, b) = start(net, {"a": "cone", "b": "cone"}, (sp_kind,))
-    row = Row("1 cone / cone", sp_kind)
+    row = new_row("1 cone / cone", sp_kind)
     row.first_ping_s, first_packet = first_ping(net, a, b)
     goes_direct(net, sp, a, b, row, first_packet)
-    ROWS.append(row)
 
 
 @pytest.mark.parametrize("sp_kind", SP_KINDS)
 def test_2_symmetric_nats_stay_relayed(net, sp_kind):
     (sp,), (a, b) = start(net, {"a": "symmetric", "b": "symmetric"}, (sp_kind,))
-    row = Row("2 symmetric / symmetric", sp_kind)
+    row = new_row("2 symmetric / symmetric", sp_kind)
     row.first_ping_s, _ = first_ping(net, a, b)
     stays_relayed(net, sp, a, b, row)
-    ROWS.append(row)
 
 
 @pytest.mark.parametrize("a_mode", ["cone", "none"])
@@ -246,19 +259,18 @@ def test_3_cone_and_symmetric(net, a_mode):
     comes from where b sent to): the punch completes and both sides go direct.
     """
     (sp,), (a, b) = start(net, {"a": a_mode, "b": "symmetric"})
-    row = Row(f"3 {'cone' if a_mode == 'cone' else 'no NAT filter (1:1)'} / symmetric", "py")
+    row = new_row(f"3 {'cone' if a_mode == 'cone' else 'no NAT filter (1:1)'} / symmetric", "py")
     row.first_ping_s, first_packet = first_ping(net, a, b)
     if a_mode == "cone":
         stays_relayed(net, sp, a, b, row)
     else:
         goes_direct(net, sp, a, b, row, first_packet)
-    ROWS.append(row)
 
 
 @pytest.mark.parametrize("sp_kind", SP_KINDS)
 def test_4_udp_blocked_falls_back_to_tcp(net, sp_kind):
     (sp,), (a, b) = start(net, {"a": "udp-blocked", "b": "cone"}, (sp_kind,))
-    row = Row("4 UDP blocked at a / cone", sp_kind)
+    row = new_row("4 UDP blocked at a / cone", sp_kind)
     row.first_ping_s, _ = first_ping(net, a, b)
     assert a.super_peer_transport(sp) == "tcp", "a does not reach the super peer over TCP"
     assert b.super_peer_transport(sp) == "udp"
@@ -270,16 +282,15 @@ def test_4_udp_blocked_falls_back_to_tcp(net, sp_kind):
     assert tcp_in >= TRANSFER, f"the super peer received {tcp_in} bytes over TCP for a {TRANSFER}-byte transfer"
     assert relayed >= TRANSFER, f"the super peer relayed {relayed} bytes to b over UDP"
     assert a.path_to(b) == "tcp", f"a's path to b: {a.path_to(b)}"
-    row.relayed_bytes, row.path = relayed, "/".join(str(p) for p in paths(a, b))
+    row.relayed_bytes, row.path = relayed, path_text(a, b)
     row.note = f"a->sp over TCP: {tcp_in} B during the transfer"
-    ROWS.append(row)
 
 
 def test_5_super_peer_restart(net):
     """a-b direct (cone/cone), a-c relayed (c symmetric): the super peer restarts mid-flow.
     Flows are pings every 100 ms; a TCP transfer over each path follows the restart."""
     (sp,), (a, b, c) = start(net, {"a": "cone", "b": "cone", "c": "symmetric"}, agents="abc")
-    row = Row("5 super peer restart", "py")
+    row = new_row("5 super peer restart", "py")
     first_ping(net, a, b)
     first_ping(net, a, c)
     wait_paths(a, b, "direct", DIRECT_LIMIT_S)
@@ -298,10 +309,9 @@ def test_5_super_peer_restart(net):
         wait_until(f"{agent.name} registered again", lambda: sp.registered(agent.pk), 3 * 2.0, lambda: "")
     connectivity(net, a, b)
     connectivity(net, a, c)
-    row.path = f"a-b {'/'.join(paths(a, b))}, a-c {'/'.join(paths(a, c))}"
+    row.path = f"ab {path_text(a, b)}, ac {path_text(a, c)}"
     row.note = f"direct flow's longest gap {direct_gap:.2f} s"
     assert paths(a, c) == ("relayed", "relayed") and paths(a, b) == ("direct", "direct")
-    ROWS.append(row)
 
 
 def test_6_conntrack_flush_recovers(net):
@@ -309,7 +319,7 @@ def test_6_conntrack_flush_recovers(net):
     router with no mapping and are dropped until something leaves a again (a's echo replies
     cannot: the requests do not arrive). The agents' HELLOs on the path are what repair it."""
     (sp,), (a, b) = start(net, {"a": "cone", "b": "cone"})
-    row = Row("6 NAT state lost at a", "py")
+    row = new_row("6 NAT state lost at a", "py")
     first_ping(net, a, b)
     wait_paths(a, b, "direct", DIRECT_LIMIT_S)
     flow = PingFlow(net.lab, b, a.overlay_ip)
@@ -322,9 +332,8 @@ def test_6_conntrack_flush_recovers(net):
     wait_paths(a, b, "direct", RECOVERY_LIMIT_S)
     assert row.recovery_s < RECOVERY_LIMIT_S
     connectivity(net, a, b)
-    row.path = "/".join(paths(a, b))
+    row.path = path_text(a, b)
     row.note = f"{removed} conntrack entries flushed"
-    ROWS.append(row)
 
 
 def test_7_failover_to_the_second_super_peer(net):
@@ -337,7 +346,7 @@ def test_7_failover_to_the_second_super_peer(net):
     interval): this bound has no slack beyond that. When both super peers answer with equal
     RTTs the default can also change at any tick on its own, so a shorter time is possible."""
     sps, (a, c) = start(net, {"a": "cone", "c": "symmetric"}, ("py", "py"), agents="ac")
-    row = Row("7 super peer killed, failover", "py")
+    row = new_row("7 super peer killed, failover", "py")
     first_ping(net, a, c)
     wait_until("both super peers reachable", lambda: all(a.super_peer_transport(sp) == "udp" for sp in sps),
                15, lambda: "")
@@ -354,16 +363,15 @@ def test_7_failover_to_the_second_super_peer(net):
     assert a.default_super_peer() == other.public_key_hex, "a did not move to the other super peer"
     before = other.relayed_udp("a", "c")
     connectivity(net, a, c)
-    row.path = "/".join(paths(a, c)) + " (a-c)"
+    row.path = f"ac {path_text(a, c)}"
     row.relayed_bytes = other.relayed_udp("a", "c") - before
     assert row.relayed_bytes >= TRANSFER, "the other super peer did not relay the transfer"
-    ROWS.append(row)
 
 
 def test_8_flood_while_an_agent_joins(net):
     (sp,), (a,) = start(net, {"a": "cone", "c": "cone"}, agents="a")
     c = net.agents["c"]
-    row = Row("8 flood + c joins", "py")
+    row = new_row("8 flood + c joins", "py")
     rss_before = sp.rss_kib()
     flood = net.lab.start(net.flood_ns, [sys.executable, "-c", FLOODER, sp.ip, "22527", str(FLOOD_S),
                                          str(FLOOD_PPS)], "flood")
@@ -377,14 +385,12 @@ def test_8_flood_while_an_agent_joins(net):
     row.note = f"{sent} random datagrams in {FLOOD_S:g} s; sp RSS +{growth} KiB"
     assert sent >= FLOOD_PPS * FLOOD_S * 0.5, f"the flood sent only {sent} datagrams"
     assert growth < FLOOD_RSS_LIMIT_KIB, f"the super peer grew by {growth} KiB during the flood"
-    row.path = "/".join(str(p) for p in paths(c, a)) + " (c-a)"
-    ROWS.append(row)
+    row.path = f"ca {path_text(c, a)}"
 
 
 def test_9_ipv6_only_underlay(net):
     (sp,), (a, b) = start(net, {"a": "cone", "b": "cone"}, family=6, ipv4=False)
-    row = Row("9 IPv6-only underlay", "py")
+    row = new_row("9 IPv6-only underlay", "py")
     row.first_ping_s, first_packet = first_ping(net, a, b)
     goes_direct(net, sp, a, b, row, first_packet)
     assert a.super_peer_transport(sp) == "udp"
-    ROWS.append(row)
