@@ -10,8 +10,8 @@ Two measurements, both with our super peer (scenario 1 of tests/test_nat_lab.py)
    until it reports b's path ``direct`` gives the time to direct (resolution: one status call,
    ~0.2-0.4 s on this machine).
 2. **peers.sh** (unless ``--no-peers``): ``../shared/bench/peers.sh nebula drasyl --nat cone``
-   with our agent and super peer plugged in through ``PEERS_EXTRA`` (a functions file written
-   here), so nebula and drasyl are measured in one run, in the same lab, by the same method:
+   with our agent and super peer plugged in through ``PEERS_EXTRA=bench/peers_drasyl.sh``,
+   so nebula and drasyl are measured in one run, in the same lab, by the same method:
    time to first ping from starting the second node, time to direct from the super peer
    host's byte counters (2 s windows; ``<=x`` when already direct at the first window).
    peers.sh uses fixed namespace names (``dl-*``): it is not started when they exist.
@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
-from natlab import Agent, NatLab, wait_until  # noqa: E402
+from natlab import NatLab, wait_until  # noqa: E402
 from netns import Lab  # noqa: E402
 
 from drasyl.identity import Identity  # noqa: E402
@@ -46,7 +46,6 @@ from drasyl.identity import Identity  # noqa: E402
 BENCH_DIR = Path(os.environ.get("DL_BENCH_DIR", REPO.parent / "shared" / "bench"))
 VECTORS = Path(os.environ.get("DRASYL_VECTORS", REPO.parent / "shared" / "vectors"))
 TIMEOUT_S = 30.0
-OVL_A, OVL_B = "10.77.5.2", "10.77.5.3"  # peers.sh convention: 10.77.<tool>.x
 
 
 def vector_identities() -> list[Identity]:
@@ -95,53 +94,13 @@ def natlab(runs: int, workdir: Path) -> list[dict[str, float | None]]:
 # --- 2. peers.sh with PEERS_EXTRA ------------------------------------------------------------
 
 
-def peers_extra(workdir: Path) -> Path:
-    """Files for our agent in peers.sh's lab, and the functions file that starts them."""
-    a, b = vector_identities()[:2]
-    sp_id = Identity.generate(0)
-    sp_id.save(workdir / "sp.identity")
-    url = f"udp://198.51.100.10:22527?publicKey={sp_id.public_key_hex}&networkId=1&tcpPort=443"
-    (workdir / "net.toml").write_text(
-        f'network = "10.77.5.0/24"\n\n'
-        f'[[node]]\npk = "{a.public_key_hex}"\nip = "{OVL_A}"\nhostname = "a"\n\n'
-        f'[[node]]\npk = "{b.public_key_hex}"\nip = "{OVL_B}"\nhostname = "b"\n\n'
-        '[[policy]]\nsource_groups = ["ALL"]\ndestination_groups = ["ALL"]\n')
-    for side, identity in (("a", a), ("b", b)):
-        (workdir / f"{side}.toml").write_text(
-            f'super_peers = ["{url}"]\n\n[[network]]\nconfig_url = "file://{workdir}/net.toml"\n\n'
-            f'[identity]\nsk = "{identity.secret_key.hex()}"\npow = {identity.proof_of_work}\n')
-        (workdir / f"hosts-{side}").write_text("127.0.0.1 localhost\n")
-    py, w = sys.executable, workdir
-    functions = workdir / "drasyl.sh"
-    # The agent writes /etc/hosts: a private mount namespace binds a scratch file over it.
-    functions.write_text(f"""# PEERS_EXTRA for peers.sh: our agent and super peer (written by bench/time_to_direct.py)
-drasyl_prepare() {{ OVL_A={OVL_A} OVL_B={OVL_B}; }}
-drasyl_rdv() {{
-	start_bg RDV_PID dl-sp "$TD/sp.log" env PYTHONPATH={REPO} DRASYL_IDENTITY_FILE={w}/sp.identity \\
-		DRASYL_UDP4_LISTEN=198.51.100.10:22527 DRASYL_UDP6_LISTEN= DRASYL_TCP4_LISTEN=198.51.100.10:443 \\
-		DRASYL_TCP6_LISTEN= {py} -m drasyl.superpeer
-	wait_listen dl-sp udp 22527 20 || log "drasyl-sp not listening"
-}}
-drasyl_node() {{
-	local side=$1 pid
-	start_bg pid "dl-$side" "$TD/agent-$side.log" unshare -m sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' \\
-		{w}/hosts-$side env PYTHONPATH={REPO} {py} -m drasyl.agent run --config {w}/$side.toml \\
-		--token {w}/$side.token --api 127.0.0.1:22527 --log-file /dev/stdout
-	printf -v "NODE_PID_$side" '%s' "$pid"
-	IFNAME_b=drasyl
-}}
-drasyl_version() {{ echo "drasyl-agent $(PYTHONPATH={REPO} {py} -m drasyl.agent version 2>/dev/null | head -1)"; }}
-""")
-    return functions
-
-
-def peers_sh(workdir: Path, keep_logs: str | None) -> list[dict]:
+def peers_sh(keep_logs: str | None) -> list[dict]:
     taken = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
              if n.startswith("dl-")]
     if taken:
         raise SystemExit(f"peers.sh's namespaces exist ({', '.join(sorted(set(taken)))}): another bench runs; "
                          "try again later or pass --no-peers")
-    env = dict(os.environ, PEERS_EXTRA=str(peers_extra(workdir)))
+    env = dict(os.environ, PEERS_EXTRA=str(REPO / "bench" / "peers_drasyl.sh"), DRASYL_VECTORS=str(VECTORS))
     argv = [str(BENCH_DIR / "peers.sh"), "nebula", "drasyl", "--nat", "cone", "--seconds", "3"]
     if keep_logs:
         argv += ["--keep-logs", keep_logs]
@@ -174,7 +133,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ttd-"))
     try:
         results = natlab(args.runs, workdir / "natlab") if args.runs else []
-        records = [] if args.no_peers else peers_sh(workdir, args.keep_logs)
+        records = [] if args.no_peers else peers_sh(args.keep_logs)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("time to direct, two cone NATs (plain masquerade), our super peer")

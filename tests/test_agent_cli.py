@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -172,14 +171,6 @@ def test_version(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Version : 0.1.0")
     assert lines[1].startswith(f"Python  : {sys.version.split()[0]}")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("drasyl.agent.daemon") is not None, reason="the daemon exists")
-def test_run_without_the_daemon_says_so(tmp_path):
-    result = cli("run", "--config", str(tmp_path / "config.toml"), home=tmp_path)
-    assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == "drasyl-agent run: the agent daemon is not available in this build\n"
-    assert not (tmp_path / "config.toml").exists()
 
 
 def test_systemd_unit_runs_the_agent_with_the_cli_defaults():

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 import tomlkit
-from netns import Lab, Process, python_env, require_lab_tools
+from netns import Lab, Process, lab, python_env, require_lab_tools  # noqa: F401 (lab is a fixture)
 
 from drasyl.identity import Identity
 
@@ -57,23 +57,23 @@ def sp_url(ip: str, identity: Identity) -> str:
     return f"udp://{ip}:22527?publicKey={identity.public_key_hex}&networkId=1&tcpPort=8443"
 
 
+def network_config(ids: dict[str, Identity], subnet: str, ips: dict[str, str], groups: dict[str, str],
+                   suffix: str = "", extra: str = "", name: str = "") -> str:
+    """A network config with agents a and b (hostnames ``alice``/``bob`` + ``suffix``)."""
+    nodes = "".join(f'''
+[[node]]
+pk = "{ids[side].public_key_hex}"
+ip = "{ips[side]}"
+hostname = "{HOSTNAMES[side]}{suffix}"
+groups = ["{groups[side]}"]
+''' for side in ("a", "b"))
+    top = f'network = "{subnet}"\n' + (f'name = "{name}"\n' if name else "")
+    return f"{top}{nodes}\n{extra}"
+
+
 def net1(ids: dict[str, Identity]) -> str:
-    return f"""
-network = "10.77.0.0/24"
-name = "e2e one"
-
-[[node]]
-pk = "{ids['a'].public_key_hex}"
-ip = "{OVERLAY['a']}"
-hostname = "{HOSTNAMES['a']}"
-groups = ["staff"]
-
-[[node]]
-pk = "{ids['b'].public_key_hex}"
-ip = "{OVERLAY['b']}"
-hostname = "{HOSTNAMES['b']}"
-groups = ["servers"]
-
+    """a (staff) may talk to b (servers), which is the gateway to ROUTED."""
+    return network_config(ids, "10.77.0.0/24", OVERLAY, {"a": "staff", "b": "servers"}, name="e2e one", extra=f'''
 [[route]]
 dest = "{ROUTED}"
 gw = "{ids['b'].public_key_hex}"
@@ -81,26 +81,12 @@ gw = "{ids['b'].public_key_hex}"
 [[policy]]
 source_groups = ["staff"]
 destination_groups = ["servers"]
-"""
+''')
 
 
 def net2(ids: dict[str, Identity], policy: str = "") -> str:
     """Both are members, no policy lets them talk: every packet between them is denied."""
-    return f"""
-network = "10.78.0.0/24"
-
-[[node]]
-pk = "{ids['a'].public_key_hex}"
-ip = "{DENIED['a']}"
-hostname = "alice2"
-groups = ["x"]
-
-[[node]]
-pk = "{ids['b'].public_key_hex}"
-ip = "{DENIED['b']}"
-hostname = "bob2"
-groups = ["y"]
-""" + policy
+    return network_config(ids, "10.78.0.0/24", DENIED, {"a": "x", "b": "y"}, suffix="2", extra=policy)
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, describe: Callable[[], str]) -> Any:
@@ -138,12 +124,12 @@ class Agent:
         doc["network"].append({"config_url": cluster.net_url("net1"), "disabled": False})
         self.config.write_text(tomlkit.dumps(doc))
 
-    def start(self) -> None:
+    def start(self, **env: str) -> None:
         assert self.hosts.exists(), "the agent would write the machine's /etc/hosts"
         self.proc = self.cluster.lab.start(self.ns, [
             sys.executable, "-m", "drasyl.agent", "run", "--config", str(self.config), "--token", str(self.token),
             "--api", API, "--log-file", "/dev/stdout", "--log-level", "info",
-        ], f"agent-{self.name}", python_env())
+        ], f"agent-{self.name}", python_env(**env))
         self.proc.wait_for_line(r"REST API listening", START_S)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -381,6 +367,54 @@ def test_add_denied_network_disable_remove(cluster: Cluster) -> None:
     assert missing.returncode == 1 and "Network not found" in missing.stderr
 
 
+def test_broken_network_config_keeps_last_good_state(cluster: Cluster) -> None:
+    """Fail-static: a network config that stops validating leaves the network as it was."""
+    a = cluster.agents["a"]
+    path = cluster.tmp / "net1.toml"
+    good = path.read_text()
+    path.write_text(good.replace('ip = "10.77.0.2"', 'ip = "10.99.0.2"'))  # outside the subnet
+    try:
+        mark = a.proc.mark()
+        os.kill(a.proc.pid, signal.SIGHUP)  # a reload also fetches every network at once
+        line = a.proc.wait_for_line(r"keeping the last good state", 10, since=mark)
+        assert "10.99.0.2" in line.text
+        net = a.network(a.status(), "net1")
+        assert net["state"] == "active" and net["ip"] == OVERLAY["a"] and "10.99.0.2" in net["error"], net
+        assert _received(a.ping(OVERLAY["b"], count=1)) == 1
+    finally:
+        path.write_text(good)
+    mark = a.proc.mark()
+    os.kill(a.proc.pid, signal.SIGHUP)
+    a.proc.wait_for_line(r"Reload: nothing changed", 10, since=mark)
+    wait_until(lambda: a.network(a.status(), "net1")["error"] is None, 5, "the error clears", cluster.describe)
+
+
+def test_prefix_change_keeps_routes_rules_and_names(cluster: Cluster) -> None:
+    """drasyl-rs [bug]: after an address change it compared against the torn-down state and
+    lost the network's routes, rules and names. Here they stay."""
+    a, b = cluster.agents["a"], cluster.agents["b"]
+    path = cluster.tmp / "net1.toml"
+    good = path.read_text()
+
+    def reload_with(text: str, prefix: str) -> None:
+        path.write_text(text)
+        for agent in (a, b):
+            os.kill(agent.proc.pid, signal.SIGHUP)
+        for agent in (a, b):
+            wait_until(lambda: f"{OVERLAY[agent.name]}/{prefix} " in agent.exec("ip", "-4", "addr", "show",
+                                                                                 "drasyl").stdout,
+                       10, f"{agent.name} has {OVERLAY[agent.name]}/{prefix}", cluster.describe)
+
+    try:
+        reload_with(good.replace("10.77.0.0/24", "10.77.0.0/25"), "25")
+        routes = a.exec("ip", "route", "show", ROUTED).stdout
+        assert f"via {OVERLAY['b']}" in routes, f"route lost after the prefix change: {routes!r}"
+        assert len(a.our_lines()) == 2, a.our_lines()
+        assert _received(a.ping(OVERLAY["b"])) == 3, cluster.describe()
+    finally:
+        reload_with(good, "24")
+
+
 def test_sighup_switches_super_peers(cluster: Cluster) -> None:
     """A second super peer replaces the first by SIGHUP; the TUN and a running ping stay."""
     a, b = cluster.agents["a"], cluster.agents["b"]
@@ -430,6 +464,29 @@ def test_broken_config_on_sighup_keeps_running(cluster: Cluster) -> None:
     assert _received(a.ping(OVERLAY["b"], count=1)) == 1
 
 
+def test_kill_9_then_restart_cleans_up_and_tcp_only(cluster: Cluster) -> None:
+    """After kill -9 a restart cleans up what is left; restarted with DRASYL_ENFORCE_TCP=true
+    b reaches its super peer over TCP and a over the overlay as before."""
+    a, b = cluster.agents["a"], cluster.agents["b"]
+    b.proc.popen.kill()
+    b.proc.wait(10)
+    assert b.our_lines(), "precondition: a killed agent leaves its hosts lines"
+    b.start(DRASYL_ENFORCE_TCP="true")
+    status = b.wait_network("net1", "active")
+    lines = b.our_lines()
+    assert len(lines) == len(set(lines)) == 2, lines
+    wait_until(lambda: b.status()["super_peers"][0]["transport"] == "tcp", 10, "b on TCP", cluster.describe)
+    # a still holds the short id of b's previous run: its packets reach b again once b's new
+    # HELLO arrives, at the latest after a's next HELLO (5 s interval) to b's known path
+    wait_until(lambda: _received(a.ping(OVERLAY["b"], count=1)) == 1, 8, "a reaches the restarted b",
+               cluster.describe)
+    assert _received(b.ping(OVERLAY["a"])) == 3, cluster.describe()
+    assert status["super_peers"][0]["transport"] in (None, "tcp"), "UDP must not be used"
+    b.proc.popen.send_signal(signal.SIGTERM)
+    assert b.proc.wait(10) == 0
+    assert not b.has_device() and b.our_lines() == []
+
+
 def test_sigterm_removes_everything(cluster: Cluster) -> None:
     a = cluster.agents["a"]
     assert a.has_device() and a.our_lines()
@@ -439,20 +496,6 @@ def test_sigterm_removes_everything(cluster: Cluster) -> None:
     assert "4900" not in a.exec("ip", "route", "show").stdout, "route left"
     assert a.our_lines() == [], "hosts lines left"
     assert "localhost" in a.hosts.read_text(), "other hosts lines must stay"
-
-
-def test_kill_9_then_restart_cleans_up(cluster: Cluster) -> None:
-    b = cluster.agents["b"]
-    b.proc.popen.kill()
-    b.proc.wait(10)
-    assert b.our_lines(), "precondition: a killed agent leaves its hosts lines"
-    b.start()
-    b.wait_network("net1", "active")
-    lines = b.our_lines()
-    assert len(lines) == len(set(lines)) == 2, lines
-    b.proc.popen.send_signal(signal.SIGTERM)
-    assert b.proc.wait(10) == 0
-    assert not b.has_device() and b.our_lines() == []
 
 
 # --- with the drasyl-rs super peer --------------------------------------------------------------
@@ -507,4 +550,42 @@ data = random.Random(7).randbytes(int(sys.argv[2]))
 with socket.create_connection((sys.argv[1], 5001), timeout=30) as conn:
     conn.sendall(data)
 print(hashlib.sha256(data).hexdigest())
+"""
+
+
+# --- start-up mistakes ---------------------------------------------------------------------------
+
+
+def test_start_mistakes_are_one_line_and_leave_nothing(lab: Lab, ids, tmp_path) -> None:
+    """A bad variable or an API address in use: one line on stderr, exit 1, no device left."""
+    ns = lab.namespace("solo")
+    lab.veth(ns, lab.namespace("peer"), "192.0.2.20/24", "192.0.2.21/24")
+    config = tmp_path / "config.toml"
+    identity = ids["id_2"]
+    config.write_text(f'super_peers = ["{sp_url(SP_IP, ids["id_1"])}"]\n\n[identity]\n'
+                      f'sk = "{identity.secret_key.hex()}"\npow = {identity.proof_of_work}\n')
+    (Path("/etc/netns") / ns).mkdir(parents=True)
+    try:
+        (Path("/etc/netns") / ns / "hosts").write_text("127.0.0.1 localhost\n")
+        blocker = lab.start(ns, [sys.executable, "-c", BLOCK_API], "blocker")
+        blocker.wait_for_line(r"^bound$", 10)
+        for env, expected in ((dict(DRASYL_UDP_PORT="abc"), "DRASYL_UDP_PORT='abc' is invalid: not an integer"),
+                              ({}, "REST API cannot listen on 127.0.0.1:22527")):
+            result = subprocess.run(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "drasyl.agent", "run", "--config", str(config),
+                 "--token", str(tmp_path / "auth.token"), "--api", API, "--log-level", "off"],
+                capture_output=True, text=True, timeout=30, env=python_env(**env))
+            assert result.returncode == 1, result.stderr
+            assert result.stderr.startswith("drasyl-agent run: ") and expected in result.stderr, result.stderr
+            assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+            assert subprocess.run(["ip", "-n", ns, "link", "show", "drasyl"], capture_output=True).returncode != 0
+    finally:
+        shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+
+
+BLOCK_API = """
+import socket, time
+s = socket.create_server(("127.0.0.1", 22527))
+print("bound", flush=True)
+time.sleep(60)
 """

@@ -21,7 +21,6 @@ on stderr and exit code 1. This module only parses, formats and dials.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -119,13 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        daemon = importlib.import_module(f"{__package__}.daemon")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.daemon":
-            raise
-        print(f"{PROG} run: the agent daemon is not available in this build", file=sys.stderr)
-        return 1
+    from . import daemon  # here: the client commands need neither the node nor the TUN code
+
     args.listen = _listen(args)
     _configure_logging(args)
     args.agent_config = load_config(args.config)

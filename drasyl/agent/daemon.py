@@ -69,8 +69,10 @@ log = logging.getLogger("drasyl.agent")
 
 T = TypeVar("T")
 HOUSEKEEPING_S = 10.0
-STOP_TIMEOUT_S = 5.0
 #: Variables drasyl-rs reads that have no meaning here (one queue, no worker threads).
+TX_REASONS = ("tx_not_ipv4", "tx_drasyl_control")
+RX_REASONS = ("rx_not_ipv4", "rx_drasyl_control")
+_unpack_addresses = ADDRESSES.unpack_from
 IGNORED_ENV = ("DRASYL_UDP_SOCKETS", "DRASYL_RECV_BUF_CAP", "DRASYL_CHANNEL_CAP", "DRASYL_TUN_THREADS",
                "DRASYL_C2D_THREADS")
 
@@ -87,7 +89,6 @@ class Membership:
     config: NetworkConfig | None = None  # the last config that validated
     state: LocalState | None = None  # this node's part of it; None: not a member (or down)
     error: str | None = None  # the last fetch/validation error, None after a good fetch
-    warnings: tuple[str, ...] = ()
 
 
 class Agent:
@@ -197,17 +198,12 @@ class Agent:
             n = tun.read_batch()
             slots, lengths = tun.slots, tun.lengths
             egress, handles, drops = self.tables.egress, self.handles, self.drops
-            unpack = ADDRESSES.unpack_from
             for i in range(n):
                 pkt = slots[i][:lengths[i]]
-                if not is_ipv4(pkt):
-                    drops["tx_not_ipv4"] += 1
+                addresses = _addresses(pkt, drops, TX_REASONS)
+                if addresses is None:
                     continue
-                if pkt[9] == PROTO_UDP and is_drasyl_control(pkt):
-                    drops["tx_drasyl_control"] += 1
-                    continue
-                src, dst = unpack(pkt, 12)
-                handle = handles.get(egress(src, dst))
+                handle = handles.get(egress(*addresses))
                 if handle is None:
                     drops["tx_policy_denied"] += 1
                     continue
@@ -223,16 +219,11 @@ class Agent:
         """Received APPs: each must be IPv4, not drasyl's own, and from the peer its source is."""
         try:
             ingress_ok, drops, write = self.tables.ingress_ok, self.drops, self.tun.write
-            unpack = ADDRESSES.unpack_from
             for sender, payload in batch:
-                if not is_ipv4(payload):
-                    drops["rx_not_ipv4"] += 1
+                addresses = _addresses(payload, drops, RX_REASONS)
+                if addresses is None:
                     continue
-                if payload[9] == PROTO_UDP and is_drasyl_control(payload):
-                    drops["rx_drasyl_control"] += 1
-                    continue
-                src, dst = unpack(payload, 12)
-                if not ingress_ok(sender, src, dst):
+                if not ingress_ok(sender, *addresses):
                     drops["rx_policy_denied"] += 1
                     continue
                 write(payload)
@@ -280,7 +271,7 @@ class Agent:
         if current is None or current.disabled:  # removed or disabled while we fetched
             return
         member = self.memberships.setdefault(entry.key, Membership())
-        member.config, member.state, member.error, member.warnings = cfg, state, None, cfg.warnings
+        member.config, member.state, member.error = cfg, state, None
         self._report(f"error {entry.key}", [], logging.WARNING)
         self._report(f"warnings {entry.key}", [f"Network {shown}: {w}" for w in cfg.warnings], logging.WARNING)
         self._report(f"member {entry.key}", [] if state is not None else
@@ -443,6 +434,17 @@ class Agent:
         drops.update({k: v for k, v in node.stats().items() if k != "relay_queued"})
         status["drops"] = dict(sorted(drops.items()))
         return status
+
+
+def _addresses(pkt, drops: Counter[str], reasons: tuple[str, str]) -> tuple[int, int] | None:
+    """(src, dst) of an IPv4 packet that is not drasyl's own traffic; None, counted, otherwise."""
+    if not is_ipv4(pkt):
+        drops[reasons[0]] += 1
+        return None
+    if pkt[9] == PROTO_UDP and is_drasyl_control(pkt):
+        drops[reasons[1]] += 1
+        return None
+    return _unpack_addresses(pkt, 12)
 
 
 def _since(now: int, then: int) -> float | None:

@@ -3,8 +3,8 @@
 The device is opened through ``/dev/net/tun`` (``TUNSETIFF`` with ``IFF_TUN | IFF_NO_PI |
 IFF_MULTI_QUEUE`` — multi-queue as in drasyl-rs, also for one queue, because only a
 multi-queue TUN tells netlink how many fds hold it), non-persistent, so the kernel removes it
-when the last fd closes, also when the process is killed. Its MTU is set and the link brought
-up through pyroute2. Each queue owns one preallocated bytearray arena cut into MTU + 1 byte
+when the last fd closes, also when the process is killed. Its MTU and queue length are set
+and the link brought up through pyroute2. Each queue owns one preallocated bytearray arena cut into MTU + 1 byte
 slots; :meth:`TunQueue.read_batch` fills the slots with every packet that is ready (one
 ``readinto`` each: a TUN has no ``recvmmsg``) and returns a count, the lengths going into a
 reused list. Nothing on the read or write path allocates per packet except what the caller
@@ -41,6 +41,10 @@ log = logging.getLogger("drasyl.tun")
 DEFAULT_NAME = "drasyl"
 DEFAULT_MTU = 1345  # 1472-byte drasyl datagrams minus the 127-byte armed long header
 DEFAULT_BATCH = 64
+#: The kernel's queue in front of the TUN, in packets. A TUN starts with 500: a TCP burst
+#: that arrives while the agent encrypts the previous one overflows it (measured in the bench
+#: lab: ~2000 drops, as many TCP retransmits, per 400 MB); 1000, Ethernet's default, had none.
+DEFAULT_TXQUEUELEN = 1000
 MIN_MTU = 68  # the least an IPv4 link may have (RFC 791); the kernel drops IPv4 below it
 
 # linux/if_tun.h
@@ -142,7 +146,7 @@ class TunDevice:
     """
 
     def __init__(self, name: str = DEFAULT_NAME, mtu: int = DEFAULT_MTU, queues: int = 1,
-                 batch: int = DEFAULT_BATCH) -> None:
+                 batch: int = DEFAULT_BATCH, txqueuelen: int = DEFAULT_TXQUEUELEN) -> None:
         if not 0 < len(name.encode()) < IFNAMSIZ or "/" in name or name.strip() != name:
             raise TunError(f"invalid TUN device name {name!r} (1-15 characters, no '/' or spaces)")
         if mtu < MIN_MTU or mtu > 65535:
@@ -168,7 +172,7 @@ class TunDevice:
             with IPRoute() as ipr:
                 self.index = ipr.link_lookup(ifname=name)[0]
                 try:
-                    ipr.link("set", index=self.index, mtu=mtu, state="up")
+                    ipr.link("set", index=self.index, mtu=mtu, txqlen=txqueuelen, state="up")
                 except NetlinkError as exc:
                     raise TunError(f"cannot set MTU {mtu} and bring up {name!r}: {exc.args[-1]}") from None
         except BaseException:
