@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,7 @@ from drasyl.identity import Identity
 SP_UDP_PORT = 22527
 SP_TCP_PORT = 443
 API = "127.0.0.1:22527"  # every agent in its own namespace, so one address for all
+METRICS = "127.0.0.1:9898"  # our super peer's /metrics, inside its namespace
 OVERLAY_NET = "10.99.0.0/24"
 PEER_TABLE_S = 2  # how often super peers print their peer table
 START_S = 20.0  # a Python process up and answering (2 shared cores)
@@ -190,7 +191,6 @@ class SuperPeer:
         self.public_key_hex = public_key_hex
         self.binary = drasyl_rs_sp() if kind == "rs" else None
         self.proc: Process | None = None
-        self.starts = 0
         self._install_counters(agents)
 
     @property
@@ -216,11 +216,10 @@ class SuperPeer:
                                        {**os.environ, **env, "RUST_LOG": "warn", "NO_COLOR": "1"})
         else:
             self.proc = self.lab.start_python(self.ns, "drasyl.superpeer", "drasyl-sp (ours)",
-                                              DRASYL_PROMETHEUS_LISTEN=f"127.0.0.1:{9898}", **env)
+                                              DRASYL_PROMETHEUS_LISTEN=METRICS, **env)
         self.proc.wait_for_line(r"^Super peer listening on:$", START_S)
         self.proc.wait_for_line(re.escape(f"udp://{self.ip}:{SP_UDP_PORT}?publicKey={self.public_key_hex}"),
                                 START_S)
-        self.starts += 1
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -282,7 +281,7 @@ table inet natlab_sp {{
             return None
         text = self.lab.exec(self.ns, sys.executable, "-c",
                              "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
-                             "'http://127.0.0.1:9898/metrics', timeout=5).read().decode())")
+                             f"'http://{METRICS}/metrics', timeout=5).read().decode())")
         return int(sum(float(v) for v in re.findall(r"^drasyl_sp_relayed_bytes\{[^}]*\} (\S+)$", text, re.MULTILINE)))
 
     def peer_table(self) -> str:
@@ -328,7 +327,6 @@ class Agent:
     workdir: Path
     proc: Process | None = None
     started_at: float = 0.0
-    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def pk(self) -> str:
@@ -353,11 +351,11 @@ class Agent:
     def start(self, super_peer_urls: list[str], network_url: str, udp_addrs: list[str] | None = None) -> None:
         """Start ``drasyl-agent run`` (a fresh config.toml) and wait until its API answers."""
         self.write_config(super_peer_urls, network_url)
-        self.env = {"DRASYL_UDP_ADDRS": " ".join(udp_addrs)} if udp_addrs else {}
+        env = {"DRASYL_UDP_ADDRS": " ".join(udp_addrs)} if udp_addrs else {}
         self.started_at = time.monotonic()
         self.proc = self.lab.start(self.ns, [sys.executable, "-m", "drasyl.agent", "run", *self._cli_args(),
                                              "--log-file", "/dev/stdout", "--log-level", "info"],
-                                   f"agent-{self.name}", python_env(**self.env))
+                                   f"agent-{self.name}", python_env(**env))
         self.proc.wait_for_line(r"REST API listening", START_S)
 
     def _cli_args(self) -> list[str]:
