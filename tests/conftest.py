@@ -37,3 +37,15 @@ def ids(derived) -> dict[str, Identity]:
         name: Identity.from_hex(v["secret_key_hex"], v["proof_of_work"])
         for name, v in derived["identities"].items()
     }
+
+
+#: Tables that tests leave for the end of the run (title -> lines), printed after the results
+#: so that a CI log shows them (e.g. test_nat_lab's scenario summary).
+SUMMARIES = pytest.StashKey[dict[str, list[str]]]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    for title, lines in config.stash.get(SUMMARIES, {}).items():
+        terminalreporter.write_sep("=", title)
+        for line in lines:
+            terminalreporter.write_line(line)

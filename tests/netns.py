@@ -2,8 +2,8 @@
 
 :class:`Lab` builds a small fake internet: uniquely named namespaces (``dpt-<random>-<role>``),
 veth pairs created directly inside them (the root namespace is never touched), a hub
-namespace with a bridge for the 198.51.100.0/24 "internet", nftables rulesets per namespace,
-and processes started inside a namespace. :meth:`Lab.close` always kills every process in
+namespace with a bridge for the 198.51.100.0/24 (and 2001:db8::/64) "internet", nftables
+rulesets per namespace, per-namespace ``/etc`` files, and processes started inside a namespace. :meth:`Lab.close` always kills every process in
 its namespaces (``ip netns pids``) and deletes the namespaces, also when a test fails; the
 :func:`lab` fixture does that as a finalizer.
 
@@ -35,6 +35,8 @@ import pytest
 
 PREFIX = "dpt-"
 INTERNET_PREFIX_LEN = 24  # addresses are 198.51.100.x/24
+INTERNET6_PREFIX_LEN = 64  # and 2001:db8::x/64
+ETC_NETNS = Path("/etc/netns")
 REPO = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT = 5.0
 TAIL_LINES = 60
@@ -182,6 +184,15 @@ class Process:
         self.stdout.join(STOP_TIMEOUT)
         self.stderr.join(STOP_TIMEOUT)
 
+    def kill(self) -> None:
+        """SIGKILL (a crash: no clean-up by the process), reap, join the reader threads."""
+        self.close_stdin()
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(STOP_TIMEOUT)
+        self.stdout.join(STOP_TIMEOUT)
+        self.stderr.join(STOP_TIMEOUT)
+
     def describe(self) -> str:
         rc = self.popen.poll()
         state = "running" if rc is None else f"exited with {rc}"
@@ -242,16 +253,27 @@ class Lab:
             self.ip(ns, "link", "set", iface, "up")
         return if1, if2
 
-    def internet(self, ns: str, address: str) -> str:
-        """Attach ``ns`` to the lab's 198.51.100.0/24 bridge with ``address``; its interface."""
+    def internet(self, ns: str, address: str, address6: str | None = None) -> str:
+        """Attach ``ns`` to the lab's 198.51.100.0/24 bridge with ``address`` (and, given
+        ``address6``, 2001:db8::/64 with that one); its interface."""
         if self._hub is None:
             hub = self.namespace("hub")
             self.ip(hub, "link", "add", "br0", "type", "bridge")
             self.ip(hub, "link", "set", "br0", "up")
             self._hub = hub
         iface, port = self.veth(ns, self._hub, f"{address}/{INTERNET_PREFIX_LEN}")
+        if address6:
+            self.ip(ns, "addr", "add", f"{address6}/{INTERNET6_PREFIX_LEN}", "dev", iface, "nodad")
         self.ip(self._hub, "link", "set", port, "master", "br0")
         return iface
+
+    def etc_file(self, ns: str, name: str, text: str) -> Path:
+        """``/etc/netns/<ns>/<name>``: ``ip netns exec`` binds it over ``/etc/<name>``, so a
+        process in ``ns`` that edits e.g. ``/etc/hosts`` never touches the machine's."""
+        path = ETC_NETNS / ns / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
 
     def _iface(self, ns: str) -> str:
         n = self._ifaces.get(ns, 0)
@@ -314,6 +336,7 @@ class Lab:
                     except ProcessLookupError:
                         pass
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+                shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
             except Exception as exc:
                 errors.append(f"{ns}: {exc!r}")
         if errors:

@@ -8,13 +8,13 @@ survives from one test to the next::
     nat1 wan 198.51.100.21, lan 10.1.0.1/24        nat2 wan 198.51.100.22, lan 10.2.0.1/24
     a    10.1.0.2 (default via 10.1.0.1)           b    10.2.0.2 (default via 10.2.0.1)
 
-The NAT routers forward with nftables ``masquerade``: plain (port-preserving, the mapping
-does not depend on the destination: a "cone" NAT whose filter lets in only replies from
-where the host sent to, i.e. port-restricted) or ``random,fully-random`` (a new random port
-per destination: symmetric). "full-cone" adds a port forward of the node's UDP port to the
-host, so the router lets anyone in on that port. Like lab.sh (and home routers) they drop
-unsolicited packets to themselves in an input chain, before conntrack confirms an entry for
-them.
+The NAT routers are :class:`natlab.Router` objects: nftables ``masquerade``, plain
+(port-preserving, the mapping does not depend on the destination: a "cone" NAT whose filter
+lets in only replies from where the host sent to, i.e. port-restricted) or
+``random,fully-random`` (a new random port per destination: symmetric). "full-cone" is a 1:1
+NAT of the router's public address to the host, so the router lets anyone in. Like lab.sh
+(and home routers) they drop unsolicited packets to themselves in an input chain, before
+conntrack confirms an entry for them.
 
 Each node is ``tests/netns_node.py`` (a ``drasyl.Node`` bound to the host's LAN address,
 default timers) driven over stdin/stdout; it tells how each message arrived (short-header
@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from natlab import Router
 from netns import REPO, Lab, Process, python_env, require_lab_tools
 
 from drasyl.identity import Identity
@@ -86,38 +87,8 @@ table inet dpt_count {{
 """
 
 
-def nat_ruleset(kind: str, wan: str, lan: str, host: Host) -> str:
-    """nftables for a NAT router (lab.sh's nat_rules without its port forwards)."""
-    masquerade = {"cone": "masquerade", "full-cone": "masquerade",
-                  "symmetric": "masquerade random,fully-random"}[kind]
-    forward = f'iifname "{wan}" udp dport {host.port} dnat to {host.addr}' if kind == "full-cone" else ""
-    return f"""
-table ip dpt_nat {{
-    chain pre {{
-        type nat hook prerouting priority dstnat; policy accept;
-        {forward}
-    }}
-    chain post {{
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "{wan}" {masquerade}
-    }}
-}}
-table inet dpt_fw {{
-    chain input {{
-        type filter hook input priority filter; policy accept;
-        iifname "{wan}" ct state established,related accept
-        # unsolicited packets to the router itself are dropped before conntrack confirms them
-        iifname "{wan}" counter drop
-    }}
-    chain forward {{
-        type filter hook forward priority filter; policy drop;
-        ct state established,related accept
-        iifname "{lan}" oifname "{wan}" accept
-        iifname "{wan}" oifname "{lan}" ct status dnat accept
-        counter
-    }}
-}}
-"""
+#: The NAT kinds of these tests as :class:`natlab.Router` modes ("full-cone": a 1:1 NAT).
+ROUTER_MODES = {"cone": "cone", "full-cone": "none", "symmetric": "symmetric"}
 
 
 class NatLab:
@@ -137,7 +108,7 @@ class NatLab:
             lan, _ = lab.veth(router, ns, f"{host.gateway}/24", f"{host.addr}/24")
             lab.ip(ns, "route", "add", "default", "via", host.gateway)
             lab.sysctl(router, "net.ipv4.ip_forward", "1")
-            lab.nft(router, nat_ruleset(kind, wan, lan, host))
+            Router(lab, router, wan, lan, host.wan, host.addr).set_mode(ROUTER_MODES[kind])
             self.host_ns[host.name] = ns
         self.sp = lab.start_python(
             self.sp_ns, "drasyl.superpeer", "drasyl-sp",
