@@ -339,12 +339,12 @@ def test_6_conntrack_flush_recovers(net):
 def test_7_failover_to_the_second_super_peer(net):
     """a cone, c symmetric: relayed; the super peer a relays through is killed (SIGKILL).
 
-    By design the node gives a super peer up when its HELLOs have gone unanswered for two
-    intervals (one lost HELLO is not a failure), checked on the 5 s tick: the first
-    unanswered HELLO leaves 0-5 s after the kill, so each agent that used it moves 10-15 s
+    At each 5 s tick a node relays through the fastest super peer that answered its previous
+    HELLO (NodeCore._choose_default): the first HELLO the dead one leaves unanswered goes out
+    0-5 s after the kill and is overdue one tick later, so each agent that used it moves 5-10 s
     after the kill. The limit is the issue's 15 s plus the flow's resolution (one ping
-    interval): this bound has no slack beyond that. When both super peers answer with equal
-    RTTs the default can also change at any tick on its own, so a shorter time is possible."""
+    interval). When both super peers answer with equal RTTs the default can also change at any
+    tick on its own, so a shorter time is possible."""
     sps, (a, c) = start(net, {"a": "cone", "c": "symmetric"}, ("py", "py"), agents="ac")
     row = new_row("7 super peer killed, failover", "py")
     first_ping(net, a, c)

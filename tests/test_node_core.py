@@ -383,22 +383,29 @@ def test_lowest_rtt_super_peer_becomes_the_default_relay(sp_id, sp2_id, a, b):
     assert body == b"2"
 
 
-def test_relaying_moves_to_another_super_peer_when_the_default_stops_answering(sp_id, sp2_id, a, b):
+def test_relaying_moves_to_another_super_peer_one_interval_after_the_default_stops_answering(
+        sp_id, sp2_id, a, b):
     node = make_node(a, [(sp_id, SP_ADDR), (sp2_id, SP2_ADDR)])
     node.handle_timer(T0)
     node.receive_datagram(sp_ack(sp_id, a, sp_stamp(node, sp_id)), A_LOCAL, SP_ADDR, T0 + 10 * MS)  # fast
     node.receive_datagram(sp_ack(sp2_id, a, sp_stamp(node, sp2_id, SP2_ADDR)), A_LOCAL, SP2_ADDR, T0 + 50 * MS)
     for tick in (5, 10):  # from now on only the second super peer answers
         node.handle_timer(T0 + tick * S)
+        node.outbox.clear()
+        node.send(b.public_key, b"at %d s" % tick, T0 + tick * S + S)
+        # tick 5: the first one's HELLO has just left, nothing is unanswered yet;
+        # tick 10: its HELLO of tick 5 got no answer for an interval, the second one answered
+        assert [t[3] for t in node.outbox] == [SP_ADDR if tick == 5 else SP2_ADDR], tick
         node.receive_datagram(sp_ack(sp2_id, a, sp_stamp(node, sp2_id, SP2_ADDR)), A_LOCAL, SP2_ADDR,
                               T0 + tick * S + 50 * MS)
+    node.handle_timer(T0 + 15 * S)
+    node.receive_datagram(sp_ack(sp_id, a, sp_stamp(node, sp_id)), A_LOCAL, SP_ADDR, T0 + 15 * S + 10 * MS)
+    node.receive_datagram(sp_ack(sp2_id, a, sp_stamp(node, sp2_id, SP2_ADDR)), A_LOCAL, SP2_ADDR,
+                          T0 + 15 * S + 50 * MS)
+    node.handle_timer(T0 + 20 * S)  # the first one answers again: the faster one relays again
     node.outbox.clear()
-    node.send(b.public_key, b"still via the first", T0 + 10 * S + S)
-    assert [t[3] for t in node.outbox] == [SP_ADDR]  # one unanswered HELLO is not a failure
-    node.handle_timer(T0 + 15 * S)  # the first one's HELLOs are unanswered for two intervals
-    node.outbox.clear()
-    node.send(b.public_key, b"via the second", T0 + 15 * S + S)
-    assert [t[3] for t in node.outbox] == [SP2_ADDR]
+    node.send(b.public_key, b"back", T0 + 20 * S + S)
+    assert [t[3] for t in node.outbox] == [SP_ADDR]
 
 
 def test_super_peer_without_rtt_samples_is_not_chosen_as_default(sp_id, sp2_id, a, b):

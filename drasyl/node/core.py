@@ -44,7 +44,9 @@ Built to run for months among hostile peers:
 - the TCP connection to a super peer is closed only for what the super peer is to blame
   for (a frame that is not a valid long header for us, a non-APP relayed, a bad ACK/UNITE);
   a relayed APP the sending node spoiled is dropped and counted;
-- a TCP path unanswered for two intervals is closed and reopened, like a failing UDP path.
+- a TCP path unanswered for two intervals is closed and reopened, like a failing UDP path;
+- at each tick a super peer that left its previous HELLO unanswered for an interval stops
+  relaying if another one answered (failover 5–10 s after it dies, not 10–15 s).
 """
 
 from __future__ import annotations
@@ -508,15 +510,30 @@ class NodeCore:
         if self._relay_queue:
             self._flush_relay_queue()
 
-    def _choose_default(self) -> None:
-        """Lowest median RTT wins; super peers without samples are not considered."""
+    def _choose_default(self, now: int | None = None) -> None:
+        """The relaying super peer: lowest median RTT among those with samples.
+
+        At a tick (``now`` given), one whose previous HELLO is still unanswered after a whole
+        interval loses to any that answered: a dead super peer stops relaying one interval
+        after its last answer (5–10 s) instead of after two (10–15 s, when its path counts as
+        failing). A single lost HELLO just moves relaying for one interval.
+        """
         best = None
         for sp in self.super_peers.values():
             m = sp.median()
-            if m is not None and (best is None or m < best[0]):
-                best = (m, sp)
+            if m is None:
+                continue
+            rank = (now is not None and self._silent(sp, now), m)
+            if best is None or rank < best[0]:
+                best = (rank, sp)
         if best is not None:
             self.default = best[1]
+
+    def _silent(self, sp: SuperPeer, now: int) -> bool:
+        """Its relaying path (TCP when up, else its best UDP path) left a HELLO unanswered
+        for at least one interval."""
+        path = sp.tcp_path if sp.tcp == "up" else sp.best_udp
+        return path is None or path.unanswered_for(now) >= self._interval
 
     def _matched_ack(self, path: Path | None, stamp: int, now: int) -> int | None:
         """Monotonic send time of the HELLO an ACK echoes, or None (counted) if it echoes none."""
@@ -710,7 +727,7 @@ class NodeCore:
         self._next_tick = now + self._interval
         for sp in self.super_peers.values():
             self._super_peer_tick(sp, now)
-        self._choose_default()
+        self._choose_default(now)
         for peer in list(self.peers.values()):
             self._node_peer_tick(peer, now)
 
