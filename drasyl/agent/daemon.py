@@ -42,9 +42,9 @@ import logging
 import os
 import signal
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 import aiohttp
@@ -69,10 +69,11 @@ log = logging.getLogger("drasyl.agent")
 
 T = TypeVar("T")
 HOUSEKEEPING_S = 10.0
-#: Variables drasyl-rs reads that have no meaning here (one queue, no worker threads).
+#: Drop reasons of the screening both directions share (not IPv4, drasyl's own traffic).
 TX_REASONS = ("tx_not_ipv4", "tx_drasyl_control")
 RX_REASONS = ("rx_not_ipv4", "rx_drasyl_control")
 _unpack_addresses = ADDRESSES.unpack_from
+#: Variables drasyl-rs reads that have no meaning here (one queue, no worker threads).
 IGNORED_ENV = ("DRASYL_UDP_SOCKETS", "DRASYL_RECV_BUF_CAP", "DRASYL_CHANNEL_CAP", "DRASYL_TUN_THREADS",
                "DRASYL_C2D_THREADS")
 
