@@ -13,8 +13,7 @@ import socket
 from collections.abc import Iterable
 from ipaddress import IPv4Interface
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from .netlink import IPRoute, NetlinkError
 
 
 class DeviceAddresses:

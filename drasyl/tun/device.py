@@ -31,8 +31,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from .netlink import IPRoute, NetlinkError
 
 from ..errors import DrasylError
 

@@ -22,8 +22,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 from typing import NamedTuple
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from .netlink import IPRoute, NetlinkError
 
 METRIC = 4900
 MAIN_TABLE = 254
