@@ -5,6 +5,7 @@ Usage (root; from the repository root)::
     python3 bench/agent_rss.py                    # 100 extra peers, traffic, import costs
     python3 bench/agent_rss.py --peers 0 --seconds 5
     python3 bench/agent_rss.py --env MALLOC_ARENA_MAX=1 --no-imports   # compare a variant
+    python3 bench/agent_rss.py --source           # no bytecode: every module compiled at start
 
 A lab of our own (tests/netns.py, randomly named namespaces): our super peer and agents a and
 b on one bridged "internet" (198.51.100.0/24), identities from the test vectors, one file://
@@ -12,14 +13,19 @@ network config (10.77.0.0/16, everyone may talk to everyone) listing a, b and ``
 more nodes with random keys that never come up (each costs a send handle and table entries).
 Agent a's memory is read with psutil's ``memory_full_info`` after start (the network applied:
 b answers a ping through the TUN), after ``--seconds`` of iperf3 TCP a→b through the TUN, and
-after one more housekeeping tick. Then each import of the agent's start-up, in the order
+after one more housekeeping tick, and which mappings hold it. Then each import of the agent's start-up, in the order
 ``drasyl.agent.daemon`` pulls them, in a fresh interpreter: RSS after it minus before.
+
+The checkout's bytecode is compiled first (``__pycache__`` directories, removed at the end), as
+``pip install`` does: without .pyc files (``PYTHONDONTWRITEBYTECODE``, as on our dev machines) every
+drasyl module is compiled at each start, which leaves ~1.5 MiB more in the heap.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,9 +48,8 @@ SP_IP, A_IP, B_IP = "198.51.100.10", "198.51.100.11", "198.51.100.12"
 OVERLAY = {"a": "10.77.0.1", "b": "10.77.0.2"}
 MIB = 1 << 20
 #: The agent's start-up imports, outermost first: each row is what it adds over the rows above.
-IMPORTS = ("asyncio", "drasyl.identity", "drasyl.node.api", "yarl", "aiohttp", "aiohttp.web", "pyroute2",
-           "drasyl.tun", "tomlkit", "drasyl.agent.config", "drasyl.agent.api", "drasyl.agent.daemon",
-           "drasyl.agent.cli")
+IMPORTS = ("asyncio", "drasyl", "yarl", "aiohttp", "aiohttp.web", "drasyl.tun.netlink", "drasyl.tun", "tomlkit",
+           "drasyl.agent.config", "drasyl.agent.api", "drasyl.agent.daemon", "drasyl.agent.cli")
 _IMPORT_PROBE = """
 import importlib, sys, psutil
 p = psutil.Process()
@@ -82,6 +87,29 @@ def memory(pid: int) -> str:
     return f"RSS {m.rss / MIB:5.1f}  USS {m.uss / MIB:5.1f}  PSS {m.pss / MIB:5.1f} MiB  ({threads} threads)"
 
 
+def mappings(pid: int) -> str:
+    """RSS by kind of mapping: anonymous memory (the heaps: Python objects, malloc) and each
+    group of files (the interpreter, extension modules and the C libraries they link)."""
+    groups: dict[str, int] = {}
+    for m in psutil.Process(pid).memory_maps(grouped=True):
+        path = m.path
+        if not path.startswith("/"):
+            kind = "anonymous"
+        elif "/site-packages/" in path:
+            kind = path.split("/site-packages/")[1].split("/")[0].split(".")[0].lstrip("_")
+        elif "libpython" in path or path.endswith(("/python3", "/python3.11")):
+            kind = "python"
+        elif "/lib-dynload/" in path:
+            kind = "stdlib .so"
+        elif "libssl" in path or "libcrypto" in path:
+            kind = "openssl"
+        else:
+            kind = "other .so"
+        groups[kind] = groups.get(kind, 0) + m.rss
+    top = sorted(groups.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{kind} {rss / MIB:.1f}" for kind, rss in top if rss >= MIB // 10)
+
+
 def run_lab(extra: int, seconds: int, env: dict[str, str]) -> None:
     ids = identities()
     with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +142,8 @@ def run_lab(extra: int, seconds: int, env: dict[str, str]) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("a cannot ping b through the TUN within 30 s\n" + lab.describe())
         pid = agents["a"].pid
-        print(f"agent a, {extra} extra peers, env {env or '-'}")
+        bytecode = "bytecode" if (REPO / "drasyl" / "__pycache__").exists() else "no bytecode"
+        print(f"agent a, {extra} extra peers, {bytecode}, env {env or '-'}")
         print(f"  after start (b answers a ping)    {memory(pid)}")
         server = lab.start(b, ["iperf3", "-s", "-1", "--forceflush"], "iperf3-s")
         server.wait_for_line(r"Server listening", 10)
@@ -124,13 +153,14 @@ def run_lab(extra: int, seconds: int, env: dict[str, str]) -> None:
         print(f"  after {seconds} s iperf3 a→b ({mbits:.0f} Mbit/s)  {memory(pid)}")
         time.sleep(11)  # one more housekeeping tick (10 s): the steady state
         print(f"  one housekeeping tick later       {memory(pid)}")
+        print(f"  by mapping: {mappings(pid)}")
 
 
 def import_costs(env: dict[str, str]) -> None:
     out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *IMPORTS], capture_output=True, text=True,
                          check=True, env=python_env(**env)).stdout.split("\n")
     rss0, uss0 = map(int, out[0].split())
-    print(f"imports in a fresh interpreter (MiB): interpreter RSS {rss0 / MIB:.1f} USS {uss0 / MIB:.1f}")
+    print(f"imports in a fresh interpreter (MiB): interpreter and psutil RSS {rss0 / MIB:.1f} USS {uss0 / MIB:.1f}")
     for line in filter(None, out[1:]):
         name, rss, uss = line.split()
         print(f"  {name:22s} +RSS {(int(rss) - rss0) / MIB:5.1f}  +USS {(int(uss) - uss0) / MIB:5.1f}"
@@ -144,9 +174,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="iperf3 duration (default 10)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="for the agents")
     parser.add_argument("--no-imports", action="store_true", help="skip the per-import costs")
+    parser.add_argument("--source", action="store_true", help="no bytecode for drasyl (compiled at start)")
     parser.add_argument("--no-lab", action="store_true", help="only the per-import costs")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
+    if args.source:
+        measure(args, env)
+        return
+    compiled = [REPO / "drasyl"] + [p.parent for p in (REPO / "drasyl").rglob("*.py")]
+    made = {d / "__pycache__" for d in compiled if not (d / "__pycache__").exists()}
+    try:  # bytecode next to the sources, as after pip install (PYTHONDONTWRITEBYTECODE: none there)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "drasyl")], check=True)
+        measure(args, env)
+    finally:
+        for directory in made:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
     if not args.no_lab:
         run_lab(args.peers, args.seconds, env)
     if not args.no_imports:
