@@ -63,7 +63,6 @@ import logging
 import os
 import secrets
 from collections import Counter
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -105,6 +104,8 @@ class AgentControl(Protocol):
 
 
 def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # here: 10 modules, 0.3 MiB of RSS
+
     try:
         return version("drasyl")
     except PackageNotFoundError:
