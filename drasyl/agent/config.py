@@ -33,12 +33,8 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote, unquote
-
-import tomlkit
-from tomlkit.exceptions import TOMLKitError
-from tomlkit.items import AoT, Array, Comment
 
 from ..errors import ConfigError, IdentityError
 from ..identity import (
@@ -51,6 +47,10 @@ from ..identity import (
 )
 from ..files import write_atomic
 from ..urls import SuperPeerUrl
+
+if TYPE_CHECKING:  # tomlkit is imported where the file is edited: a running agent rarely does (0.75 MiB of RSS)
+    import tomlkit
+    from tomlkit.items import AoT
 
 DEFAULT_SUPER_PEERS = tuple(
     f"udp://{host}.drasyl.org:22527?publicKey={pk}&networkId=1&tcpPort=8443"
@@ -153,6 +153,8 @@ class AgentConfig:
         if on_generate is not None:
             on_generate(path)
         identity = Identity.generate(difficulty, progress)
+        import tomlkit
+
         table = tomlkit.table()
         table["sk"] = identity.secret_key.hex()
         table["pow"] = identity.proof_of_work
@@ -196,6 +198,8 @@ class AgentConfig:
         """Append ``[[network]] config_url = url, disabled = false``; duplicates are refused."""
         url = url.strip()
         key = normalize_url(url)
+        import tomlkit
+        from tomlkit.items import Array
 
         def add(doc: tomlkit.TOMLDocument, current: AgentConfig) -> None:
             if any(n.key == key for n in current.networks):
@@ -216,6 +220,8 @@ class AgentConfig:
         return self._edit(add)
 
     def remove_network(self, url: str) -> AgentConfig:
+        from tomlkit.items import AoT
+
         def remove(doc: tomlkit.TOMLDocument, current: AgentConfig) -> None:
             networks = doc["network"]
             index = _index(current, url)
@@ -390,6 +396,8 @@ def _index(config: AgentConfig, url: str) -> int:
 
 def _keep_trailing_comments(networks: AoT, index: int) -> None:
     """Comments after a removed table's last key are about what follows: keep them there."""
+    from tomlkit.items import Comment
+
     body = networks[index].value.body
     end = len(body)
     while end and body[end - 1][0] is None:
@@ -410,6 +418,9 @@ def _edit(
     path: str, difficulty: int, arm_messages: bool, change: Callable[[tomlkit.TOMLDocument, AgentConfig], None]
 ) -> AgentConfig:
     """Re-read the file, refuse if it is broken, apply ``change``, validate, replace."""
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
     text = _read(path)
     current = _validate(path, _parse(path, text), difficulty, arm_messages, need_identity=False)
     try:
