@@ -48,8 +48,10 @@ SP_IP, A_IP, B_IP = "198.51.100.10", "198.51.100.11", "198.51.100.12"
 OVERLAY = {"a": "10.77.0.1", "b": "10.77.0.2"}
 MIB = 1 << 20
 #: The agent's start-up imports, outermost first: each row is what it adds over the rows above.
-IMPORTS = ("asyncio", "drasyl", "yarl", "aiohttp", "aiohttp.web", "drasyl.tun.netlink", "drasyl.tun", "tomlkit",
-           "drasyl.agent.config", "drasyl.agent.api", "drasyl.agent.daemon", "drasyl.agent.cli")
+#: The last rows load on demand: aiohttp's client with the first http(s) network config,
+#: tomlkit when config.toml is edited.
+IMPORTS = ("asyncio", "drasyl", "drasyl.agent", "aiohttp.web", "drasyl.tun.netlink", "drasyl.tun", "drasyl.agent.config",
+           "drasyl.agent.api", "drasyl.agent.daemon", "drasyl.agent.cli", "aiohttp.client", "tomlkit")
 _IMPORT_PROBE = """
 import importlib, sys, psutil
 p = psutil.Process()

@@ -35,3 +35,38 @@ def test_submodule_without_init_then_init_on_first_other_name(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     # MISSING: not a constant of the source; asking for it ran the real __init__, which lacks it
     assert out.stdout.splitlines() == ["1.2.3 part 1.2.3 False False", "from init True"]
+
+
+AGENT_PROBE = """
+import asyncio, sys
+import drasyl.agent.daemon, drasyl.agent.cli
+from drasyl.agent.fetch import OnDemandSession, fetch_config_text
+print(*(name in sys.modules for name in ("aiohttp.web", "aiohttp.client", "pyroute2.iproute.linux", "pyroute2.ndb")))
+from aiohttp import web
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/net.toml", lambda request: web.Response(text=request.headers["drasyl-pk"]))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    session = OnDemandSession()
+    try:
+        print(await fetch_config_text(f"http://127.0.0.1:{port}/net.toml", "pk-hex", session))
+    finally:
+        await session.close()
+        await runner.cleanup()
+    print("aiohttp.client" in sys.modules)
+
+asyncio.run(main())
+"""
+
+
+def test_agent_loads_aiohttp_client_and_all_of_pyroute2_only_on_demand() -> None:
+    out = subprocess.run([sys.executable, "-c", AGENT_PROBE], capture_output=True, text=True, env=python_env(),
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    # at start: aiohttp.web but not its client, pyroute2's IPRoute but not NDB; the client at the first fetch
+    assert out.stdout.splitlines() == ["True False True False", "pk-hex", "True"]

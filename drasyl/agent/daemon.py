@@ -4,7 +4,7 @@ Start (§7 order, leftovers first): a crashed run's TUN device and hosts-file na
 removed, the :class:`~drasyl.node.Node` starts (``DRASYL_*`` variables parsed strictly), the
 TUN device comes up with ``mtu`` from config.toml, the REST API listens, and housekeeping
 runs at once and then every 10 s: each enabled network's config is fetched (one aiohttp
-session, 5 s timeout), parsed and turned into this node's :class:`LocalState`; the policy
+session, made at the first http(s) fetch; 5 s timeout), parsed and turned into this node's :class:`LocalState`; the policy
 tables, the send handles and the host (addresses, routes, ``ip_forward``, hosts block) follow.
 
 Data path, the product's hot loop: the TUN fd is a reader of the event loop; each wake-up
@@ -47,8 +47,6 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
 from typing import Any, Callable, TypeVar
 
-import aiohttp
-
 from .. import clock
 from ..errors import DrasylError
 from ..net.faults import FaultLog
@@ -61,7 +59,7 @@ from ..tun.packet import ADDRESSES, PROTO_UDP, is_drasyl_control, is_ipv4
 from ..tun.routes import Route
 from .api import AgentError, ApiServer, TokenFile, config_status
 from .config import AgentConfig, NetworkEntry, mask_url
-from .fetch import FetchError, fetch_config_text
+from .fetch import FetchError, OnDemandSession, fetch_config_text
 from .netconfig import NetworkConfig, NetworkConfigError, parse_network_config
 from .policy import LocalState, PolicyTables, desired_state
 
@@ -234,8 +232,8 @@ class Agent:
     # --- housekeeping -----------------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=None)  # fetch_config_text bounds each fetch
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        session = OnDemandSession()
+        try:
             while True:
                 self._wake.clear()
                 try:
@@ -246,15 +244,17 @@ class Agent:
                     await asyncio.wait_for(self._wake.wait(), HOUSEKEEPING_S)
                 except TimeoutError:
                     pass
+        finally:
+            await session.close()
 
-    async def housekeep(self, session: aiohttp.ClientSession) -> None:
+    async def housekeep(self, session: OnDemandSession) -> None:
         """Fetch every enabled network's config (all at once: one slow server delays no other
         network), then bring tables and host to the result."""
         await asyncio.gather(*(self._refresh(entry, session) for entry in self.config.networks
                                if not entry.disabled))
         await self.apply()
 
-    async def _refresh(self, entry: NetworkEntry, session: aiohttp.ClientSession) -> None:
+    async def _refresh(self, entry: NetworkEntry, session: OnDemandSession) -> None:
         shown = mask_url(entry.config_url)
         try:
             text = await fetch_config_text(entry.config_url, self.config.identity.public_key_hex, session)

@@ -6,7 +6,9 @@
 ``Connection: close``; basic auth when the URL has a user name and a password; redirects
 (any 3xx with ``Location``, relative ones resolved) followed up to 5 times, the credentials
 taken from each hop's own URL; non-2xx is an error. The whole fetch, redirects and body
-included, has a 5 s timeout. The body must be UTF-8. Every failure is a :class:`FetchError`
+included, has a 5 s timeout. The agent's one client session is made at the first http(s) fetch
+(:class:`OnDemandSession`): aiohttp's client is 4 MiB of RSS an agent with file:// configs
+does not need. The body must be UTF-8. Every failure is a :class:`FetchError`
 whose message never contains the URL's password (:func:`redact_url`).
 
 Deliberate differences from drasyl-rs: user name and password are percent-decoded before
@@ -22,6 +24,7 @@ import asyncio
 import base64
 import re
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -39,6 +42,23 @@ class FetchError(DrasylError):
     """A network config could not be fetched; the message names the URL without its password."""
 
 
+class OnDemandSession:
+    """An aiohttp client session (no timeout of its own: each fetch is bounded) made at the
+    first request; :meth:`close` closes it if it was made."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self, url: URL, **kwargs: Any) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        return self._session.get(url, **kwargs)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 def redact_url(url: str) -> str:
     """The URL with a password in its user info replaced by ``***`` (for logs, errors, status)."""
     match = _USERINFO.match(url)
@@ -48,7 +68,7 @@ def redact_url(url: str) -> str:
     return f"{match[1]}{user}:***@{url[match.end():]}"
 
 
-async def fetch_config_text(url: str, own_pk_hex: str, session: aiohttp.ClientSession,
+async def fetch_config_text(url: str, own_pk_hex: str, session: aiohttp.ClientSession | OnDemandSession,
                             timeout_s: float = FETCH_TIMEOUT_S) -> str:
     """The text of the network config at ``url`` (file, http or https)."""
     scheme = url.partition("://")[0].lower()
@@ -78,7 +98,7 @@ async def _read_file(url: str) -> bytes:
                          f"{exc.strerror or exc}") from None
 
 
-async def _fetch_http(url: str, own_pk_hex: str, session: aiohttp.ClientSession) -> bytes:
+async def _fetch_http(url: str, own_pk_hex: str, session: aiohttp.ClientSession | OnDemandSession) -> bytes:
     try:
         current = URL(url)
     except ValueError as exc:
