@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,7 @@ from netns import Lab, python_env  # noqa: E402
 
 from drasyl.identity import Identity  # noqa: E402
 
-VECTORS = REPO.parent.parent / "shared" / "vectors" / "derived.json"
+VECTORS = REPO / "tests" / "vectors"  # or $DRASYL_VECTORS, as in tests/conftest.py
 SP_IP, A_IP, B_IP = "198.51.100.10", "198.51.100.11", "198.51.100.12"
 OVERLAY = {"a": "10.77.0.1", "b": "10.77.0.2"}
 MIB = 1 << 20
@@ -66,7 +67,7 @@ for name in sys.argv[1:]:
 
 
 def identities() -> dict[str, Identity]:
-    path = Path(__import__("os").environ.get("DRASYL_VECTORS", VECTORS))
+    path = Path(os.environ.get("DRASYL_VECTORS", VECTORS)) / "derived.json"
     data = json.loads(path.read_text())["identities"]
     return {k: Identity.from_hex(v["secret_key_hex"], v["proof_of_work"]) for k, v in data.items()}
 
