@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 from ..env import env_bool, env_int, log_level
 from ..errors import DrasylError
 from ..identity import DEFAULT_POW_DIFFICULTY
-from ..superpeer.cli import PowProgress
+from ..progress import PowProgress
 from ..urls import format_host_port
 from .api import (
     DEFAULT_LISTEN,
