@@ -1,0 +1,172 @@
+"""Our super peer side by side with drasyl-rs' ``drasyl-sp``: the same load, one run.
+
+Both super peers run as subprocesses on loopback with the same identity (a vector identity,
+no proof of work to compute), so the very same HELLO and APP bytes serve both; they are
+driven by the same code as ``sp_capacity.py`` and ``sp_relay.py``. Every repeat starts a
+fresh pair of processes, and within a repeat every rate step runs against both super peers
+back to back, the order alternating between repeats, so machine noise hits both alike.
+The table shows medians over the repeats and the ratio ours/theirs per row.
+
+Rows: registration (highest offered HELLO/s answered with >= 99 % ACKs, ``--nodes``
+registered nodes), relay (highest offered rate of 1200-byte APPs/s delivered >= 99 %,
+``--pairs`` interleaved pairs), RSS (empty, with the nodes, per 1000 nodes, and after each
+HELLO rate step). After the table: the answered share per step and the load generator's
+CPU share per step, which says whether the generator could have been the bottleneck.
+
+    python3 bench/vs_drasyl_rs.py [--nodes 20000] [--rates 10000,20000,30000,40000,50000]
+        [--relay-rates 30000,50000,70000,90000] [--seconds 4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from simnodes import vector_identity  # noqa: E402
+from sp_capacity import HelloLoad  # noqa: E402
+from sp_relay import PAYLOAD, RelayLoad  # noqa: E402
+from spprocess import DRASYL_RS, OURS, SuperPeerProcess  # noqa: E402
+from udpload import Step  # noqa: E402
+
+IMPLS = (OURS, DRASYL_RS)
+MAX_PEERS = 1 << 16  # drasyl-rs wants a power of two
+MB = 1e6
+MIB = 2**20
+
+
+@dataclass
+class Run:
+    """One super peer's numbers in one repeat."""
+
+    rss_empty: int = 0
+    rss_nodes: int = 0
+    registered: int = 0
+    hello: list[Step] = field(default_factory=list)
+    relay: list[Step] = field(default_factory=list)
+
+
+def best_rate(steps: list[Step]) -> float:
+    """The highest offered rate answered with >= 99 %."""
+    return max((s.rate for s in steps if s.ok), default=0.0)
+
+
+def one_repeat(repeat: int, args, sp_id, hellos: HelloLoad, relay: RelayLoad) -> dict[str, Run]:
+    order = IMPLS if repeat % 2 == 0 else IMPLS[::-1]
+    sps: dict[str, SuperPeerProcess] = {}
+    runs = {k: Run() for k in order}
+    try:
+        for k in order:
+            sps[k] = SuperPeerProcess(sp_id, k, MAX_PEERS)
+            runs[k].rss_empty = sps[k].rss()
+        for k in order:
+            runs[k].registered = hellos.register(sps[k], args.register_rate)[1]
+            runs[k].rss_nodes = sps[k].rss()
+            print(f"  [{repeat + 1}] {k:9}: {runs[k].registered:,} nodes registered, "
+                  f"RSS {runs[k].rss_empty / MIB:.1f} -> {runs[k].rss_nodes / MIB:.1f} MiB", flush=True)
+        for rate in args.rates:
+            for k in order:
+                step = hellos.offer(sps[k], rate, args.seconds)
+                runs[k].hello.append(step)
+                print(f"  [{repeat + 1}] {k:9} {step.line('HELLO/s', 'acked')}", flush=True)
+        for rate in args.relay_rates:
+            for k in order:
+                step = relay.offer(sps[k], rate, args.seconds)
+                runs[k].relay.append(step)
+                print(f"  [{repeat + 1}] {k:9} {step.line('APP/s', 'relayed')}", flush=True)
+    finally:
+        for sp in sps.values():
+            sp.stop()
+    return runs
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}×" if theirs else "–"
+
+
+def report(args, results: list[dict[str, Run]]) -> None:
+    med = statistics.median
+
+    def m(f, k):
+        return med(f(r[k]) for r in results)
+
+    rows: list[tuple[str, float, float, str, str]] = []
+    fmt_rate = "{:,.0f}".format
+    top_h, top_r = max(args.rates), max(args.relay_rates)
+    rows.append((f"registration: HELLO/s answered ≥ 99 % ({args.nodes:,} nodes)",
+                 m(lambda r: best_rate(r.hello), OURS), m(lambda r: best_rate(r.hello), DRASYL_RS), "higher", fmt_rate))
+    rows.append((f"relay: {PAYLOAD}-byte APPs/s delivered ≥ 99 % ({args.pairs} pairs)",
+                 m(lambda r: best_rate(r.relay), OURS), m(lambda r: best_rate(r.relay), DRASYL_RS), "higher", fmt_rate))
+    fmt_mib = "{:.1f} MiB".format
+    rows.append(("RSS, empty", m(lambda r: r.rss_empty, OURS) / MIB, m(lambda r: r.rss_empty, DRASYL_RS) / MIB,
+                 "lower", fmt_mib))
+    rows.append((f"RSS with {args.nodes:,} nodes", m(lambda r: r.rss_nodes, OURS) / MIB,
+                 m(lambda r: r.rss_nodes, DRASYL_RS) / MIB, "lower", fmt_mib))
+    per_k = lambda r: (r.rss_nodes - r.rss_empty) / args.nodes * 1000 / MB  # noqa: E731
+    rows.append(("RSS per 1000 nodes", m(per_k, OURS), m(per_k, DRASYL_RS), "lower", "{:.2f} MB".format))
+    for i, rate in enumerate(args.rates):
+        rows.append((f"RSS after {rate:,.0f} HELLO/s", m(lambda r: r.hello[i].rss, OURS) / MIB,
+                     m(lambda r: r.hello[i].rss, DRASYL_RS) / MIB, "lower", fmt_mib))
+
+    print(f"\n## ours vs drasyl-rs: medians of {len(results)} repeats\n")
+    print("| row | ours | drasyl-rs | ours/theirs | better |")
+    print("|---|---:|---:|---:|---|")
+    for name, ours, theirs, better, fmt in rows:
+        print(f"| {name} | {fmt(ours)} | {fmt(theirs)} | {ratio(ours, theirs)} | {better} |")
+    print(f"\nTop offered rates: {top_h:,.0f} HELLO/s and {top_r:,.0f} APP/s; "
+          "a super peer at the top rate may sustain more.")
+
+    for title, pick, rates in (("HELLO/s", lambda r: r.hello, args.rates), ("APP/s", lambda r: r.relay, args.relay_rates)):
+        print(f"\n| offered {title} | ours answered | drasyl-rs answered | ours CPU | drasyl-rs CPU | generator CPU |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for i, rate in enumerate(rates):
+            ours = [pick(r[OURS])[i] for r in results]
+            theirs = [pick(r[DRASYL_RS])[i] for r in results]
+            gen = max(s.gen_cpu for s in ours + theirs)
+            print(f"| {rate:,.0f} | {med(s.ratio for s in ours):.2%} | {med(s.ratio for s in theirs):.2%} | "
+                  f"{med(s.sp_cpu for s in ours):.0%} | {med(s.sp_cpu for s in theirs):.0%} | ≤ {gen:.0%} |")
+
+    steps = [s for r in results for run in r.values() for s in run.hello + run.relay]
+    gen = max(s.gen_cpu for s in steps)
+    short = max(s.send_shortfall for s in steps)
+    late = max(s.seconds / args.seconds - 1 for s in steps)
+    verdict = "not the bottleneck" if gen < 0.9 and short < 0.01 and late < 0.02 else "POSSIBLY THE BOTTLENECK"
+    print(f"\nLoad generator: at most {gen:.0%} of a core, at most {max(short, 0):.2%} of offered packets not "
+          f"sent, steps at most {max(late, 0):.1%} longer than asked: {verdict}.")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=20_000)
+    ap.add_argument("--rates", default="10000,20000,30000,40000,50000")
+    ap.add_argument("--relay-rates", default="30000,50000,70000,90000")
+    ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--register-rate", type=float, default=3000.0, help="new nodes per second")
+    args = ap.parse_args()
+    args.rates = [float(r) for r in args.rates.split(",")]
+    args.relay_rates = [float(r) for r in args.relay_rates.split(",")]
+
+    print(f"machine: {psutil.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}, "
+          f"{platform.platform()}; load average {', '.join(f'{x:.2f}' for x in psutil.getloadavg())}")
+    print(f"building {args.nodes:,} simulated nodes and {args.pairs} pairs ...", flush=True)
+    sp_id = vector_identity()
+    hellos = HelloLoad(args.nodes, sp_id.public_key)
+    hellos.build()  # session keys, once
+    relay = RelayLoad(args.pairs, sp_id.public_key)
+    results = [one_repeat(i, args, sp_id, hellos, relay) for i in range(args.repeats)]
+    report(args, results)
+    print(f"\nload average at the end: {', '.join(f'{x:.2f}' for x in psutil.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
