@@ -108,12 +108,11 @@ def encode_message(
     random: bytes | None = None,
 ) -> bytes | bytearray:
     """A complete long-header message; armed with ``tx_key`` unless it is ``None``."""
-    header = encode_long_header(message_type, network_id, recipient, sender, proof_of_work, tx_key is not None)
     if tx_key is None:
-        return header + body
+        return encode_long_header(message_type, network_id, recipient, sender, proof_of_work, False) + body
     out = bytearray(LONG_HEADER_LEN + ARM_OVERHEAD + len(body))
-    out[:LONG_HEADER_LEN] = header
-    arm_into(out, LONG_HEADER_LEN, body, tx_key, header[AD_START:], random)
+    _HEADER.pack_into(out, 0, MAGIC, 0, FLAG_ARMED, network_id, recipient, sender, proof_of_work, message_type)
+    arm_into(out, LONG_HEADER_LEN, body, tx_key, AD_START, random)
     return out
 
 
@@ -134,7 +133,7 @@ def encode_short(
         return short_id + payload
     out = bytearray(SHORT_ID_LEN + ARM_OVERHEAD + len(payload))
     out[:SHORT_ID_LEN] = short_id
-    arm_into(out, SHORT_ID_LEN, payload, tx_key, short_id, random)
+    arm_into(out, SHORT_ID_LEN, payload, tx_key, 0, random)
     return out
 
 
@@ -181,6 +180,8 @@ def decode_endpoints(raw: bytes) -> list[Endpoint]:
 
 def _without_port_zero(raw: bytes) -> bytes:
     """Drop endpoints whose port is 0 (drasyl-rs skips them when reading a list)."""
+    if 0 not in raw[::ENDPOINT_LEN] or 0 not in raw[1::ENDPOINT_LEN]:
+        return raw  # the common case, told by two slices instead of a loop per endpoint
     starts = range(0, len(raw), ENDPOINT_LEN)
     if all(raw[i] or raw[i + 1] for i in starts):
         return raw
