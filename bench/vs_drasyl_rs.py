@@ -10,11 +10,11 @@ The table shows medians over the repeats and the ratio ours/theirs per row.
 Rows: registration (highest offered HELLO/s answered with >= 99 % ACKs, ``--nodes``
 registered nodes), relay (highest offered rate of 1200-byte APPs/s delivered >= 99 %,
 ``--pairs`` interleaved pairs), RSS (empty, with the nodes, per 1000 nodes, and after each
-HELLO rate step). After the table: the answered share per step and the load generator's
+HELLO rate step), and the super peer's CPU per answered packet. After the table: the answered share per step and the load generator's
 CPU share per step, which says whether the generator could have been the bottleneck.
 
-    python3 bench/vs_drasyl_rs.py [--nodes 20000] [--rates 10000,20000,30000,40000,50000]
-        [--relay-rates 30000,50000,70000,90000] [--seconds 4] [--repeats 3]
+    python3 bench/vs_drasyl_rs.py [--nodes 20000] [--rates 10000,20000,...,70000]
+        [--relay-rates 30000,45000,60000,75000,90000] [--seconds 4] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -57,6 +57,17 @@ class Run:
 def best_rate(steps: list[Step]) -> float:
     """The highest offered rate answered with >= 99 %."""
     return max((s.rate for s in steps if s.ok), default=0.0)
+
+
+def cpu_us_per_packet(results: list[dict[str, Run]], pick, impl: str) -> float:
+    """Median super peer CPU µs per answered packet, over the steps both passed."""
+    values = []
+    for r in results:
+        for ours, theirs in zip(pick(r[OURS]), pick(r[DRASYL_RS])):
+            if ours.ok and theirs.ok:
+                step = ours if impl == OURS else theirs
+                values.append(step.sp_cpu * step.seconds / step.received * 1e6)
+    return statistics.median(values) if values else float("nan")
 
 
 def one_repeat(repeat: int, args, sp_id, hellos: HelloLoad, relay: RelayLoad) -> dict[str, Run]:
@@ -105,6 +116,10 @@ def report(args, results: list[dict[str, Run]]) -> None:
                  m(lambda r: best_rate(r.hello), OURS), m(lambda r: best_rate(r.hello), DRASYL_RS), "higher", fmt_rate))
     rows.append((f"relay: {PAYLOAD}-byte APPs/s delivered ≥ 99 % ({args.pairs} pairs)",
                  m(lambda r: best_rate(r.relay), OURS), m(lambda r: best_rate(r.relay), DRASYL_RS), "higher", fmt_rate))
+    fmt_us = "{:.1f} µs".format
+    for name, pick in (("HELLO → ACK", lambda r: r.hello), ("relayed APP", lambda r: r.relay)):
+        rows.append((f"super peer CPU per {name} (steps both passed)", cpu_us_per_packet(results, pick, OURS),
+                     cpu_us_per_packet(results, pick, DRASYL_RS), "lower", fmt_us))
     fmt_mib = "{:.1f} MiB".format
     rows.append(("RSS, empty", m(lambda r: r.rss_empty, OURS) / MIB, m(lambda r: r.rss_empty, DRASYL_RS) / MIB,
                  "lower", fmt_mib))
@@ -146,8 +161,8 @@ def report(args, results: list[dict[str, Run]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=20_000)
-    ap.add_argument("--rates", default="10000,20000,30000,40000,50000")
-    ap.add_argument("--relay-rates", default="30000,50000,70000,90000")
+    ap.add_argument("--rates", default="10000,20000,30000,40000,50000,60000,70000")
+    ap.add_argument("--relay-rates", default="30000,45000,60000,75000,90000")
     ap.add_argument("--pairs", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=3)
