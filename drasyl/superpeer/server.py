@@ -167,8 +167,10 @@ class SuperPeerServer:
         self.listeners.append(Listener(name, ListenAddress(listen.host, port), dual_stack))
 
     async def _bind_prometheus(self, listen: ListenAddress) -> None:
+        from ..memory import fix_mmap_threshold
         from .metrics import MAX_LINE, MetricsEndpoint, SuperPeerMetrics
 
+        fix_mmap_threshold()  # scrapes of many peers would otherwise ratchet RSS up
         self.metrics = SuperPeerMetrics(self.core, self.io_drops)
         endpoint = MetricsEndpoint(self.metrics, self.config.prometheus_token)
         with _binding("Prometheus", listen):
