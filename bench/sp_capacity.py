@@ -6,7 +6,9 @@ peer subprocess (ours by default, ``--impl drasyl-rs`` for the reference). Every
 first registered (the first HELLO of a key costs a PoW check and a key derivation), then
 re-registration HELLOs are offered at increasing rates; each rate step reports sent, ACKed,
 the ACK ratio, both processes' CPU and the super peer's RSS. ``vs_drasyl_rs.py`` drives the
-same :class:`HelloLoad` against both implementations.
+same :class:`HelloLoad` against both implementations. ``--scrape`` (ours only) turns the
+Prometheus endpoint on and scrapes /metrics after each step, to watch what scrapes of many
+peers do to RSS.
 
     python3 bench/sp_capacity.py [--nodes 50000] [--rates 5000,10000,15000,20000] [--seconds 5]
 """
@@ -17,13 +19,14 @@ import argparse
 import itertools
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simnodes import cheap_identity, hello_for  # noqa: E402
-from spprocess import DRASYL_RS, OURS, SuperPeerProcess  # noqa: E402
+from spprocess import DRASYL_RS, OURS, SuperPeerProcess, free_udp_port  # noqa: E402
 from udpload import LoadSocket, Meter, SocketGroup, Step, paced  # noqa: E402
 
 from drasyl.identity import Identity  # noqa: E402
@@ -82,12 +85,15 @@ def main() -> None:
     ap.add_argument("--rates", default="5000,10000,15000,20000,30000")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--register-rate", type=float, default=3000.0, help="new nodes per second")
+    ap.add_argument("--scrape", action="store_true", help="metrics on, scrape /metrics after each step (ours)")
     args = ap.parse_args()
 
     print(f"building {args.nodes} simulated nodes ...", file=sys.stderr)
     sp_id: Identity = cheap_identity()
     load = HelloLoad(args.nodes, sp_id.public_key)
-    sp = SuperPeerProcess(sp_id, args.impl)
+    metrics_port = free_udp_port()
+    env = {"DRASYL_PROMETHEUS_LISTEN": f"127.0.0.1:{metrics_port}"} if args.scrape else {}
+    sp = SuperPeerProcess(sp_id, args.impl, extra_env=env)
     try:
         rss0 = sp.rss()
         sent, acked, reg_time = load.register(sp, args.register_rate)
@@ -102,6 +108,9 @@ def main() -> None:
             if step.ok:
                 best = max(best, step.sent / step.seconds)
             print(step.line("HELLO/s", "acked"))
+            if args.scrape:
+                size = len(urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read())
+                print(f"  scraped /metrics ({size / 1e6:.1f} MB of text): RSS {sp.rss() / 2**20:.1f} MiB")
         print(f"RESULT registration capacity: {best:,.0f} HELLO/s with >= 99% ACKs "
               f"(= {best * 5:,.0f} nodes at the 5 s interval)")
     finally:
