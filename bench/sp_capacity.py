@@ -66,7 +66,7 @@ class HelloLoad:
         sent = acked = turn = 0
         n = len(socks)
         dest = sp.address
-        meter = Meter(sp)
+        meter = Meter(sp, seconds)
         for due in paced(rate, seconds):
             for _ in range(due):
                 i = turn % n

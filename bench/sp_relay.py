@@ -61,7 +61,7 @@ class RelayLoad:
         self.relayed.drain()
         apps, dest, n = self.apps, sp.address, len(self.apps)
         sent = received = turn = 0
-        meter = Meter(sp)
+        meter = Meter(sp, seconds)
         for due in paced(rate, seconds):
             for _ in range(due):
                 sock, app = apps[turn % n]

@@ -75,7 +75,8 @@ class Step:
     limits the step."""
 
     rate: float
-    seconds: float  # of sending
+    asked: float  # seconds of sending asked for
+    seconds: float  # seconds of sending it took
     sent: int
     received: int
     sp_cpu: float  # super peer CPU seconds per second of sending
@@ -93,7 +94,7 @@ class Step:
     @property
     def send_shortfall(self) -> float:
         """Share of the offered packets the generator did not get out (kernel buffer full)."""
-        return 1 - self.sent / (self.rate * self.seconds)
+        return 1 - self.sent / (self.rate * self.asked)
 
     def line(self, unit: str, answered: str) -> str:
         return (f"offered {self.rate:>8,.0f} {unit}: sent {self.sent:>8,} {answered} {self.received:>8,} "
@@ -104,8 +105,9 @@ class Step:
 class Meter:
     """CPU of the super peer and of this process while one step sends."""
 
-    def __init__(self, sp) -> None:
+    def __init__(self, sp, seconds: float) -> None:
         self.sp = sp
+        self.asked = seconds
         self.sp0 = sp.cpu_seconds()
         self.gen0 = time.process_time()
         self.t0 = time.perf_counter()
@@ -116,7 +118,7 @@ class Meter:
         self.gen_cpu = (time.process_time() - self.gen0) / self.wall
 
     def step(self, rate: float, sent: int, received: int) -> Step:
-        return Step(rate, self.wall, sent, received, self.sp_cpu, self.gen_cpu, self.sp.rss())
+        return Step(rate, self.asked, self.wall, sent, received, self.sp_cpu, self.gen_cpu, self.sp.rss())
 
 
 def paced(rate: float, seconds: float, tick: float = 0.0005):
