@@ -117,13 +117,26 @@ def arm_into(out: bytearray, offset: int, body: bytes, tx_key: bytes, ad_start: 
 
 def disarm(data: bytes, body_offset: int, ad: bytes, rx_key: bytes) -> bytearray:
     """Open the armed body that starts at ``data[body_offset]`` (no copies of the input)."""
+    return _disarm(data, body_offset, _c(ad), len(ad), rx_key)
+
+
+def disarm_after_header(data: bytes, ad_start: int, body_offset: int, rx_key: bytes) -> bytearray:
+    """:func:`disarm` with the associated data ``data[ad_start : body_offset]``: the header
+    in front of the body, read in place."""
+    return _disarm(data, body_offset, None, ad_start, rx_key)
+
+
+def _disarm(data: bytes, body_offset: int, ad, ad_len: int, rx_key: bytes) -> bytearray:
+    """``ad`` None: the AD is ``data[ad_len : body_offset]`` (``ad_len`` is then its start)."""
     n = len(data) - body_offset - ARM_OVERHEAD
     if n < 0:
         raise DisarmError("armed body shorter than 48 bytes")
     out = bytearray(n)
-    ad = _c(ad)
-    p = _from_buffer(data) + body_offset
-    # key = R (in clear, at p) and nonce = session key: the swap of spec §3.3
-    if _decrypt(_from_buffer(out), p + ARM_OVERHEAD, n, p + RANDOM_LEN, TAG_LEN, ad, len(ad), rx_key, p):
+    p = _from_buffer(data)
+    if ad is None:
+        ad, ad_len = p + ad_len, body_offset - ad_len
+    r = p + body_offset
+    # key = R (in clear, at r) and nonce = session key: the swap of spec §3.3
+    if _decrypt(_from_buffer(out), r + ARM_OVERHEAD, n, r + RANDOM_LEN, TAG_LEN, ad, ad_len, rx_key, r):
         raise DisarmError("armed body failed authentication")
     return out

@@ -17,7 +17,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from .crypto import ARM_OVERHEAD, arm_into, disarm
+from .crypto import ARM_OVERHEAD, arm_into, disarm_after_header
 from .errors import MalformedMessage
 
 MAGIC = 0x1E3F5001  # 22527², bytes 1e 3f 50 01
@@ -57,6 +57,9 @@ _HELLO_SP = struct.Struct(">QQ")
 _HELLO_NODE = struct.Struct(">Q4s")
 _U16 = struct.Struct(">H")
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+#: Builds a NamedTuple from a tuple of its fields in C; ``cls(...)`` goes through a generated
+#: Python ``__new__`` that costs more than the parsing (used on the per-packet paths).
+_tuple_new = tuple.__new__
 
 #: A UDP address as Python's socket module uses it: (host text, port).
 Endpoint = tuple[str, int]
@@ -81,7 +84,7 @@ def parse_long_header(data: bytes) -> LongHeader:
         raise MalformedMessage("bad magic number")
     if mtype > 3:
         raise MalformedMessage(f"unknown message type {mtype}")
-    return LongHeader(hop, bool(flags & FLAG_ARMED), network_id, recipient, sender, pow_, mtype)
+    return _tuple_new(LongHeader, (hop, (flags & FLAG_ARMED) != 0, network_id, recipient, sender, pow_, mtype))
 
 
 def encode_long_header(
@@ -122,7 +125,7 @@ def open_body(data: bytes, header: LongHeader, rx_key: bytes | None) -> bytes:
         return data[LONG_HEADER_LEN:]
     if rx_key is None:
         raise MalformedMessage("armed message but no session key")
-    return disarm(data, LONG_HEADER_LEN, data[AD_START:LONG_HEADER_LEN], rx_key)
+    return disarm_after_header(data, AD_START, LONG_HEADER_LEN, rx_key)
 
 
 def encode_short(
@@ -140,7 +143,7 @@ def encode_short(
 def open_short(data: bytes, rx_key: bytes | None) -> bytes:
     if rx_key is None:
         return data[SHORT_ID_LEN:]
-    return disarm(data, SHORT_ID_LEN, data[:SHORT_ID_LEN], rx_key)
+    return disarm_after_header(data, 0, SHORT_ID_LEN, rx_key)
 
 
 # --- endpoints ---------------------------------------------------------------------------
@@ -214,7 +217,7 @@ class HelloSuperPeer(NamedTuple):
         time, child_time = _HELLO_SP.unpack_from(body)
         if child_time == 0:
             raise MalformedMessage("HELLO child_time is 0")
-        return cls(time, child_time, _without_port_zero(bytes(body[HELLO_SUPER_PEER_MIN:])))
+        return _tuple_new(cls, (time, child_time, _without_port_zero(bytes(body[HELLO_SUPER_PEER_MIN:]))))
 
 
 class HelloNodePeer(NamedTuple):
