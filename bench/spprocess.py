@@ -37,12 +37,15 @@ def free_udp_port() -> int:
 
 def drasyl_rs_binary() -> Path:
     """The drasyl-rs super peer binary: ``$DRASYL_RS_BIN`` (a directory) or ../shared/drasyl-rs/."""
-    dirs = [Path(os.environ["DRASYL_RS_BIN"])] if os.environ.get("DRASYL_RS_BIN") else []
-    dirs += [ROOT.parent / "shared" / "drasyl-rs", ROOT.parents[1] / "shared" / "drasyl-rs"]
+    if os.environ.get("DRASYL_RS_BIN"):
+        dirs = [Path(os.environ["DRASYL_RS_BIN"])]
+    else:
+        dirs = [ROOT.parent / "shared" / "drasyl-rs", ROOT.parents[1] / "shared" / "drasyl-rs"]
     for d in dirs:
         if (d / "drasyl-sp").is_file():
             return d / "drasyl-sp"
-    raise FileNotFoundError("drasyl-rs' drasyl-sp not found: set DRASYL_RS_BIN to the directory that holds it")
+    raise FileNotFoundError(f"drasyl-rs' drasyl-sp not found in {', '.join(map(str, dirs))}: "
+                            "set DRASYL_RS_BIN to the directory that holds it")
 
 
 class SuperPeerProcess:
