@@ -1,4 +1,5 @@
-"""(c) CPU per HELLO and per relayed packet inside the sans-I/O super peer core.
+"""(c) CPU per HELLO and per relayed packet inside the sans-I/O super peer core, and per
+codec call (arming and disarming with AEGIS-256X2).
 
 No sockets: packets are fed to SuperPeerCore.receive directly and the outbox is discarded.
 Prints µs of CPU (process time) per operation, median of several rounds.
@@ -19,8 +20,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simnodes import app_for, cheap_identity, hello_for  # noqa: E402
 
+from drasyl.messages import ACK, APP, LONG_HEADER_LEN, encode_message, open_body, parse_long_header  # noqa: E402
 from drasyl.superpeer.core import SuperPeerConfig, SuperPeerCore  # noqa: E402
 from drasyl.transmit import UDP  # noqa: E402
+
+
+def per_call_us(fn, rounds: int, n: int = 100_000) -> float:
+    """Median over ``rounds`` of the CPU µs per call of ``fn()``."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.process_time()
+        for _ in range(n):
+            fn()
+        times.append((time.process_time() - t0) / n * 1e6)
+    return statistics.median(times)
+
+
+def codec_costs(rounds: int) -> None:
+    """µs per arming (encode_message) and disarming (open_body) of an ACK and a full APP."""
+    a, b = cheap_identity(), cheap_identity()
+    key = bytes(32)
+    for name, mtype, body in (("8-byte ACK body", ACK, bytes(8)), ("1345-byte APP", APP, bytes(1345))):
+        def arm(mtype=mtype, body=body):
+            return encode_message(mtype, 1, b.public_key, a.public_key, a.proof_of_work, body, key)
+        data = bytes(arm())
+        header = parse_long_header(data)
+        assert open_body(data, header, key) == body
+        print(f"{name}: arm (encode_message) {per_call_us(arm, rounds):.2f} µs, "
+              f"disarm (open_body) {per_call_us(lambda: open_body(data, header, key), rounds):.2f} µs "
+              f"({len(data) - LONG_HEADER_LEN} armed bytes)")
 
 
 def main() -> None:
@@ -64,6 +92,7 @@ def main() -> None:
         relay_us.append((time.process_time() - t0) / n * 1e6)
         core.outbox.clear()
 
+    codec_costs(args.rounds)
     print(f"first HELLO per new peer (PoW check + key derivation): {first:.1f} µs")
     print(f"HELLO from a registered peer -> ACK: {statistics.median(hello_us):.2f} µs "
           f"(=> {1e6 / statistics.median(hello_us):,.0f} HELLO/s of core CPU)")

@@ -1,7 +1,10 @@
-"""Start a real ``drasyl-sp`` subprocess on loopback for a benchmark, and read its RSS.
+"""Start a real super peer subprocess on loopback for a benchmark, and read its RSS and CPU.
 
-The super peer runs as its own process (one core), exactly as an operator runs it; the
-load generator in the benchmark process uses the other core.
+Two implementations, configured alike (UDP on 127.0.0.1 only, no TCP, PoW difficulty 0 for
+the simulated nodes, no metrics, no peer table printout): ours (``python -m
+drasyl.superpeer``) and the drasyl-rs ``drasyl-sp`` binary, found in ``$DRASYL_RS_BIN`` or
+``../shared/drasyl-rs/``. The super peer runs as its own process (one core), exactly as an
+operator runs it; the load generator in the benchmark process uses the other core.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import psutil
@@ -20,6 +25,8 @@ import psutil
 from drasyl.identity import Identity
 
 ROOT = Path(__file__).resolve().parents[1]
+OURS = "ours"
+DRASYL_RS = "drasyl-rs"
 
 
 def free_udp_port() -> int:
@@ -28,12 +35,28 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-class SuperPeerProcess:
-    """drasyl-sp on 127.0.0.1 with PoW difficulty 0, no TCP, no metrics, no peer table."""
+def drasyl_rs_binary() -> Path:
+    """The drasyl-rs super peer binary: ``$DRASYL_RS_BIN`` (a directory) or ../shared/drasyl-rs/."""
+    if os.environ.get("DRASYL_RS_BIN"):
+        dirs = [Path(os.environ["DRASYL_RS_BIN"])]
+    else:
+        dirs = [ROOT.parent / "shared" / "drasyl-rs", ROOT.parents[1] / "shared" / "drasyl-rs"]
+    for d in dirs:
+        if (d / "drasyl-sp").is_file():
+            return d / "drasyl-sp"
+    raise FileNotFoundError(f"drasyl-rs' drasyl-sp not found in {', '.join(map(str, dirs))}: "
+                            "set DRASYL_RS_BIN to the directory that holds it")
 
-    def __init__(self, identity: Identity, max_peers: int = 1 << 17, extra_env: dict | None = None) -> None:
+
+class SuperPeerProcess:
+    """A super peer (``kind`` ours or drasyl-rs) on 127.0.0.1 with PoW difficulty 0."""
+
+    def __init__(self, identity: Identity, kind: str = OURS, max_peers: int = 1 << 17,
+                 extra_env: dict | None = None) -> None:
         self.identity = identity
+        self.kind = kind
         self.port = free_udp_port()
+        self.address = ("127.0.0.1", self.port)
         self.dir = tempfile.TemporaryDirectory(prefix="drasyl-bench-")
         ident = os.path.join(self.dir.name, "sp.identity")
         identity.save(ident)
@@ -47,31 +70,41 @@ class SuperPeerProcess:
             "DRASYL_PROMETHEUS_LISTEN": "",
             "DRASYL_PEERS_PRINT_INTERVAL": "0",
             "DRASYL_MIN_POW_DIFFICULTY": "0",
-            "DRASYL_MAX_PEERS": str(max_peers),
-            "PYTHONPATH": str(ROOT),
+            "DRASYL_MAX_PEERS": str(max_peers),  # a power of two for drasyl-rs
         })
+        if kind == OURS:
+            env["PYTHONPATH"] = str(ROOT)
+            cmd = [sys.executable, "-m", "drasyl.superpeer"]
+        else:
+            env.pop("RUST_LOG", None)  # errors only
+            cmd = [str(drasyl_rs_binary())]
         env.update(extra_env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "drasyl.superpeer"], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output: deque[str] = deque(maxlen=50)
         deadline = time.monotonic() + 20
-        seen = []
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 break
-            seen.append(line)
-            if re.search(r"udp://127\.0\.0\.1:\d+\?publicKey=", line):
-                self.address = ("127.0.0.1", self.port)
+            self.output.append(line)
+            if re.search(rf"udp://127\.0\.0\.1:{self.port}\?publicKey=", line):
                 self.url = line.strip()
+                # keep reading, so a chatty super peer never blocks on a full pipe
+                threading.Thread(target=self._drain_output, daemon=True).start()
+                self._ps = psutil.Process(self.proc.pid)
                 return
         self.stop()
-        raise RuntimeError("drasyl-sp did not start:\n" + "".join(seen))
+        raise RuntimeError(f"{kind} super peer did not start:\n" + "".join(self.output))
+
+    def _drain_output(self) -> None:
+        for line in self.proc.stdout:
+            self.output.append(line)
 
     def rss(self) -> int:
-        return psutil.Process(self.proc.pid).memory_info().rss
+        return self._ps.memory_info().rss
 
     def cpu_seconds(self) -> float:
-        t = psutil.Process(self.proc.pid).cpu_times()
+        t = self._ps.cpu_times()
         return t.user + t.system
 
     def stop(self) -> None:
@@ -81,4 +114,5 @@ class SuperPeerProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
         self.dir.cleanup()

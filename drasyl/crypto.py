@@ -7,8 +7,13 @@ what is on the wire; the tag still depends on the secret session key, but this i
 AEGIS is meant to be used, so nothing new should be built on it.
 
 libaegis is called directly through the ``aeg`` package's cffi module: the wrapper
-functions cost ~6 µs per call, the direct call ~1 µs, and this is the data path.
-This module holds no state and does no I/O.
+functions cost ~6 µs per call, the direct call ~1 µs, and this is the data path. Arming
+writes into the caller's packet buffer and reads the associated data (the header already
+written in front of the body) from there too, so a packet costs one buffer and no copies.
+The random ``R`` comes from a pool of ``os.urandom`` bytes refilled every 128 packets (one
+``getrandom`` syscall per packet was a quarter of an ACK's arming cost); a forked child
+drops the pool it inherited, so two processes never send the same ``R``. That pool is the
+module's only state; it does no other I/O.
 """
 
 from __future__ import annotations
@@ -25,10 +30,35 @@ RANDOM_LEN = 32
 TAG_LEN = 16
 ARM_OVERHEAD = RANDOM_LEN + TAG_LEN  # 48
 
+RANDOM_POOL = 128 * RANDOM_LEN
+
 _encrypt = lib.aegis256x2_encrypt_detached
 _decrypt = lib.aegis256x2_decrypt_detached
 _from_buffer = ffi.from_buffer
 _urandom = os.urandom
+
+
+_pool = b""
+_pool_at = 0
+
+
+def _forget_random_pool() -> None:
+    global _pool, _pool_at
+    _pool, _pool_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random_pool)
+
+
+def _random() -> bytes:
+    """32 fresh random bytes (the next unused slice of the pool)."""
+    global _pool, _pool_at
+    at = _pool_at
+    if at >= len(_pool):
+        _pool = _urandom(RANDOM_POOL)
+        at = 0
+    _pool_at = at + RANDOM_LEN
+    return _pool[at : at + RANDOM_LEN]
 
 
 def _c(buf: bytes | bytearray | memoryview) -> bytes | object:
@@ -65,33 +95,48 @@ def session_keys(identity: Identity, peer_public_key: bytes) -> tuple[bytes, byt
 
 def arm(body: bytes, tx_key: bytes, ad: bytes, random: bytes | None = None) -> bytearray:
     """``R ‖ tag ‖ ciphertext`` of ``body``; ``random`` fixes R (test vectors only)."""
-    out = bytearray(ARM_OVERHEAD + len(body))
-    arm_into(out, 0, body, tx_key, ad, random)
+    n = len(ad)
+    out = bytearray(n + ARM_OVERHEAD + len(body))
+    out[:n] = ad
+    arm_into(out, n, body, tx_key, 0, random)
+    del out[:n]
     return out
 
 
-def arm_into(out: bytearray, offset: int, body: bytes, tx_key: bytes, ad: bytes,
+def arm_into(out: bytearray, offset: int, body: bytes, tx_key: bytes, ad_start: int,
              random: bytes | None = None) -> None:
-    """Arm ``body`` into ``out[offset : offset + 48 + len(body)]``, so that a message's
-    header and armed body are written into one buffer without a copy."""
-    r = _urandom(RANDOM_LEN) if random is None else random
-    n = len(body)
-    body, ad = _c(body), _c(ad)
-    out[offset : offset + RANDOM_LEN] = r
-    p = _from_buffer(out) + offset
+    """Arm ``body`` into ``out[offset : offset + 48 + len(body)]`` with the associated data
+    ``out[ad_start : offset]``: a message's header, written in front of its armed body."""
+    out[offset : offset + RANDOM_LEN] = _random() if random is None else random
+    p = _from_buffer(out)
+    r = p + offset
     # key = R and nonce = session key: the swap of spec §3.3
-    _encrypt(p + ARM_OVERHEAD, p + RANDOM_LEN, TAG_LEN, body, n, ad, len(ad), tx_key, r)
+    _encrypt(r + ARM_OVERHEAD, r + RANDOM_LEN, TAG_LEN, _c(body), len(body), p + ad_start, offset - ad_start,
+             tx_key, r)
 
 
 def disarm(data: bytes, body_offset: int, ad: bytes, rx_key: bytes) -> bytearray:
     """Open the armed body that starts at ``data[body_offset]`` (no copies of the input)."""
+    return _disarm(data, body_offset, _c(ad), len(ad), rx_key)
+
+
+def disarm_after_header(data: bytes, ad_start: int, body_offset: int, rx_key: bytes) -> bytearray:
+    """:func:`disarm` with the associated data ``data[ad_start : body_offset]``: the header
+    in front of the body, read in place."""
+    return _disarm(data, body_offset, None, ad_start, rx_key)
+
+
+def _disarm(data: bytes, body_offset: int, ad, ad_len: int, rx_key: bytes) -> bytearray:
+    """``ad`` None: the AD is ``data[ad_len : body_offset]`` (``ad_len`` is then its start)."""
     n = len(data) - body_offset - ARM_OVERHEAD
     if n < 0:
         raise DisarmError("armed body shorter than 48 bytes")
     out = bytearray(n)
-    ad = _c(ad)
-    p = _from_buffer(data) + body_offset
-    # key = R (in clear, at p) and nonce = session key: the swap of spec §3.3
-    if _decrypt(_from_buffer(out), p + ARM_OVERHEAD, n, p + RANDOM_LEN, TAG_LEN, ad, len(ad), rx_key, p):
+    p = _from_buffer(data)
+    if ad is None:
+        ad, ad_len = p + ad_len, body_offset - ad_len
+    r = p + body_offset
+    # key = R (in clear, at r) and nonce = session key: the swap of spec §3.3
+    if _decrypt(_from_buffer(out), r + ARM_OVERHEAD, n, r + RANDOM_LEN, TAG_LEN, ad, ad_len, rx_key, r):
         raise DisarmError("armed body failed authentication")
     return out

@@ -17,7 +17,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from .crypto import ARM_OVERHEAD, arm_into, disarm
+from .crypto import ARM_OVERHEAD, arm_into, disarm_after_header
 from .errors import MalformedMessage
 
 MAGIC = 0x1E3F5001  # 22527², bytes 1e 3f 50 01
@@ -57,6 +57,9 @@ _HELLO_SP = struct.Struct(">QQ")
 _HELLO_NODE = struct.Struct(">Q4s")
 _U16 = struct.Struct(">H")
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+#: Builds a NamedTuple from a tuple of its fields in C; ``cls(...)`` goes through a generated
+#: Python ``__new__`` that costs more than the parsing (used on the per-packet paths).
+_tuple_new = tuple.__new__
 
 #: A UDP address as Python's socket module uses it: (host text, port).
 Endpoint = tuple[str, int]
@@ -81,7 +84,7 @@ def parse_long_header(data: bytes) -> LongHeader:
         raise MalformedMessage("bad magic number")
     if mtype > 3:
         raise MalformedMessage(f"unknown message type {mtype}")
-    return LongHeader(hop, bool(flags & FLAG_ARMED), network_id, recipient, sender, pow_, mtype)
+    return _tuple_new(LongHeader, (hop, (flags & FLAG_ARMED) != 0, network_id, recipient, sender, pow_, mtype))
 
 
 def encode_long_header(
@@ -108,12 +111,11 @@ def encode_message(
     random: bytes | None = None,
 ) -> bytes | bytearray:
     """A complete long-header message; armed with ``tx_key`` unless it is ``None``."""
-    header = encode_long_header(message_type, network_id, recipient, sender, proof_of_work, tx_key is not None)
     if tx_key is None:
-        return header + body
+        return encode_long_header(message_type, network_id, recipient, sender, proof_of_work, False) + body
     out = bytearray(LONG_HEADER_LEN + ARM_OVERHEAD + len(body))
-    out[:LONG_HEADER_LEN] = header
-    arm_into(out, LONG_HEADER_LEN, body, tx_key, header[AD_START:], random)
+    _HEADER.pack_into(out, 0, MAGIC, 0, FLAG_ARMED, network_id, recipient, sender, proof_of_work, message_type)
+    arm_into(out, LONG_HEADER_LEN, body, tx_key, AD_START, random)
     return out
 
 
@@ -123,7 +125,7 @@ def open_body(data: bytes, header: LongHeader, rx_key: bytes | None) -> bytes:
         return data[LONG_HEADER_LEN:]
     if rx_key is None:
         raise MalformedMessage("armed message but no session key")
-    return disarm(data, LONG_HEADER_LEN, data[AD_START:LONG_HEADER_LEN], rx_key)
+    return disarm_after_header(data, AD_START, LONG_HEADER_LEN, rx_key)
 
 
 def encode_short(
@@ -134,14 +136,14 @@ def encode_short(
         return short_id + payload
     out = bytearray(SHORT_ID_LEN + ARM_OVERHEAD + len(payload))
     out[:SHORT_ID_LEN] = short_id
-    arm_into(out, SHORT_ID_LEN, payload, tx_key, short_id, random)
+    arm_into(out, SHORT_ID_LEN, payload, tx_key, 0, random)
     return out
 
 
 def open_short(data: bytes, rx_key: bytes | None) -> bytes:
     if rx_key is None:
         return data[SHORT_ID_LEN:]
-    return disarm(data, SHORT_ID_LEN, data[:SHORT_ID_LEN], rx_key)
+    return disarm_after_header(data, 0, SHORT_ID_LEN, rx_key)
 
 
 # --- endpoints ---------------------------------------------------------------------------
@@ -181,6 +183,8 @@ def decode_endpoints(raw: bytes) -> list[Endpoint]:
 
 def _without_port_zero(raw: bytes) -> bytes:
     """Drop endpoints whose port is 0 (drasyl-rs skips them when reading a list)."""
+    if 0 not in raw[::ENDPOINT_LEN] or 0 not in raw[1::ENDPOINT_LEN]:
+        return raw  # the common case, told by two slices instead of a loop per endpoint
     starts = range(0, len(raw), ENDPOINT_LEN)
     if all(raw[i] or raw[i + 1] for i in starts):
         return raw
@@ -213,7 +217,7 @@ class HelloSuperPeer(NamedTuple):
         time, child_time = _HELLO_SP.unpack_from(body)
         if child_time == 0:
             raise MalformedMessage("HELLO child_time is 0")
-        return cls(time, child_time, _without_port_zero(bytes(body[HELLO_SUPER_PEER_MIN:])))
+        return _tuple_new(cls, (time, child_time, _without_port_zero(bytes(body[HELLO_SUPER_PEER_MIN:]))))
 
 
 class HelloNodePeer(NamedTuple):

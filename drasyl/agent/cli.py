@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 from ..env import env_bool, env_int, log_level
 from ..errors import DrasylError
 from ..identity import DEFAULT_POW_DIFFICULTY
+from ..progress import PowProgress
 from ..urls import format_host_port
 from .api import (
     DEFAULT_LISTEN,
@@ -133,7 +134,7 @@ def load_config(path: str) -> AgentConfig:
     """
     difficulty = env_int("DRASYL_MIN_POW_DIFFICULTY", DEFAULT_POW_DIFFICULTY, 0, 64)
     arm_messages = env_bool("DRASYL_ARM_MESSAGES", True)
-    progress = _Progress()
+    progress = PowProgress(sys.stderr)
     try:
         config = AgentConfig.load_or_create(path, difficulty, progress, _announce_generation, arm_messages)
     finally:
@@ -142,24 +143,6 @@ def load_config(path: str) -> AgentConfig:
         log.warning("%s", warning)
     log.info("I am %s", config.identity.public_key_hex)
     return config
-
-
-class _Progress:
-    """drasyl-sp's progress line, imported on the first proof-of-work step: its module pulls in
-    the whole super peer (prometheus_client, http.server: 34 modules, 0.7 MiB of RSS)."""
-
-    def __init__(self) -> None:
-        self._line: Any = None
-
-    def __call__(self, tried: int, expected: int) -> None:
-        if self._line is None:
-            from ..superpeer.cli import PowProgress
-            self._line = PowProgress(sys.stderr)
-        self._line(tried, expected)
-
-    def finish(self) -> None:
-        if self._line is not None:
-            self._line.finish()
 
 
 def _announce_generation(path: str) -> None:

@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Collection, Sequence, TextIO
@@ -35,6 +34,7 @@ from ..errors import ConfigError, IdentityError
 from ..identity import Identity, load_or_generate, mode_warning
 from ..messages import decode_endpoints
 from ..net.interfaces import local_addresses
+from ..progress import PowProgress
 from ..transmit import proto_name
 from ..urls import format_host_port
 from .config import PREFIX, VARIABLES, DaemonConfig
@@ -45,7 +45,6 @@ log = logging.getLogger("drasyl.superpeer")
 
 PROG = "drasyl-sp"
 PEER_TABLE_MAX_ROWS = 1000
-PROGRESS_INTERVAL_S = 1.0
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 TRACING_LEVEL_NAMES = {"WARNING": "WARN", "CRITICAL": "ERROR"}
 
@@ -148,32 +147,6 @@ def peer_table(peers: Collection[Peer], now: int, max_rows: int = PEER_TABLE_MAX
         lines.append(f"… {len(peers) - max_rows} more")
     lines.append(f"Total Peers: {len(peers)}")
     return "\n".join(lines) + "\n"
-
-
-class PowProgress:
-    """Shows a running proof-of-work search on a stream, at most once per second."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._end = "\r" if stream.isatty() else "\n"
-        self._last = time.monotonic()
-        self._shown = False
-
-    def __call__(self, tried: int, expected: int) -> None:
-        now = time.monotonic()
-        if now - self._last < PROGRESS_INTERVAL_S:
-            return
-        self._last = now
-        self._shown = True
-        self._stream.write(
-            f"Proof of work: {tried:,} of ~{expected:,} expected tries ({100 * tried // expected}%){self._end}"
-        )
-        self._stream.flush()
-
-    def finish(self) -> None:
-        if self._shown and self._end == "\r":
-            self._stream.write("\n")
-            self._stream.flush()
 
 
 def _announce_generation(path: str) -> None:

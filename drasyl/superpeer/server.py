@@ -40,7 +40,7 @@ import socket
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..clock import monotonic_us, wall_offset_us
 from ..errors import DrasylError
@@ -52,7 +52,9 @@ from ..net.udp import UdpSocket, bind_udp, send_transmits
 from ..transmit import TCP, UDP, Address
 from .config import DaemonConfig, ListenAddress
 from .core import SuperPeerCore
-from .metrics import MAX_LINE, MetricsEndpoint, SuperPeerMetrics
+
+if TYPE_CHECKING:  # imported when the endpoint is bound: prometheus_client costs ~4 MB of RSS
+    from .metrics import SuperPeerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,7 @@ class SuperPeerServer:
         #: Drops the I/O layer decides (the core counts protocol drops in ``core.drops``).
         self.drops: Counter[str] = Counter()
         self.listeners: list[Listener] = []
-        self.metrics = SuperPeerMetrics(self.core, self.io_drops)
+        self.metrics: SuperPeerMetrics | None = None  # only with a Prometheus listener
         self._faults = FaultLog(self.drops)
         self._udp: dict[Address, UdpSocket] = {}
         self._connections: dict[Address, TcpClient] = {}
@@ -213,6 +215,11 @@ class SuperPeerServer:
         self.listeners.append(Listener(name, ListenAddress(listen.host, port), dual_stack))
 
     async def _bind_prometheus(self, listen: ListenAddress) -> None:
+        from ..memory import fix_mmap_threshold
+        from .metrics import MAX_LINE, MetricsEndpoint, SuperPeerMetrics
+
+        fix_mmap_threshold()  # scrapes of many peers would otherwise ratchet RSS up
+        self.metrics = SuperPeerMetrics(self.core, self.io_drops)
         endpoint = MetricsEndpoint(self.metrics, self.config.prometheus_token)
         with _binding("Prometheus", listen):
             server = await asyncio.start_server(endpoint.handle, listen.host, listen.port, limit=MAX_LINE)
@@ -333,7 +340,7 @@ class SuperPeerServer:
             if now >= core.next_timer():
                 core.wall_offset = wall_offset_us()
                 core.handle_timer(now)
-                if self.config.prometheus_listen is not None:
+                if self.metrics is not None:
                     self.metrics.observe_tick()
                 self._check_connections()
                 self._send_outbox()
