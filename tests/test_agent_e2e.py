@@ -196,6 +196,8 @@ class Cluster:
             self.link(agent.ns, AGENT_IPS[name], 24)
             self.agents[name] = agent
         self.sp = self.start_super_peer(self.sp_ns, "sp", ids["sp"], sp_cmd)
+        # an agent can be up first, and then its first HELLO is lost and the next is 5 s later
+        self.sp.wait_for_line(r"^Super peer listening on:$", START_S)
 
     def link(self, ns: str, ip: str, prefix: int) -> None:
         """A link from the router to ``ns`` (router at the subnet's first address), default via it."""
