@@ -31,6 +31,7 @@ from ..transmit import Address
 SLOT = 2048  # > drasyl's 1472-byte MTU; a longer datagram comes back with MSG_TRUNC
 MSG_TRUNC = 0x20  # linux/socket.h
 CACHE_LIMIT = 1 << 16  # addresses kept per socket before the cache starts over
+SEND_BATCH = 64  # datagrams per sendmmsg: the syscall is amortised long before 512
 _FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)  # send buffer full
 
 _CDEF = """
@@ -61,6 +62,12 @@ def _load() -> tuple[Any, Any] | None:
 
 
 _LIB = _load()
+if _LIB is not None:  # where the kernel's fields sit, in 32-bit words of an mmsghdr
+    _ffi = _LIB[0]
+    _NULL = _ffi.NULL
+    _MMSG_WORDS = _ffi.sizeof("struct mmsghdr") // 4
+    _MSG_LEN_WORD = _ffi.offsetof("struct mmsghdr", "msg_len") // 4
+    _LEN_TO_FLAGS = _MSG_LEN_WORD - _ffi.offsetof("struct msghdr", "msg_flags") // 4
 
 
 def available() -> bool:
@@ -136,13 +143,12 @@ class Batcher:
         ffi, lib = _LIB
         self._lib = lib
         self._fd = sock.fileno()
-        self.capacity = capacity
         self.addresses = AddressCache(sock.family)
         raw = ffi.new_allocator(should_clear_after_alloc=False)  # pages resident only once used
         namesize = self.addresses.size
         self._namesize = namesize
         self._rx = _Ring(ffi, raw, capacity, namesize)
-        self._tx = _Ring(ffi, raw, capacity, namesize)
+        self._tx = _Ring(ffi, raw, min(capacity, SEND_BATCH), namesize)
 
     def receive(self) -> tuple[list[tuple[bytes, Address]], int]:
         """Datagrams ready now (up to ``capacity``) and how many came truncated (dropped).
@@ -151,7 +157,7 @@ class Batcher:
         empty batch: the datagram that caused it is gone, and the next wake-up reads on.
         """
         rx = self._rx
-        n = self._lib.recvmmsg(self._fd, rx.msgs, self.capacity, 0, _NULL)
+        n = self._lib.recvmmsg(self._fd, rx.msgs, rx.capacity, 0, _NULL)
         if n <= 0:
             return [], 0
         words, data, names = rx.words, rx.data, rx.names
@@ -185,7 +191,7 @@ class Batcher:
         raws = self.addresses.raws
         raw_of = self.addresses.raw_of
         size = self._namesize
-        capacity = self.capacity
+        capacity = tx.capacity
         drops = 0
         count = off = name = 0
         for payload, addr in batch:
@@ -242,6 +248,7 @@ class _Ring:
     """``capacity`` mmsghdrs, each with one iovec into its own SLOT and its own sockaddr."""
 
     def __init__(self, ffi: Any, alloc: Any, capacity: int, namesize: int) -> None:
+        self.capacity = capacity
         self.msgs = alloc("struct mmsghdr[]", capacity)
         self.iovs = alloc("struct iovec[]", capacity)
         self._buf = alloc("char[]", capacity * SLOT)
@@ -263,10 +270,3 @@ class _Ring:
         self.data = ffi.buffer(self._buf)  # slicing gives bytes; slice assignment copies in
         self.names = ffi.buffer(self._names)
 
-
-_NULL = _LIB[0].NULL if _LIB is not None else None
-if _LIB is not None:
-    _ffi = _LIB[0]
-    _MMSG_WORDS = _ffi.sizeof("struct mmsghdr") // 4
-    _MSG_LEN_WORD = _ffi.offsetof("struct mmsghdr", "msg_len") // 4
-    _LEN_TO_FLAGS = _MSG_LEN_WORD - _ffi.offsetof("struct msghdr", "msg_flags") // 4
