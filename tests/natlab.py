@@ -45,8 +45,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-from netns import REPO, Lab, Process, python_env
+import drasyl_rs
+from netns import Lab, Process, python_env
 
 from drasyl.identity import Identity
 
@@ -59,8 +59,6 @@ PEER_TABLE_S = 2  # how often super peers print their peer table
 START_S = 20.0  # a Python process up and answering (2 shared cores)
 POLL_S = 0.2
 MODES = ("cone", "symmetric", "none", "udp-blocked")
-RS_BIN_ENV = "DRASYL_RS_BIN"
-RS_DEFAULT_DIR = REPO.parent / "shared" / "drasyl-rs"
 TCP_CHECK = str(Path(__file__).with_name("tcp_check.py"))
 
 
@@ -78,16 +76,8 @@ def wait_until(what: str, check: Callable[[], object], timeout: float, context: 
 
 
 def drasyl_rs_sp() -> Path:
-    """drasyl-rs' super peer binary (``$DRASYL_RS_BIN`` or ``../shared/drasyl-rs``); skips
-    the test without it, fails under ``CI=true`` so CI cannot pass by skipping."""
-    directory = Path(os.environ.get(RS_BIN_ENV) or RS_DEFAULT_DIR)
-    binary = directory / "drasyl-sp"
-    if not os.access(binary, os.X_OK):
-        reason = f"drasyl-rs super peer not found at {binary} (set {RS_BIN_ENV} to its directory)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true: the interop scenarios must run", pytrace=False)
-        pytest.skip(reason)
-    return binary
+    """drasyl-rs' super peer binary; skips the test without it (fails under ``CI=true``)."""
+    return drasyl_rs.binary_dir() / "drasyl-sp"
 
 
 def _hex_prefix(public_key_hex: str) -> str:

@@ -385,7 +385,7 @@ class NodeCore:
             return header + payload
         out = bytearray(LONG_HEADER_LEN + ARM_OVERHEAD + len(payload))
         out[:LONG_HEADER_LEN] = header
-        arm_into(out, LONG_HEADER_LEN, payload, peer.tx, header[AD_START:])
+        arm_into(out, LONG_HEADER_LEN, payload, peer.tx, AD_START)
         return out
 
     def _relay(self, peer: NodePeer, data: bytes) -> None:
