@@ -15,8 +15,9 @@ scope_id])`` tuples that ``recvfrom`` returns. :class:`AddressCache` maps raw so
 to that tuple and back, bounded (cleared when full), so a busy peer's address is converted
 once, and the tuple the core stores is the very object the next datagram yields.
 
-:func:`batching` is ``None`` when libc lacks the functions (non-Linux, no cffi); then
-:mod:`drasyl.net.udp` keeps its one-syscall-per-datagram path.
+:func:`available` is false where libc lacks the functions (not Linux) or cffi is missing (it
+comes with PyNaCl); then :mod:`drasyl.net.udp` keeps its one-syscall-per-datagram path.
+Measured in bench/README.md ("Batched UDP syscalls"): 0.5–1.2 µs less CPU per packet.
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ class Batcher:
             if n > 0:
                 sent += n
                 continue
-            err = _LIB[0].errno  # type: ignore[index]
+            err = _ffi.errno
             if err == errno.EINTR:
                 continue
             if err in _FULL:
@@ -259,7 +260,7 @@ class _Ring:
             iov.iov_len = SLOT
             hdr = self.msgs[i].msg_hdr
             hdr.msg_name = self._names + i * namesize
-            hdr.msg_namelen = namesize
+            hdr.msg_namelen = namesize  # recvmmsg writes back the same: one family per socket
             hdr.msg_iov = self.iovs + i
             hdr.msg_iovlen = 1
             hdr.msg_control = ffi.NULL
