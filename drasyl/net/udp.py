@@ -9,7 +9,11 @@ dropped and counted (UDP semantics; retransmission is the application's business
 :func:`send_transmits` sends a core's outbox. Runs of datagrams of one size from one socket
 to one destination (a burst of full-size APPs) go out as one UDP GSO ``sendmsg``
 (``UDP_SEGMENT``): the kernel cuts them into the same datagrams, one syscall instead of up to
-64. Where GSO is unavailable a socket falls back to one ``sendto`` per datagram.
+64. Where GSO is unavailable a socket falls back to one ``sendto`` per datagram. The other
+datagrams (a super peer's ACKs and relayed APPs, to many destinations) are collected and sent
+with ``sendmmsg``, and the reader drains the socket with one ``recvmmsg``
+(:mod:`drasyl.net.mmsg`); where those are unavailable, one ``recvfrom``/``sendto`` per datagram.
+A datagram longer than :data:`RECV_SIZE` is dropped and counted in ``recv_truncated``.
 
 A failed GSO send is retried as plain sends. Only when those get through where GSO did not
 is GSO to blame (an old kernel, a device without UDP segmentation); after
@@ -25,8 +29,9 @@ import struct
 from typing import Any, Callable
 
 from ..transmit import UDP, Address, Transmit
+from . import mmsg
 
-RECV_SIZE = 2048  # > drasyl's 1472-byte MTU, so oversize datagrams are seen, not cut
+RECV_SIZE = mmsg.SLOT  # > drasyl's 1472-byte MTU; longer datagrams are dropped and counted
 SOCKET_BUFFER = 4 * 1024 * 1024
 
 UDP_SEGMENT = 103  # linux/udp.h: GSO segment size for one sendmsg
@@ -70,6 +75,8 @@ class UdpSocket:
         self.sock = sock
         self.local: Address = sock.getsockname()[:2]  # (host, port) for IPv4 and IPv6 alike
         self.send_drops = 0
+        self.recv_truncated = 0  # datagrams longer than RECV_SIZE, dropped
+        self.batcher = mmsg.Batcher(sock, batch) if mmsg.available() else None
         self.gso = hasattr(socket, "SOL_UDP")  # cleared after GSO_STRIKES GSO-only failures
         self._gso_strikes = 0
         self._on_batch = on_batch
@@ -78,20 +85,32 @@ class UdpSocket:
         self._loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
+        if self.batcher is not None:
+            packets, truncated = self.batcher.receive()
+            self.recv_truncated += truncated
+        else:
+            packets = self._receive_plain()
+        if packets:
+            self._on_batch(self, packets)
+
+    def _receive_plain(self) -> list[tuple[bytes, Address]]:
         recvfrom = self.sock.recvfrom
         packets: list[tuple[bytes, Address]] = []
         append = packets.append
         try:
             for _ in range(self._batch):
-                append(recvfrom(RECV_SIZE))
+                packet = recvfrom(RECV_SIZE + 1)
+                if len(packet[0]) > RECV_SIZE:
+                    self.recv_truncated += 1
+                else:
+                    append(packet)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
             # ICMP errors (e.g. port unreachable) surface here on Linux; the datagram that
             # caused them is already gone, and nothing is lost by continuing.
             pass
-        if packets:
-            self._on_batch(self, packets)
+        return packets
 
     def send(self, data: bytes | bytearray, addr: Address) -> bool:
         try:
@@ -100,6 +119,14 @@ class UdpSocket:
         except OSError:  # full buffer, unreachable network, address family mismatch
             self.send_drops += 1
             return False
+
+    def send_batch(self, batch: list[tuple[bytes | bytearray, Address]]) -> None:
+        """Datagrams to any destinations, in order: ``sendmmsg`` where available."""
+        if self.batcher is None:
+            for data, addr in batch:
+                self.send(data, addr)
+        else:
+            self.send_drops += self.batcher.send(batch, self.send)
 
     def send_segments(self, datagrams: list[bytes | bytearray], size: int, addr: Address) -> None:
         """Datagrams of equal ``size`` (the last may be shorter) with one GSO sendmsg."""
@@ -138,10 +165,14 @@ def send_transmits(
 ) -> int:
     """Send a core's outbox: UDP via the socket bound to ``local``, TCP via ``send_tcp``.
 
-    Consecutive equal-size datagrams for one (socket, destination) are sent as GSO batches.
+    Consecutive equal-size datagrams for one (socket, destination) are sent as GSO batches,
+    the others collected per socket for :meth:`UdpSocket.send_batch` (order kept: a batch is
+    sent before the next GSO run or another socket's datagram).
     Returns the number of UDP datagrams whose socket no longer exists.
     """
     gone = 0
+    batch: list[tuple[bytes | bytearray, Address]] = []
+    batch_sock: UdpSocket | None = None
     i = 0
     n = len(out)
     while i < n:
@@ -165,8 +196,18 @@ def send_transmits(
         if sock is None:
             gone += j - i
         elif j - i == 1:
-            sock.send(data, remote)
+            if sock is not batch_sock:
+                if batch:
+                    batch_sock.send_batch(batch)  # type: ignore[union-attr]
+                    batch = []
+                batch_sock = sock
+            batch.append((data, remote))
         else:
+            if batch:
+                batch_sock.send_batch(batch)  # type: ignore[union-attr]
+                batch = []
             sock.send_segments([t[0] for t in out[i:j]], size, remote)
         i = j
+    if batch:
+        batch_sock.send_batch(batch)  # type: ignore[union-attr]
     return gone

@@ -274,9 +274,10 @@ class Node:
         return self._core.drops["inbox_full"]
 
     def stats(self) -> dict[str, int]:
-        """Dropped packets by reason (core, receive queue, TCP backlog, UDP send) and queued APPs."""
+        """Dropped packets by reason (core, receive queue, TCP backlog, UDP send, oversize UDP) and queued APPs."""
         stats = dict(self._core.drops)
         stats["udp_send_failed"] = sum(s.send_drops for s in self._sockets.values())
+        stats["udp_oversize"] = sum(s.recv_truncated for s in self._sockets.values())
         stats["relay_queued"] = self._core.queued
         return stats
 

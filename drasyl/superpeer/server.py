@@ -188,6 +188,7 @@ class SuperPeerServer:
     def io_drops(self) -> Counter[str]:
         drops = Counter(self.drops)
         drops["udp_send_failed"] += sum(sock.send_drops for sock in self._udp.values())
+        drops["udp_oversize"] += sum(sock.recv_truncated for sock in self._udp.values())
         return drops
 
     # --- binding ---------------------------------------------------------------------------
