@@ -6,13 +6,15 @@
 #
 # Our super peer (python -m drasyl.superpeer) runs on dl-sp 198.51.100.10:22527 (TCP 8443), the
 # agents (python -m drasyl.agent run) on dl-a and dl-b with identities from the test vectors
-# (../shared/vectors, or $DRASYL_VECTORS) and one network config (file://, 10.77.5.0/24, every
+# (tests/vectors, or $DRASYL_VECTORS) and one network config (file://, 10.77.5.0/24, every
 # node may talk to every node). The agents bring up the TUN device "drasyl" and its address
 # themselves. They write their names into /etc/netns/dl-{a,b}/hosts (created here; `ip netns
-# exec` mounts it over /etc/hosts), never into the machine's /etc/hosts.
+# exec` mounts it over /etc/hosts), never into the machine's /etc/hosts. peers.sh has no
+# cleanup hook, so those two files stay (without drasyl lines: the agents remove theirs on
+# SIGTERM); `rm -r /etc/netns/dl-a /etc/netns/dl-b` after the run removes them.
 
 DRASYL_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-DRASYL_VECTORS=${DRASYL_VECTORS:-$DRASYL_REPO/../shared/vectors}
+DRASYL_VECTORS=${DRASYL_VECTORS:-$DRASYL_REPO/tests/vectors}
 
 drasyl_prepare() {
 	OVL_A=10.77.5.2 OVL_B=10.77.5.3

@@ -18,7 +18,7 @@ Two measurements, both with our super peer (scenario 1 of tests/test_nat_lab.py)
 
     python3 bench/time_to_direct.py [--runs 5] [--no-peers] [--keep-logs DIR]
 
-``DL_BENCH_DIR`` (default ``../shared/bench``) and ``DRASYL_VECTORS`` (``../shared/vectors``)
+``DL_BENCH_DIR`` (default ``../shared/bench``) and ``DRASYL_VECTORS`` (``tests/vectors``)
 say where those are. Needs root, nftables, ping; nebula (``apt-get install nebula``) for the comparison.
 """
 
@@ -44,7 +44,7 @@ from netns import Lab  # noqa: E402
 from drasyl.identity import Identity  # noqa: E402
 
 BENCH_DIR = Path(os.environ.get("DL_BENCH_DIR", REPO.parent / "shared" / "bench"))
-VECTORS = Path(os.environ.get("DRASYL_VECTORS", REPO.parent / "shared" / "vectors"))
+VECTORS = Path(os.environ.get("DRASYL_VECTORS", REPO / "tests" / "vectors"))
 TIMEOUT_S = 30.0
 
 
