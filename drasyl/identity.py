@@ -212,11 +212,12 @@ def load_or_generate(
     return identity
 
 
-def mode_warning(path: str | os.PathLike[str]) -> str | None:
-    """A one-line warning if group or others may access the identity file, else None.
+def mode_warning(path: str | os.PathLike[str], what: str = "identity file") -> str | None:
+    """A one-line warning if group or others may access the file holding the secret key
+    (drasyl-sp's identity file, the agent's config.toml), else None.
 
-    The file holds the secret key; drasyl-rs and :meth:`Identity.save` write it with mode
-    0600. Daemons print this at start instead of refusing to run.
+    drasyl-rs and :meth:`Identity.save` write it with mode 0600. Daemons print this at start
+    instead of refusing to run.
     """
     path = os.fspath(path)
     try:
@@ -225,5 +226,5 @@ def mode_warning(path: str | os.PathLike[str]) -> str | None:
         return None
     if not mode & 0o077:
         return None
-    return (f"identity file '{path}' is accessible by group or others (mode {mode:04o}); "
+    return (f"{what} '{path}' is accessible by group or others (mode {mode:04o}); "
             f"it holds the secret key: chmod 600 '{path}'")

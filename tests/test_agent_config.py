@@ -422,3 +422,19 @@ def test_reload_reports_what_changed(tmp_path, ident):
     assert [(n.config_url, n.disabled) for n in changes.changed] == [("file:///etc/drasyl/lab.toml", False)]
     assert changes.restart_needed == ("mtu",)
     assert new.mtu == 1280
+
+
+@pytest.mark.parametrize("mode, warned", [(0o600, False), (0o640, True), (0o604, True)])
+def test_run_warns_about_a_config_file_others_can_read(tmp_path, ident, monkeypatch, caplog, mode, warned):
+    from drasyl.agent.cli import load_config
+
+    path = write(tmp_path, identity_table(ident))
+    path.chmod(mode)
+    monkeypatch.setenv("DRASYL_MIN_POW_DIFFICULTY", str(LOW))
+    with caplog.at_level("WARNING", logger="drasyl"):
+        config = load_config(str(path))
+    assert config.identity.public_key == ident.public_key
+    expected = (f"config file '{path}' is accessible by group or others (mode {mode:04o}); "
+                f"it holds the secret key: chmod 600 '{path}'")
+    assert (expected in caplog.messages) is warned, caplog.messages
+    assert stat.S_IMODE(path.stat().st_mode) == mode  # reported, never changed behind the user's back

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from ..env import env_bool, env_int, log_level
 from ..errors import DrasylError
-from ..identity import DEFAULT_POW_DIFFICULTY
+from ..identity import DEFAULT_POW_DIFFICULTY, mode_warning
 from ..progress import PowProgress
 from ..urls import format_host_port
 from .api import (
@@ -141,6 +141,9 @@ def load_config(path: str) -> AgentConfig:
         progress.finish()
     for warning in config.warnings:
         log.warning("%s", warning)
+    exposed = mode_warning(path, "config file")
+    if exposed is not None:
+        log.warning("%s", exposed)
     log.info("I am %s", config.identity.public_key_hex)
     return config
 
