@@ -1229,13 +1229,13 @@ def test_a_held_peer_outlives_idle_expiry_until_released(sp_id, a, b):
     assert b.public_key not in node.peers
 
 
-def test_peer_list_counts_payload_bytes_both_ways_and_idle_time(net, a, b):
+def test_peer_list_counts_payload_bytes_both_ways_and_time_since_the_last_app(net, a, b):
     node_a, node_b = two_nodes(net, a, b)
     net.send(node_a, b.public_key, b"12345")
     net.send(node_b, a.public_key, b"123")
     [row] = [r for r in node_a.peer_list(net.now + 2 * S) if r.role == "node"]
     assert (row.bytes_out, row.bytes_in) == (5, 3)
-    assert row.idle_s == pytest.approx(2, abs=0.01)
+    assert row.last_rx_s == pytest.approx(2, abs=0.01)
 
 
 def test_set_super_peers_keeps_unchanged_ones_and_drops_removed_ones(sp_id, sp2_id, a, b):

@@ -47,7 +47,6 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
 from typing import Any, Callable, TypeVar
 
-from .. import clock
 from ..errors import DrasylError
 from ..net.faults import FaultLog
 from ..node.api import Node, node_config_from_env, udp_from_env
@@ -397,7 +396,6 @@ class Agent:
     def status(self) -> dict[str, Any]:
         status = config_status(self.config)
         node = self.node
-        now = clock.monotonic_us()
         rows = node.peers()
         sp_rows = {r.public_key.hex(): r for r in rows if r.role == "super_peer"}
         default = node.core.default.public_key.hex()
@@ -422,13 +420,12 @@ class Agent:
                 net["state"] = "error"
         names = {n.pk: n for m in self.memberships.values() if m.state is not None and m.config is not None
                  for n in m.config.nodes}
-        peers = node.core.peers
         status["peers"] = sorted(
             ({"public_key": r.public_key.hex(),
               "hostname": names[r.public_key].hostname if r.public_key in names else None,
               "ip": str(names[r.public_key].ip) if r.public_key in names else None,
               "path": r.path, "rtt_ms": r.rtt_ms,
-              "last_rx_s": _since(now, peers[r.public_key].app_rx) if r.public_key in peers else None,
+              "last_rx_s": r.last_rx_s,
               "rx_bytes": r.bytes_in, "tx_bytes": r.bytes_out}
              for r in rows if r.role == "node"),
             key=lambda p: (p["hostname"] is None, p["hostname"] or "", p["public_key"]))
@@ -448,9 +445,3 @@ def _addresses(pkt, drops: Counter[str], reasons: tuple[str, str]) -> tuple[int,
         drops[reasons[1]] += 1
         return None
     return _unpack_addresses(pkt, 12)
-
-
-def _since(now: int, then: int) -> float | None:
-    return round((now - then) / 1e6, 3) if then else None
-
-

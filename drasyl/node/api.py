@@ -236,7 +236,7 @@ class Node:
         return [q.popleft() for _ in range(n)]
 
     def peers(self) -> list[PeerInfo]:
-        """Super peers and node peers: path (direct/relayed/tcp, udp/tcp), RTT, bytes, idle time."""
+        """Super peers and node peers: path (direct/relayed/tcp, udp/tcp), RTT, bytes, time since the last APP received."""
         return self._core.peer_list(self._now())
 
     # --- data path seam (the agent's TUN loop) --------------------------------------------

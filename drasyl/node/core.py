@@ -785,7 +785,8 @@ class NodeCore:
         return len(self._relay_queue)
 
     def peer_list(self, now: int | None = None) -> list[PeerInfo]:
-        """Super peers, then node peers; ``now`` (monotonic µs) adds each peer's idle time."""
+        """Super peers, then node peers; ``now`` (monotonic µs) adds the time since each node
+        peer's last APP."""
         rows: list[PeerInfo] = []
         for sp in self.super_peers.values():
             if sp.tcp == "up":
@@ -799,9 +800,8 @@ class NodeCore:
         for peer in self.peers.values():
             best = peer.best
             rtt = best.median / 1000 if best is not None and best.median is not None else None
-            last = max(peer.app_tx, peer.app_rx)
-            idle = (now - last) / 1e6 if now is not None and last else None
+            last_rx = round((now - peer.app_rx) / 1e6, 3) if now is not None and peer.app_rx else None
             rows.append(PeerInfo(peer.public_key, "node", peer.route, rtt,
                                  best.remote if best is not None else None,
-                                 peer.bytes_in, peer.bytes_out, idle))
+                                 peer.bytes_in, peer.bytes_out, last_rx))
         return rows

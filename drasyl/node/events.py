@@ -49,4 +49,4 @@ class PeerInfo:
     remote: tuple | None
     bytes_in: int = 0  # APP payload bytes (node peers)
     bytes_out: int = 0
-    idle_s: float | None = None  # since the last APP either way; None: never
+    last_rx_s: float | None = None  # since the last APP from it; None: never (or no ``now``)

@@ -27,7 +27,7 @@ import signal
 import sys
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
-from typing import Collection, Sequence, TextIO
+from typing import Collection, Sequence
 
 from ..clock import monotonic_us
 from ..errors import ConfigError, IdentityError
