@@ -12,12 +12,13 @@ import os
 import tempfile
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, *, exclusive: bool = False, mode: int = 0o600) -> str:
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, exclusive: bool = False, mode: int = 0o600,
+                 private: bool = False) -> str:
     """Put ``data`` at ``path`` atomically; returns the path of the file written.
 
     ``exclusive``: never replace an existing file (``FileExistsError``, nothing changed).
     A replaced file keeps its mode and owner; a new one gets ``mode`` (not narrowed by the
-    umask). A symlink is followed: its target is replaced and the link stays. Other failures
+    umask). ``private``: the result is never group/other-accessible (a secret goes in). A symlink is followed: its target is replaced and the link stays. Other failures
     raise ``OSError``; the temporary file is always removed.
     """
     target = os.path.realpath(path)
@@ -26,7 +27,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, exclusive: bool =
     try:
         try:
             st = None if exclusive else _stat(target)
-            os.fchmod(fd, mode if st is None else st.st_mode & 0o7777)
+            os.fchmod(fd, (mode if st is None else st.st_mode & 0o7777) & (0o7700 if private else 0o7777))
             if st is not None and os.geteuid() == 0:
                 os.fchown(fd, st.st_uid, st.st_gid)
             view = memoryview(data)

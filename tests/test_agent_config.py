@@ -125,8 +125,10 @@ def test_example_config_loads_and_gets_its_own_identity(tmp_path):
     shutil.copy(REPO / "config.example.toml", path)
     with pytest.raises(AgentConfigError, match="identity: missing"):
         load(path)
+    path.chmod(0o644)  # as cp leaves it: the secret key must not stay world-readable
     cfg = AgentConfig.load_or_create(path, difficulty=LOW)
-    assert cfg.warnings == ()
+    assert cfg.warnings == (f"{path}: was readable by group or others; now mode 0600, as it holds the secret key",)
+    assert path.stat().st_mode & 0o777 == 0o600
     assert path.read_text().startswith((REPO / "config.example.toml").read_text())
     assert cfg.mtu == 1345
     assert len(cfg.super_peers) >= 1 and len(cfg.networks) >= 2
@@ -325,7 +327,26 @@ def test_provisioned_file_without_identity_gets_one_and_keeps_the_rest(tmp_path)
     assert new.startswith(text)
     assert cfg.identity.secret_key.hex() in new
     assert [n.config_url for n in cfg.networks] == ["https://a.example/n.toml"]
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # the group may read the provisioned file, not the key
+    assert any("now mode 0600" in w for w in cfg.warnings), cfg.warnings
+
+
+def test_consent_keys_parse_and_are_checked(tmp_path, ident):
+    head = identity_table(ident) + '[[network]]\nconfig_url = "https://a.example/n.toml"\n'
+    path = write(tmp_path, head + 'accept_routes = true\nexit_node = "Gateway-1"\n'
+                                  'serve_routes = ["192.168.50.0/24", "10.9.0.0/16"]\n')
+    config = load(path)
+    (entry,) = config.networks
+    assert entry.consent.accept_routes is True
+    assert entry.consent.exit_node == "gateway-1"
+    assert [str(n) for n in entry.consent.serve_routes] == ["192.168.50.0/24", "10.9.0.0/16"]
+    assert config.warnings == ()
+    for bad, message in (('serve_routes = ["192.168.50.1/24"]', r"serve_routes\[0\]: not an IPv4 prefix"),
+                         ('exit_node = "a b"', "exit_node: 'a b' is neither"),
+                         ('accept_routes = "yes"', "accept_routes: expected a boolean")):
+        path.write_text(head + bad + "\n")
+        with pytest.raises(AgentConfigError, match=message):
+            load(path)
 
 
 # --- editing ----------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote, unquote
 
@@ -79,6 +80,19 @@ class AgentConfigError(ConfigError):
 
 
 @dataclass(frozen=True)
+class Consent:
+    """What the local user allows one network to change beyond its overlay (never the network
+    config's to decide): see :mod:`drasyl.agent.consent` for how it is applied."""
+
+    #: Install routes that override a route the host already has (a LAN's, another VPN's).
+    accept_routes: bool = False
+    #: Public key (hex) or hostname of the member whose default or split-default route is accepted.
+    exit_node: str | None = None
+    #: Prefixes this host forwards to from the overlay when the network names it a gateway.
+    serve_routes: tuple[IPv4Network, ...] = ()
+
+
+@dataclass(frozen=True)
 class NetworkEntry:
     """One ``[[network]]``: ``config_url`` as written, ``key`` its normalised form."""
 
@@ -86,6 +100,7 @@ class NetworkEntry:
     key: str
     disabled: bool = False
     name: str | None = None
+    consent: Consent = Consent()
 
 
 @dataclass(frozen=True)
@@ -165,7 +180,12 @@ class AgentConfig:
             doc["identity"] = table
             _write(path, tomlkit.dumps(doc), create=True)
             return cls.load(path, difficulty, arm_messages)
-        return _edit(path, difficulty, arm_messages, lambda doc, _: doc.add("identity", table))
+        exposed = os.stat(path).st_mode & 0o077
+        config = _edit(path, difficulty, arm_messages, lambda doc, _: doc.add("identity", table), private=True)
+        if not exposed:
+            return config
+        note = f"{path}: was readable by group or others; now mode {os.stat(path).st_mode & 0o777:04o}, as it holds the secret key"
+        return replace(config, warnings=config.warnings + (note,))
 
     def reload(self) -> tuple[AgentConfig, ConfigChanges]:
         """Read the file again (SIGHUP) and say what changed; errors leave ``self`` valid."""
@@ -359,7 +379,7 @@ def _networks(value: Any, fail, warnings: list[str], path: str) -> tuple[Network
         where = f"network[{i}]"
         table = _typed(table, dict, where, fail)
         warnings += [f"{path}: {where}.{k}: unknown key ignored" for k in table
-                     if k not in ("config_url", "disabled", "name")]
+                     if k not in ("config_url", "disabled", "name", *CONSENT_KEYS)]
         if "config_url" not in table:
             raise fail(f"{where}.config_url", "missing")
         url = _typed(table["config_url"], str, f"{where}.config_url", fail)
@@ -374,8 +394,31 @@ def _networks(value: Any, fail, warnings: list[str], path: str) -> tuple[Network
         name = table.get("name")
         if name is not None:
             name = _typed(name, str, f"{where}.name", fail)
-        entries.append(NetworkEntry(url.strip(), key, disabled, name))
+        entries.append(NetworkEntry(url.strip(), key, disabled, name, _consent(table, where, fail)))
     return tuple(entries)
+
+
+CONSENT_KEYS = ("accept_routes", "exit_node", "serve_routes")
+_EXIT_NODE = re.compile(r"[0-9a-fA-F]{64}|[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _consent(table: dict[str, Any], where: str, fail) -> Consent:
+    accept = _typed(table.get("accept_routes", False), bool, f"{where}.accept_routes", fail)
+    exit_node = table.get("exit_node")
+    if exit_node is not None:
+        exit_node = _typed(exit_node, str, f"{where}.exit_node", fail)
+        if not _EXIT_NODE.fullmatch(exit_node):
+            raise fail(f"{where}.exit_node", f"{exit_node[:80]!r} is neither a public key (64 hex characters) "
+                                             "nor a hostname")
+        exit_node = exit_node.lower()
+    served = []
+    for i, text in enumerate(_typed(table.get("serve_routes", []), list, f"{where}.serve_routes", fail)):
+        key = f"{where}.serve_routes[{i}]"
+        try:
+            served.append(IPv4Network(_typed(text, str, key, fail)))
+        except ValueError as exc:
+            raise fail(key, f"not an IPv4 prefix like \"192.168.50.0/24\": {exc}") from None
+    return Consent(accept, exit_node, tuple(served))
 
 
 def _typed(value: Any, kind: type, key: str, fail) -> Any:
@@ -415,7 +458,8 @@ def _keep_trailing_comments(networks: AoT, index: int) -> None:
 
 
 def _edit(
-    path: str, difficulty: int, arm_messages: bool, change: Callable[[tomlkit.TOMLDocument, AgentConfig], None]
+    path: str, difficulty: int, arm_messages: bool, change: Callable[[tomlkit.TOMLDocument, AgentConfig], None],
+    private: bool = False,
 ) -> AgentConfig:
     """Re-read the file, refuse if it is broken, apply ``change``, validate, replace."""
     import tomlkit
@@ -430,14 +474,15 @@ def _edit(
     change(doc, current)
     new_text = tomlkit.dumps(doc)
     new = _validate(path, _parse(path, new_text), difficulty, arm_messages)
-    _write(path, new_text, create=False)
+    _write(path, new_text, create=False, private=private)
     return new
 
 
-def _write(path: str, text: str, create: bool) -> None:
-    """Replace (or create, never overwriting) ``path`` atomically, keeping mode and owner."""
+def _write(path: str, text: str, create: bool, private: bool = False) -> None:
+    """Replace (or create, never overwriting) ``path`` atomically, keeping mode (narrowed to
+    the owner when ``private``) and owner."""
     try:
-        write_atomic(path, text.encode(), exclusive=create)
+        write_atomic(path, text.encode(), exclusive=create, private=private)
     except FileExistsError:
         raise AgentConfigError(f"{path}: appeared while generating the identity; not overwritten") from None
     except OSError as exc:

@@ -14,7 +14,13 @@ Deliberate differences (every config drasyl-rs loads still loads, except the las
   or broadcast address, a route destination overlapping the overlay subnet (its kernel route
   or policy entry captures overlay traffic), route/policy groups that no node has;
 - rejected: a hostname with non-ASCII letters that Unicode lower-casing turns into ASCII
-  (e.g. the Kelvin sign "K"), which drasyl-rs would accept and write into /etc/hosts.
+  (e.g. the Kelvin sign "K"), which drasyl-rs would accept and write into /etc/hosts;
+- limits (a network config is untrusted input; drasyl-rs has none): the text at most
+  :data:`MAX_TEXT_BYTES`, at most :data:`MAX_NODES` nodes, :data:`MAX_ROUTES` routes,
+  :data:`MAX_POLICIES` policies, :data:`MAX_GROUPS` groups per entry of at most
+  :data:`MAX_GROUP_LEN` characters, and a ``name`` of at most :data:`MAX_NAME_LEN` printable
+  characters; the counts are checked before any entry is validated. Any failure of the TOML
+  parser, a ``RecursionError`` from absurdly nested arrays included, is this config's error.
 Pure: no I/O here (fetching is :mod:`drasyl.agent.fetch`, semantics :mod:`drasyl.agent.policy`).
 """
 
@@ -32,6 +38,14 @@ from ..identity import parse_public_key
 
 ALL_GROUPS = "ALL"
 """In a policy's groups, matches every node (also nodes without groups); no meaning in routes."""
+
+MAX_TEXT_BYTES = 4 << 20
+MAX_NODES = 16384
+MAX_ROUTES = 1024
+MAX_POLICIES = 1024
+MAX_GROUPS = 64
+MAX_GROUP_LEN = 64
+MAX_NAME_LEN = 64
 
 _CIDR = re.compile(r"([0-9.]+)/([0-9]{1,2})")
 _HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -100,19 +114,26 @@ def parse_network_config(text: str, source: str) -> NetworkConfig:
 
 
 def _parse(text: str, source: str) -> NetworkConfig:
+    if len(text) > MAX_TEXT_BYTES:  # characters ≤ bytes: the fetch has capped the bytes already
+        raise _Invalid(f"larger than {MAX_TEXT_BYTES >> 20} MiB")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _Invalid(f"invalid TOML: {exc}") from None
+    except RecursionError:
+        raise _Invalid("invalid TOML: nested too deeply") from None
     network_text = _get(doc, "network", str, "top level")
     subnet_addr, prefixlen = _cidr(network_text, "'network'")
     subnet = IPv4Network((subnet_addr, prefixlen), strict=False)
-    name = _get(doc, "name", str, "top level", required=False)
-    nodes = tuple(_node(table, i) for i, table in _tables(doc, "node"))
+    name = _name(_get(doc, "name", str, "top level", required=False))
+    node_tables = _tables(doc, "node", MAX_NODES)
+    route_tables = _tables(doc, "route", MAX_ROUTES)
+    policy_tables = _tables(doc, "policy", MAX_POLICIES)
+    nodes = tuple(_node(table, i) for i, table in node_tables)
     _check_unique_nodes(nodes)
-    route_specs = [_route(table, i) for i, table in _tables(doc, "route")]
+    route_specs = [_route(table, i) for i, table in route_tables]
     _check_unique_routes(route_specs)
-    policies = tuple(_policy(table, i) for i, table in _tables(doc, "policy"))
+    policies = tuple(_policy(table, i) for i, table in policy_tables)
 
     _check_nodes(nodes, subnet)
     routes = _checked_routes(route_specs, nodes)
@@ -129,7 +150,7 @@ def _check_nodes(nodes: tuple[Node, ...], subnet: IPv4Network) -> None:
         if int(node.ip) == reserved:
             raise _Invalid(f"{where}: IP address {node.ip} is reserved (broadcast - 1 of {subnet})")
         if not _valid_hostname(node.hostname):
-            raise _Invalid(f"{where}: invalid hostname: {node.hostname!r} ({_HOSTNAME_RULE})")
+            raise _Invalid(f"{where}: invalid hostname: {_shown(node.hostname)} ({_HOSTNAME_RULE})")
 
 
 def _checked_routes(specs: list[_RouteSpec], nodes: tuple[Node, ...]) -> tuple[Route, ...]:
@@ -185,7 +206,7 @@ def _check_unique_nodes(nodes: tuple[Node, ...]) -> None:
         by_ip[node.ip] = i
         folded = node.hostname.lower()
         if folded in by_hostname:
-            raise _Invalid(f"{where}: duplicate hostname: {node.hostname!r} (also [[node]] "
+            raise _Invalid(f"{where}: duplicate hostname: {_shown(node.hostname)} (also [[node]] "
                            f"#{by_hostname[folded]}; hostnames are compared case-insensitively)")
         by_hostname[folded] = i
 
@@ -243,20 +264,34 @@ def _get(table: dict[str, Any], key: str, kind: type, where: str, required: bool
     return value
 
 
-def _tables(doc: dict[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:
+def _tables(doc: dict[str, Any], key: str, limit: int) -> list[tuple[int, dict[str, Any]]]:
     value = doc.get(key, [])
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise _Invalid(f"'{key}' must be an array of tables ([[{key}]]), got {_describe(value)}")
+    if len(value) > limit:
+        raise _Invalid(f"{len(value)} [[{key}]] entries; at most {limit} are accepted")
     return list(enumerate(value, 1))
+
+
+def _name(value: str | None) -> str | None:
+    """The network's display name: shown in status and saved into config.toml, so bounded and printable."""
+    if value is not None and (len(value) > MAX_NAME_LEN or not value.isprintable()):
+        raise _Invalid(f"'name' must be at most {MAX_NAME_LEN} printable characters, got {_shown(value)}")
+    return value
 
 
 def _groups(table: dict[str, Any], key: str, where: str, required: bool) -> frozenset[str]:
     value = _get(table, key, list, where, required)
     if value is None:
         return frozenset()
+    if len(value) > MAX_GROUPS:
+        raise _Invalid(f"{where}: '{key}' has {len(value)} groups; at most {MAX_GROUPS} are accepted")
     for item in value:
         if not isinstance(item, str):
             raise _Invalid(f"{where}: '{key}' must be an array of strings, got {_describe(item)} in it")
+        if len(item) > MAX_GROUP_LEN or not item.isprintable():
+            raise _Invalid(f"{where}: '{key}': a group name must be at most {MAX_GROUP_LEN} printable "
+                           f"characters, got {_shown(item)}")
     return frozenset(value)
 
 
@@ -288,4 +323,10 @@ def _cidr(text: str, what: str) -> tuple[IPv4Address, int]:
 def _describe(value: Any) -> str:
     kinds = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
     kind = kinds.get(type(value), type(value).__name__)
-    return f"{kind} {value!r}" if kind not in ("array", "table") else kind
+    return f"{kind} {_shown(value)}" if kind not in ("array", "table") else kind
+
+
+def _shown(value: Any, limit: int = 100) -> str:
+    """``repr`` for messages, cut at ``limit`` characters: a config may carry megabytes in one string."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(str(value))} characters)"
