@@ -51,7 +51,7 @@ def test_worked_example_laptop_alice(example):
             rule(IN, "192.168.50.0/24", "10.1.0.1/32", GW),
         ),
         routes=(KernelRoute(LAN, IPv4Address("10.1.0.10")),),
-        forwarding=False,
+        served=(),
         hostnames=hosts(("10.1.0.1", "laptop-alice"), ("10.1.0.2", "fileserver"), ("10.1.0.10", "office-gw")),
     )
 
@@ -69,7 +69,7 @@ def test_worked_example_fileserver(example):
             rule(IN, "192.168.50.0/24", "10.1.0.2/32", GW, allow=False),
         ),
         routes=(),
-        forwarding=False,
+        served=(),
         hostnames=hosts(("10.1.0.1", "laptop-alice"), ("10.1.0.2", "fileserver")),
     )
 
@@ -89,7 +89,7 @@ def test_worked_example_office_gw(example):
             rule(IN, "10.1.0.2/32", "192.168.50.0/24", FILESERVER, allow=False),
         ),
         routes=(),
-        forwarding=True,
+        served=(LAN,),
         hostnames=hosts(("10.1.0.1", "laptop-alice"), ("10.1.0.10", "office-gw")),
     )
 
@@ -167,7 +167,7 @@ def test_duplicate_rule_is_an_error_for_that_network_not_a_crash():
                                f"comes from node 'fileserver' and from route 10.1.0.2/32")
     # the other members are not affected: fileserver itself and the gateway still get a state
     assert desired_state(cfg, FILESERVER).ip == IPv4Address("10.1.0.2")
-    assert desired_state(cfg, GW).forwarding
+    assert LAN in desired_state(cfg, GW).served
 
 
 # --- per-packet tables ---------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_empty_tables_drop_everything():
 
 
 def state(ip_text: str, subnet: str, *rules: AccessRule) -> LocalState:
-    return LocalState(net(subnet), IPv4Address(ip_text), tuple(rules), (), False, ())
+    return LocalState(net(subnet), IPv4Address(ip_text), tuple(rules), (), (), ())
 
 
 G1, G2, G3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
@@ -297,22 +297,23 @@ def test_identical_prefix_from_two_networks_keeps_both_sources():
     assert tables.conflicts == ()
 
 
-def test_conflicting_rule_first_network_by_url_wins_and_is_reported():
+def test_conflicting_rule_first_network_given_wins_whatever_its_url():
+    """The first network in config.toml order wins; a later admin cannot win by choosing a URL."""
     a = state("10.1.0.1", "10.1.0.0/24", rule(OUT, "10.1.0.1/32", "192.168.50.0/24", G1),
               rule(IN, "192.168.50.0/24", "10.1.0.1/32", G1))
     b = state("10.1.0.1", "10.1.0.0/16", rule(OUT, "10.1.0.1/32", "192.168.50.0/24", G2),
               rule(IN, "192.168.50.0/24", "10.1.0.1/32", G2))
-    tables = PolicyTables({"https://z.example/b.toml": b, "https://a.example/a.toml": a})
+    tables = PolicyTables({"https://z.example/a.toml": a, "https://a.example/b.toml": b})
     assert tables.egress(ip("10.1.0.1"), ip("192.168.50.7")) == G1
     assert tables.ingress_ok(G1, ip("192.168.50.7"), ip("10.1.0.1"))
     assert not tables.ingress_ok(G2, ip("192.168.50.7"), ip("10.1.0.1"))
     assert tables.peers == {G1}
     assert tables.conflicts == (
-        "https://z.example/b.toml: this node's IP 10.1.0.1 is also its IP in network https://a.example/a.toml",
-        f"https://z.example/b.toml: rule OUT 10.1.0.1/32 -> 192.168.50.0/24 via {G2.hex()} ALLOW conflicts "
-        f"with network https://a.example/a.toml (peer {G1.hex()}), which wins",
-        f"https://z.example/b.toml: rule IN 192.168.50.0/24 -> 10.1.0.1/32 from {G2.hex()} ALLOW conflicts "
-        f"with network https://a.example/a.toml (peer {G1.hex()}), which wins",
+        "https://a.example/b.toml: this node's IP 10.1.0.1 is also its IP in network https://z.example/a.toml",
+        f"https://a.example/b.toml: rule OUT 10.1.0.1/32 -> 192.168.50.0/24 via {G2.hex()} ALLOW conflicts "
+        f"with network https://z.example/a.toml (peer {G1.hex()}), which wins",
+        f"https://a.example/b.toml: rule IN 192.168.50.0/24 -> 10.1.0.1/32 from {G2.hex()} ALLOW conflicts "
+        f"with network https://z.example/a.toml (peer {G1.hex()}), which wins",
     )
 
 

@@ -3,7 +3,8 @@ policy lookups of the data path (§4 "Packet path", "Multiple networks").
 
 :func:`desired_state` turns one validated config into this node's :class:`LocalState`: its
 overlay address, the effective access rules (only ALLOW is enforced; DENY is shown in status),
-the kernel routes, whether it forwards (is a gateway) and the hostnames it may resolve.
+the kernel routes, the destinations it is the gateway of and the hostnames it may resolve —
+what the network asks for; :mod:`drasyl.agent.consent` decides what of it the host allows.
 LocalState compares by value, so the reconciler can ask "current == desired?".
 
 :class:`PolicyTables` merges the ALLOW rules of every network into two two-level
@@ -18,8 +19,10 @@ Deliberate differences from drasyl-rs:
   :class:`NetworkConfigError` naming both origins (drasyl-rs panics and stops the agent);
 - [bug] identical prefixes from several networks are merged per (outer, inner) prefix pair
   instead of overwriting each other; if two networks map the same pair to different peers,
-  the network whose URL sorts first wins and the conflict is listed in
-  ``PolicyTables.conflicts``, as are overlapping subnets and an overlay IP used twice.
+  the network given first (listed first in config.toml: joined first) wins — never the one
+  whose URL sorts first, which a later admin could choose — and the conflict is listed in
+  ``PolicyTables.conflicts``, as are overlapping subnets and an overlay IP used twice
+  (:mod:`drasyl.agent.consent` refuses those before they get here).
 Pure: no I/O, no logging; a lookup builds no objects (only the masked int of a routed prefix).
 """
 
@@ -67,7 +70,7 @@ class LocalState:
     ip: IPv4Address
     access_rules: tuple[AccessRule, ...]  # OUT before IN, then by source, then by dest
     routes: tuple[KernelRoute, ...]  # by dest
-    forwarding: bool
+    served: tuple[IPv4Network, ...]  # destinations of routes this node is the gateway of, by dest
     hostnames: tuple[tuple[IPv4Address, str], ...]  # by IP; includes this node
 
 
@@ -106,7 +109,7 @@ def desired_state(cfg: NetworkConfig, my_pk: bytes) -> LocalState | None:
         ip=me.ip,
         access_rules=tuple(sorted(rules, key=lambda r: (r.direction != OUT, r.source, r.dest))),
         routes=tuple(routes),
-        forwarding=any(r.gw == my_pk for r in cfg.routes),
+        served=tuple(sorted(r.dest for r in cfg.routes if r.gw == my_pk)),
         hostnames=tuple(hostnames),
     )
 
@@ -177,8 +180,9 @@ class PolicyTables:
     __slots__ = ("_tx", "_rx", "_tx_hosts", "_rx_hosts", "peers", "conflicts")
 
     def __init__(self, states: Mapping[str, LocalState] | None = None) -> None:
-        """``states``: network URL (as shown to users, without password) → its LocalState."""
-        ordered = sorted((states or {}).items())
+        """``states``: network URL (as shown to users, without password) → its LocalState, in
+        config.toml order (the first network wins a conflict)."""
+        ordered = list((states or {}).items())
         conflicts: list[str] = _address_conflicts(ordered)
         tx: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
         rx: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
