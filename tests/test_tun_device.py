@@ -28,7 +28,7 @@ from pyroute2.netns import popns, pushns
 
 from drasyl.tun.addresses import DeviceAddresses
 from drasyl.tun.device import IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TUN, TunDevice, TunError, _attach, cleanup_stale
-from drasyl.tun.forwarding import enable_ip_forward
+from drasyl.tun.forwarding import Forwarding
 from drasyl.tun.hosts import HostsFile
 from drasyl.tun.packet import dst_ip, is_ipv4, src_ip
 from drasyl.tun.routes import KernelRoutes, Route, RouteState
@@ -336,14 +336,19 @@ def test_a_default_route_is_handled_like_any_other(lab, ns, tun):
     assert metric_4900(lab, ns) == []
 
 
-def test_ip_forward_is_switched_on_in_the_namespace_only(lab, ns):
+def test_ip_forward_is_switched_in_the_namespace_only(lab, ns, tmp_path):
     root_before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
-    assert lab.exec(ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "0"
+    lab.sysctl(ns, "net.ipv4.ip_forward", "0")
     with inside(ns):
-        assert enable_ip_forward() is True
-        assert enable_ip_forward() is False
-    assert lab.exec(ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
+        forwarding = Forwarding(state_dir=str(tmp_path))
+        assert forwarding.apply(frozenset({IPv4Network("192.168.50.0/24")})) == []
+        assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == "1\n"
+    assert lab.exec(ns, "nft", "list", "tables").split() == ["table", "inet", "drasyl_agent"]
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == root_before
+    with inside(ns):
+        assert forwarding.close() == []
+    assert lab.exec(ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "0"
+    assert lab.exec(ns, "nft", "list", "tables") == ""
 
 
 # --- names ------------------------------------------------------------------------------------
@@ -406,23 +411,25 @@ def test_hosts_inside_ip_netns_exec_are_written_through_the_bind_mount(lab, ns, 
 
 # --- the host side as one -----------------------------------------------------------------------
 
-def test_host_applies_states_in_order_and_close_leaves_nothing_but_ip_forward(lab, ns, tun, hosts_dir):
+def test_host_applies_states_in_order_and_close_leaves_nothing(lab, ns, tun, hosts_dir, tmp_path):
     path = hosts_dir / "hosts"
     user_lines = "127.0.0.1 localhost\n"
     path.write_text(user_lines + "10.1.0.5        old old.drasyl.network   # managed by drasyl\n")
+    lab.sysctl(ns, "net.ipv4.ip_forward", "0")
     first = HostState(
         addresses=frozenset({ME}),
         routes=frozenset({Route(IPv4Network("192.168.50.0/24"), IPv4Address("10.1.0.10"))}),
-        forwarding=True,
+        served=frozenset({IPv4Network("192.168.70.0/24")}),
         names=frozenset({(IPv4Address("10.1.0.2"), "fileserver")}))
     # Another subnet and a route through a gateway in it: applied in one go, address first.
     second = HostState(
         addresses=frozenset({IPv4Interface("10.2.0.1/24")}),
         routes=frozenset({Route(IPv4Network("192.168.60.0/24"), IPv4Address("10.2.0.10"))}),
+        served=frozenset({IPv4Network("192.168.80.0/24")}),
         names=frozenset({(IPv4Address("10.2.0.2"), "fileserver")}))
     with inside(ns):
-        host = Host(tun.index, str(path))
-        host.start()
+        host = Host(tun.index, str(path), Forwarding(tun.name, str(tmp_path)))
+        assert host.start() == []
         assert path.read_text() == user_lines
         assert host.apply(first) == []
     assert metric_4900(lab, ns) == ["192.168.50.0/24 via 10.1.0.10 dev drasyl"]
@@ -432,13 +439,15 @@ def test_host_applies_states_in_order_and_close_leaves_nothing_but_ip_forward(la
         assert host.apply(second) == []
         assert host.addresses.current() == {IPv4Interface("10.2.0.1/24")}
     assert metric_4900(lab, ns) == ["192.168.60.0/24 via 10.2.0.10 dev drasyl"]
+    assert lab.exec(ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
     assert resolve(lab, ns, "fileserver") == "10.2.0.2"
     with inside(ns):
         assert host.close() == []
         assert host.addresses.current() == set()
     assert metric_4900(lab, ns) == []
     assert path.read_text() == user_lines
-    assert lab.exec(ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
+    assert lab.exec(ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "0"
+    assert lab.exec(ns, "nft", "list", "tables") == ""
 
 
 def test_host_reports_what_failed_and_applies_the_rest(lab, ns, tun, hosts_dir):

@@ -1,26 +1,189 @@
-"""``net.ipv4.ip_forward`` for gateway nodes (agent.md §4).
+"""IPv4 forwarding for the prefixes this node serves as a gateway, and nothing else (agent.md §4).
 
-A node that is the gateway of a route must forward between the overlay and its LAN. The
-sysctl is only ever switched on, never back: other software on the host may rely on it, and
-we cannot know who else switched it on. No NAT and no firewall rules are added.
+A node named as ``gw`` of a route forwards between the overlay and the route's destination,
+but only when its user consented in config.toml; the daemon computes the set of destination
+prefixes this host serves (already filtered by consent) and :meth:`Forwarding.apply` makes the
+kernel forward exactly that. An empty set leaves the host as it was.
+
+For a non-empty set, one nftables table of ours (``table inet drasyl_agent``) with a
+forward-hook chain is loaded *before* ``net.ipv4.ip_forward`` is switched on:
+
+* from the TUN device, only to the served prefixes (members cannot reach the host's LAN,
+  other VPNs or the internet through us unless the prefix is served);
+* into the TUN device, only replies (established/related): nothing new enters the overlay;
+* if ``ip_forward`` was 0 before, every other IPv4 packet that would be forwarded is dropped:
+  switching it on for the overlay must not turn the host into a router between its other
+  interfaces. If it was 1 already, someone else routes here and other traffic is left alone.
+
+Why not just ``ip_forward=1``: it forwards for every interface with no filter, and stayed on
+after exit. Now the previous value is saved to ``<state_dir>/ip_forward`` before the first
+change and restored on :meth:`Forwarding.close`; the file outlives a crash, so the next start's
+:meth:`Forwarding.recover` restores the value and deletes the table the crashed run left.
+
+Limits, on purpose: nftables evaluates every table's forward chain, so our drops are final but
+our accepts do not override another table's drop (a host firewall still has the last word).
+No NAT is added: the served LAN must route the overlay subnet back to this gateway, or the admin
+adds a masquerade rule. IPv6 forwarding is never touched (the overlay is IPv4 only). Everything
+here — the sysctl, the table — belongs to the network namespace of the calling thread. The
+``nft`` command is used (``nft -f -``, one atomic transaction per change); without it, a
+non-empty set is refused and ``ip_forward`` stays as it is (fail closed). Failures are returned
+as messages, never raised.
 """
 
 from __future__ import annotations
 
-from .device import TunError
+import os
+import shutil
+import subprocess
+from ipaddress import IPv4Network, collapse_addresses
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+STATE_DIR = "/run/drasyl"
+TABLE = "drasyl_agent"
+NFT_TIMEOUT = 10.0
 
 
-def enable_ip_forward(path: str = IP_FORWARD) -> bool:
-    """Make sure IPv4 forwarding is on (in this process's network namespace); True if this
-    call switched it on. Raises :class:`TunError` when the sysctl cannot be read or written."""
-    try:
-        with open(path, "r+") as sysctl:
-            if sysctl.read().strip() == "1":
-                return False
-            sysctl.seek(0)
-            sysctl.write("1\n")
-    except OSError as exc:
-        raise TunError(f"cannot enable IPv4 forwarding ({path}): {exc.strerror}") from None
-    return True
+class Forwarding:
+    """IPv4 forwarding from the TUN device to the prefixes this host serves as a gateway."""
+
+    def __init__(self, device: str = "drasyl", state_dir: str = STATE_DIR,
+                 ip_forward_path: str = IP_FORWARD, table: str = TABLE) -> None:
+        self.device = device
+        self.state_dir = state_dir
+        self.state_path = os.path.join(state_dir, "ip_forward")
+        self.ip_forward_path = ip_forward_path
+        self.table = table
+        self._previous: str | None = None  # ip_forward before we switched it on; None: untouched
+        self._served: frozenset[IPv4Network] = frozenset()  # what the kernel has now
+
+    def recover(self) -> list[str]:
+        """At start: restore the ``ip_forward`` a crashed run saved, then delete its table."""
+        try:
+            with open(self.state_path) as saved:
+                previous: str | None = saved.read().strip()
+        except FileNotFoundError:
+            previous = None
+        except OSError as exc:
+            return [f"forwarding: cannot read {self.state_path}: {exc.strerror}"]
+        problems = [] if previous is None else self._write_ip_forward(previous)
+        if shutil.which("nft"):
+            problems += self._delete_table()
+        if problems or previous is None:
+            return problems
+        return self._remove_state()
+
+    def apply(self, served: frozenset[IPv4Network]) -> list[str]:
+        """Forward from the device to ``served`` only (empty: not at all, ``ip_forward`` as it
+        was); no-op when ``served`` is what was applied last."""
+        if not served:
+            return self.close()
+        if served == self._served:
+            return []
+        if shutil.which("nft") is None:
+            return ["forwarding refused: nft not found"]
+        if self._previous is None:
+            problems = self._save_previous()
+            if problems:
+                return problems
+        problems = self._nft(self._ruleset(served))
+        if problems:
+            return problems
+        problems = self._write_ip_forward("1")
+        if not problems:
+            self._served = served
+        return problems
+
+    def close(self) -> list[str]:
+        """Restore the previous ``ip_forward``, delete our table and the state file."""
+        if self._previous is None:
+            return []
+        problems = self._write_ip_forward(self._previous)  # first: no unfiltered moment
+        problems += self._delete_table()
+        if problems:
+            return problems
+        self._previous = None
+        self._served = frozenset()
+        return self._remove_state()
+
+    # --- the ruleset ------------------------------------------------------------------------
+
+    def _ruleset(self, served: frozenset[IPv4Network]) -> str:
+        """Replace our table in one transaction: create it if missing, delete, define anew."""
+        prefixes = ", ".join(str(p) for p in collapse_addresses(served))  # no overlaps in a set
+        others = "meta nfproto ipv4 drop" if self._previous == "0" else ""
+        dev = f'"{self.device}"'
+        return (f"table inet {self.table}\n"
+                f"delete table inet {self.table}\n"
+                f"table inet {self.table} {{\n"
+                f"  set served {{ type ipv4_addr; flags interval; elements = {{ {prefixes} }}; }}\n"
+                f"  chain forward {{\n"
+                f"    type filter hook forward priority filter; policy accept;\n"
+                f"    iifname {dev} ip daddr @served accept\n"
+                f"    iifname {dev} drop\n"
+                f"    oifname {dev} ct state established,related accept\n"
+                f"    oifname {dev} drop\n"
+                f"    {others}\n"
+                f"  }}\n"
+                f"}}\n")
+
+    def _delete_table(self) -> list[str]:
+        return self._nft(f"table inet {self.table}\ndelete table inet {self.table}\n")
+
+    @staticmethod
+    def _nft(ruleset: str) -> list[str]:
+        try:
+            result = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True,
+                                    timeout=NFT_TIMEOUT)
+        except FileNotFoundError:
+            return ["forwarding: nft not found"]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return [f"forwarding: nft failed: {exc}"]
+        if result.returncode != 0:
+            return [f"forwarding: nft failed ({result.returncode}): {result.stderr.strip()}"]
+        return []
+
+    # --- ip_forward and its saved value -----------------------------------------------------
+
+    def _save_previous(self) -> list[str]:
+        """Remember ``ip_forward`` before the first change, in memory and in the state file; a
+        state file that is already there (recover failed) holds the older, true value."""
+        try:
+            with open(self.state_path) as saved:
+                self._previous = saved.read().strip()
+            return []
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return [f"forwarding refused: cannot read {self.state_path}: {exc.strerror}"]
+        try:
+            with open(self.ip_forward_path) as sysctl:
+                previous = sysctl.read().strip()
+            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
+            tmp = f"{self.state_path}.tmp"
+            with open(tmp, "w") as out:
+                out.write(previous + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            return [f"forwarding refused: cannot save ip_forward to {self.state_path}: {exc.strerror}"]
+        self._previous = previous
+        return []
+
+    def _write_ip_forward(self, value: str) -> list[str]:
+        try:
+            with open(self.ip_forward_path, "w") as sysctl:
+                sysctl.write(value + "\n")
+        except OSError as exc:
+            return [f"forwarding: cannot write {value} to {self.ip_forward_path}: {exc.strerror}"]
+        return []
+
+    def _remove_state(self) -> list[str]:
+        try:
+            os.unlink(self.state_path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return [f"forwarding: cannot remove {self.state_path}: {exc.strerror}"]
+        return []
+
