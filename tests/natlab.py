@@ -342,6 +342,7 @@ class Agent:
         """Start ``drasyl-agent run`` (a fresh config.toml) and wait until its API answers."""
         self.write_config(super_peer_urls, network_url)
         env = {"DRASYL_UDP_ADDRS": " ".join(udp_addrs)} if udp_addrs else {}
+        env.update(self._env())
         self.started_at = time.monotonic()
         self.proc = self.lab.start(self.ns, [sys.executable, "-m", "drasyl.agent", "run", *self._cli_args(),
                                              "--log-file", "/dev/stdout", "--log-level", "info"],
@@ -350,6 +351,10 @@ class Agent:
 
     def _cli_args(self) -> list[str]:
         return ["--config", str(self.config), "--token", str(self.token), "--api", API]
+
+    def _env(self) -> dict[str, str]:
+        """Its own run directory (API socket, forwarding state): /run is shared by all namespaces."""
+        return {"DRASYL_RUN_DIR": str(self.workdir / "run")}
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -362,7 +367,7 @@ class Agent:
                                  f"{self.proc.describe() if self.proc else ''}")
         result = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "drasyl.agent",
                                  "status", "--json", *self._cli_args()],
-                                capture_output=True, text=True, timeout=20, env=python_env())
+                                capture_output=True, text=True, timeout=20, env=python_env(**self._env()))
         if result.returncode != 0:
             return None
         return json.loads(result.stdout)

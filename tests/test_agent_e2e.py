@@ -121,21 +121,26 @@ class Agent:
         doc["super_peers"] = [cluster.sp_urls[0]]
         doc["identity"] = {"sk": identity.secret_key.hex(), "pow": identity.proof_of_work}
         doc["network"] = tomlkit.aot()
-        doc["network"].append({"config_url": cluster.net_url("net1"), "disabled": False})
+        net1_entry = {"config_url": cluster.net_url("net1"), "disabled": False}
+        if name == "b":  # b is net1's gateway to ROUTED: forwarding needs the local user's consent
+            net1_entry["serve_routes"] = [ROUTED]
+        doc["network"].append(net1_entry)
         self.config.write_text(tomlkit.dumps(doc))
+        #: its own run directory (API socket, forwarding state): /run is shared by all namespaces
+        self.run_env = {"DRASYL_RUN_DIR": str(self.dir / "run")}
 
     def start(self, **env: str) -> None:
         assert self.hosts.exists(), "the agent would write the machine's /etc/hosts"
         self.proc = self.cluster.lab.start(self.ns, [
             sys.executable, "-m", "drasyl.agent", "run", "--config", str(self.config), "--token", str(self.token),
             "--api", API, "--log-file", "/dev/stdout", "--log-level", "info",
-        ], f"agent-{self.name}", python_env(**env))
+        ], f"agent-{self.name}", python_env(**self.run_env, **env))
         self.proc.wait_for_line(r"REST API listening", START_S)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "drasyl.agent", *args,
                                  "--token", str(self.token), "--api", API],
-                                capture_output=True, text=True, timeout=30, env=python_env())
+                                capture_output=True, text=True, timeout=30, env=python_env(**self.run_env))
         if check and result.returncode != 0:
             raise AssertionError(f"drasyl-agent {' '.join(args)} failed ({result.returncode}): "
                                  f"{result.stderr.strip()}\n{self.cluster.describe()}")

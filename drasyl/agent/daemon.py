@@ -38,26 +38,30 @@ Deliberate differences from drasyl-rs:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
+import socket
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
 
 from ..errors import DrasylError
 from ..net.faults import FaultLog
 from ..node.api import Node, node_config_from_env, udp_from_env
 from ..node.core import NodePeer
-from ..tun import Host, HostState, TunDevice, cleanup_stale
+from ..tun import Forwarding, Host, HostState, TunDevice, cleanup_stale
 from ..tun.device import DEFAULT_NAME
 from ..tun.hosts import HostsFile
 from ..tun.packet import ADDRESSES, PROTO_UDP, is_drasyl_control, is_ipv4
-from ..tun.routes import Route
+from ..tun.routes import Route, underlay_routes
 from .api import AgentError, ApiServer, TokenFile, config_status
 from .config import AgentConfig, NetworkEntry, mask_url
+from .consent import Decision, HostFacts, Request, decide
 from .fetch import FetchError, OnDemandSession, fetch_config_text
 from .netconfig import NetworkConfig, NetworkConfigError, parse_network_config
 from .policy import LocalState, PolicyTables, desired_state
@@ -66,6 +70,13 @@ log = logging.getLogger("drasyl.agent")
 
 T = TypeVar("T")
 HOUSEKEEPING_S = 10.0
+#: How long the agent tries to bring back a TUN device that was deleted under it before it
+#: exits non-zero (systemd then restarts it).
+TUN_RECREATE_S = 10.0
+DEFAULT_RUN_DIR = "/run/drasyl"
+RUN_DIR_ENV = "DRASYL_RUN_DIR"
+#: An unexpected error's text in status and log is cut here (a config can carry megabytes).
+MAX_ERROR_CHARS = 300
 #: Drop reasons of the screening both directions share (not IPv4, drasyl's own traffic).
 TX_REASONS = ("tx_not_ipv4", "tx_drasyl_control")
 RX_REASONS = ("rx_not_ipv4", "rx_drasyl_control")
@@ -77,7 +88,8 @@ IGNORED_ENV = ("DRASYL_UDP_SOCKETS", "DRASYL_RECV_BUF_CAP", "DRASYL_CHANNEL_CAP"
 
 def run(options: Any) -> int:
     """Run the agent until SIGTERM/SIGINT; the exit code. Errors at start raise DrasylError."""
-    return asyncio.run(Agent(options.agent_config, options.token, options.listen).main())
+    run_dir = getattr(options, "run_dir", None) or os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
+    return asyncio.run(Agent(options.agent_config, options.token, options.listen, run_dir).main())
 
 
 @dataclass
@@ -87,15 +99,24 @@ class Membership:
     config: NetworkConfig | None = None  # the last config that validated
     state: LocalState | None = None  # this node's part of it; None: not a member (or down)
     error: str | None = None  # the last fetch/validation error, None after a good fetch
+    text: str | None = None  # the text ``config`` came from: the same text is not parsed again
+    server: frozenset[IPv4Address] = frozenset()  # the config server's addresses (stay on the underlay)
 
 
 class Agent:
     """One agent process: node, TUN, host adapter, API and the networks' state."""
 
-    def __init__(self, config: AgentConfig, token_path: str, listen: tuple[str, int] | None) -> None:
+    def __init__(self, config: AgentConfig, token_path: str, listen: tuple[str, int] | None,
+                 run_dir: str = DEFAULT_RUN_DIR) -> None:
         self.config = config
         self._token_path = token_path
         self._listen = listen
+        self._run_dir = run_dir
+        self._forwarding = Forwarding(DEFAULT_NAME, run_dir)
+        self.decision = Decision()
+        self._decided: tuple[Any, ...] | None = None  # what ``decision`` was made from
+        self._exit_code = 0
+        self._recreating: asyncio.Task | None = None
         self.memberships: dict[str, Membership] = {}  # by normalised URL
         self.tables = PolicyTables()
         self.handles: dict[bytes, NodePeer] = {}
@@ -106,9 +127,10 @@ class Agent:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._reported: dict[str, tuple[str, ...]] = {}  # what was logged last, per topic
-        self._states_applied: dict[str, LocalState] | None = None
         self._tasks: set[asyncio.Task] = set()
         self._host_thread = ThreadPoolExecutor(1, thread_name_prefix="drasyl-host")
+        #: Parsing configs and building tables: CPU work that must not stall the data path.
+        self._work_thread = ThreadPoolExecutor(1, thread_name_prefix="drasyl-work")
         self.node: Node | None = None
         self.tun: TunDevice | None = None
         self.host: Host | None = None
@@ -130,7 +152,7 @@ class Agent:
             await asyncio.gather(housekeeping, return_exceptions=True)
         finally:
             await self._shutdown()
-        return 0
+        return self._exit_code
 
     async def _start(self) -> None:
         for name in IGNORED_ENV:
@@ -139,15 +161,14 @@ class Agent:
         node_config = node_config_from_env()
         udp_port, udp_addrs = udp_from_env()
         await self._on_host(cleanup_stale, DEFAULT_NAME)
-        # names a crashed run left; its device, addresses and routes died with its process
-        await self._on_host(HostsFile().clear)
         self.node = await Node.start(self.config.identity, self.config.super_peers, udp_port=udp_port,
                                      udp_addrs=udp_addrs, config=node_config, on_receive=self._on_receive)
         log.info("Node listening on UDP port %d", self.node.udp_port)
-        self.tun = await self._on_host(TunDevice, DEFAULT_NAME, self.config.mtu)
-        self.host = Host(self.tun.index)
-        asyncio.get_running_loop().add_reader(self.tun.fileno(), self._on_tun_readable)
-        log.info("TUN device %s up, MTU %d", self.tun.name, self.tun.mtu)
+        await self._open_tun()
+        # what a crashed run left: names, the forwarding table and its ip_forward (its device,
+        # addresses and routes died with its process)
+        for problem in await self._on_host(self.host.start):
+            log.warning("Cleanup after a previous run: %s", problem)
         if self._listen is not None:
             self.api = ApiServer(self, TokenFile(self._token_path), *self._listen)
             await self.api.start()
@@ -155,20 +176,72 @@ class Agent:
         else:
             log.info("REST API disabled")
 
+    async def _open_tun(self) -> None:
+        tun = await self._on_host(TunDevice, DEFAULT_NAME, self.config.mtu)
+        self.host = Host(tun.index, forwarding=self._forwarding)
+        self.tun = tun
+        asyncio.get_running_loop().add_reader(tun.fileno(), self._on_tun_readable)
+        log.info("TUN device %s up, MTU %d", tun.name, tun.mtu)
+
+    async def _close_tun(self) -> None:
+        """Stop reading and writing first, then close: no packet goes to a closed (reused) fd."""
+        tun, self.tun = self.tun, None
+        if tun is not None:
+            asyncio.get_running_loop().remove_reader(tun.fileno())
+            await self._on_host(tun.close)
+
     async def _shutdown(self) -> None:
         if self.api is not None:
             await self.api.close()
         if self.tun is not None:
             asyncio.get_running_loop().remove_reader(self.tun.fileno())
+        if self._recreating is not None:
+            self._recreating.cancel()
+            await asyncio.gather(self._recreating, return_exceptions=True)
+        if self.node is not None:  # before the TUN: nothing received is written after it closed
+            await self.node.close()
         if self.host is not None:
             for problem in await self._on_host(self.host.close):
                 log.warning("Cleanup: %s", problem)
-        if self.tun is not None:
-            await self._on_host(self.tun.close)
-        if self.node is not None:
-            await self.node.close()
+        await self._close_tun()
         self._host_thread.shutdown()
-        log.info("Stopped; routes, addresses, names and the TUN device removed")
+        self._work_thread.shutdown(cancel_futures=True)
+        log.info("Stopped; routes, addresses, names, forwarding and the TUN device removed")
+
+    def _on_work(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run CPU work (parsing a config, building tables) off the event loop."""
+        return asyncio.get_running_loop().run_in_executor(self._work_thread, func, *args)
+
+    def _tun_detached(self) -> None:
+        """The device was deleted under us: stop reading at once (its fd stays readable and
+        would spin), then bring it back with everything on it, or exit for systemd."""
+        asyncio.get_running_loop().remove_reader(self.tun.fileno())
+        if self._recreating is None:
+            self._recreating = asyncio.get_running_loop().create_task(self._recreate_tun())
+
+    async def _recreate_tun(self) -> None:
+        log.warning("TUN device %s disappeared; creating it again", DEFAULT_NAME)
+        deadline = asyncio.get_running_loop().time() + TUN_RECREATE_S
+        try:
+            await self._close_tun()
+            while True:
+                try:
+                    await self._open_tun()
+                    break
+                except DrasylError as exc:
+                    if asyncio.get_running_loop().time() > deadline:
+                        log.error("Cannot create TUN device %s again (%s); exiting", DEFAULT_NAME, exc)
+                        self._exit_code = 1
+                        self._stop.set()
+                        return
+                    await asyncio.sleep(1.0)  # retry pacing, not synchronisation
+            self._decided = None  # addresses, routes and names are gone with the old device
+            await self.apply()
+            log.info("TUN device %s is back with its addresses, routes and names", DEFAULT_NAME)
+        except Exception:
+            self._faults.report("recreating the TUN device")
+        finally:
+            self._recreating = None
 
     def _on_host(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run a netlink/host call in the host thread: pyroute2's synchronous API runs an event
@@ -194,6 +267,10 @@ class Agent:
         try:
             tun = self.tun
             n = tun.read_batch()
+            if not n:
+                if tun.detached:
+                    self._tun_detached()
+                return
             slots, lengths = tun.slots, tun.lengths
             egress, handles, drops = self.tables.egress, self.handles, self.drops
             for i in range(n):
@@ -214,10 +291,18 @@ class Agent:
             batch.clear()
 
     def _on_receive(self, batch: list[tuple[bytes, bytes | bytearray]]) -> None:
-        """Received APPs: each must be IPv4, not drasyl's own, and from the peer its source is."""
+        """Received APPs: each must fit the MTU, be IPv4, not drasyl's own, and come from the
+        peer its source address belongs to."""
+        tun = self.tun
+        if tun is None:  # being recreated, or closed at shutdown
+            self.drops["rx_no_tun"] += len(batch)
+            return
         try:
-            ingress_ok, drops, write = self.tables.ingress_ok, self.drops, self.tun.write
+            ingress_ok, drops, write, mtu = self.tables.ingress_ok, self.drops, tun.write, tun.mtu
             for sender, payload in batch:
+                if len(payload) > mtu:
+                    drops["rx_oversize"] += 1
+                    continue
                 addresses = _addresses(payload, drops, RX_REASONS)
                 if addresses is None:
                     continue
@@ -255,23 +340,27 @@ class Agent:
 
     async def _refresh(self, entry: NetworkEntry, session: OnDemandSession) -> None:
         shown = mask_url(entry.config_url)
+        member = self.memberships.get(entry.key)
         try:
             text = await fetch_config_text(entry.config_url, self.config.identity.public_key_hex, session)
-            cfg = parse_network_config(text, shown)
-            state = desired_state(cfg, self.config.identity.public_key)
+            server = await _server_addresses(entry.config_url)
+            if member is not None and member.text == text and member.error is None:
+                member.server = server or member.server
+                return  # unchanged: nothing to parse, nothing to log again
+            cfg, state = await self._on_work(_understand, text, shown, self.config.identity.public_key)
         except (FetchError, NetworkConfigError) as exc:
-            current = self.config.network(entry.key)
-            if current is not None and not current.disabled:
-                member = self.memberships.setdefault(entry.key, Membership())
-                member.error = str(exc)
-                kept = " (keeping the last good state)" if member.state is not None else ""
-                self._report(f"error {entry.key}", [f"{exc}{kept}"], logging.WARNING)
+            self._refresh_failed(entry, str(exc))
+            return
+        except Exception as exc:  # anything from parsing one config is that network's error, never the agent's
+            self._refresh_failed(entry, f"network config {shown}: cannot be used: {type(exc).__name__}: "
+                                        f"{str(exc)[:MAX_ERROR_CHARS]}")
             return
         current = self.config.network(entry.key)
         if current is None or current.disabled:  # removed or disabled while we fetched
             return
         member = self.memberships.setdefault(entry.key, Membership())
-        member.config, member.state, member.error = cfg, state, None
+        member.config, member.state, member.error, member.text = cfg, state, None, text
+        member.server = server or member.server
         self._report(f"error {entry.key}", [], logging.WARNING)
         self._report(f"warnings {entry.key}", [f"Network {shown}: {w}" for w in cfg.warnings], logging.WARNING)
         self._report(f"member {entry.key}", [] if state is not None else
@@ -284,32 +373,71 @@ class Agent:
                 self._report(f"name {entry.key}", [f"Cannot save the name of network {shown}: {exc}"],
                              logging.WARNING)
 
+    def _refresh_failed(self, entry: NetworkEntry, error: str) -> None:
+        current = self.config.network(entry.key)
+        if current is None or current.disabled:
+            return
+        member = self.memberships.setdefault(entry.key, Membership())
+        member.error = error
+        kept = " (keeping the last good state)" if member.state is not None else ""
+        self._report(f"error {entry.key}", [f"{error}{kept}"], logging.WARNING)
+
     async def apply(self) -> None:
-        """Policy tables, send handles and host state from the memberships of enabled networks."""
-        enabled = {n.key: n for n in self.config.networks if not n.disabled}
+        """Decide what the enabled networks may change (:mod:`.consent`), then bring policy
+        tables, send handles and the host there."""
+        enabled = [n for n in self.config.networks if not n.disabled]
+        keys = {n.key for n in enabled}
         for key in list(self.memberships):
-            if key not in enabled:  # removed or disabled: gone, and logged afresh if it comes back
+            if key not in keys:  # removed or disabled: gone, and logged afresh if it comes back
                 del self.memberships[key]
-                for topic in ("error", "warnings", "member", "name"):
+                for topic in ("error", "warnings", "member", "name", "refused"):
                     self._reported.pop(f"{topic} {key}", None)
-        states = {mask_url(enabled[k].config_url): m.state for k, m in self.memberships.items()
-                  if m.state is not None}
-        if states != self._states_applied:
-            self._rebuild_tables(states)
-            self._states_applied = states
+        requests = tuple(Request(n.key, mask_url(n.config_url), n.consent, m.state, m.config, m.server)
+                         for n in enabled if (m := self.memberships.get(n.key)) is not None
+                         and m.state is not None and m.config is not None)
+        if self.host is None:
+            return
+        routes, names = await self._on_host(self._host_facts, self.host.routes.ifindex)
+        facts = HostFacts(routes, self._super_peer_addresses(), names)
+        if (requests, facts) != self._decided:
+            self.decision, tables = await self._on_work(_decide, requests, facts)
+            self._decided = (requests, facts)
+            self._swap_tables(tables)
+            for req in requests:
+                self._report(f"refused {req.key}", [f"Network {req.shown}: {line}"
+                                                    for line in self.decision.refused.get(req.key, ())],
+                             logging.WARNING)
+        states = self.decision.states
         host_state = HostState(
             addresses=frozenset(IPv4Interface((s.ip, s.subnet.prefixlen)) for s in states.values()),
             routes=frozenset(Route(r.dest, r.gw) for s in states.values() for r in s.routes),
-            forwarding=any(s.forwarding for s in states.values()),
+            served=frozenset(d for s in states.values() for d in s.served),
             names=frozenset(name for s in states.values() for name in s.hostnames),
         )
         self._report("host", await self._on_host(self.host.apply, host_state), logging.WARNING)
 
-    def _rebuild_tables(self, states: dict[str, LocalState]) -> None:
-        tables = PolicyTables(states)
+    @staticmethod
+    def _host_facts(ifindex: int) -> tuple[tuple, frozenset[str]]:
+        """(the host's own routes, the names it has without us): in the host thread."""
+        hostname = socket.gethostname().lower()
+        return underlay_routes(ifindex), HostsFile().foreign_names() | {hostname, hostname.partition(".")[0]}
+
+    def _super_peer_addresses(self) -> frozenset[IPv4Address]:
+        found = set()
+        for sp in self.node.core.super_peers.values():
+            for host, _port in sp.addresses:
+                try:
+                    address = ipaddress.ip_address(host)
+                except ValueError:
+                    continue
+                if address.version == 4:
+                    found.add(address)
+        return frozenset(found)
+
+    def _swap_tables(self, tables: PolicyTables) -> None:
         node = self.node
         refused = []
-        for pk in tables.peers - self.handles.keys():
+        for pk in sorted(tables.peers - self.handles.keys()):
             try:
                 self.handles[pk] = node.handle(pk)
             except DrasylError as exc:  # e.g. a super peer's key as a node: its packets are dropped
@@ -320,7 +448,7 @@ class Agent:
         for pk in self.handles.keys() - tables.peers:
             node.release(self.handles.pop(pk))
         self._report("conflicts", list(tables.conflicts), logging.WARNING)
-        log.info("Policy tables: %d network(s), %d peer(s)", len(states), len(tables.peers))
+        log.info("Policy tables: %d network(s), %d peer(s)", len(self.decision.states), len(tables.peers))
 
     def _report(self, topic: str, messages: list[str], level: int) -> None:
         """Log ``messages`` only when they differ from what was logged last for ``topic``."""
@@ -410,14 +538,18 @@ class Agent:
             if member is None or entry.disabled:
                 continue
             net["error"] = member.error
+            net["refused"] = list(self.decision.refused.get(entry.key, ()))
             if member.config is not None:
                 net["name"] = member.config.name
-            if member.state is not None:
+            if member.state is not None and entry.key not in self.decision.states and net["refused"]:
+                net["state"], net["subnet"], net["ip"] = "refused", str(member.state.subnet), str(member.state.ip)
+            elif member.state is not None:
                 net["state"], net["subnet"], net["ip"] = "active", str(member.state.subnet), str(member.state.ip)
             elif member.config is not None:
                 net["state"] = "not a member"
             elif member.error is not None:
                 net["state"] = "error"
+        status["conflicts"] = list(self.decision.conflicts) + list(self.tables.conflicts)
         names = {n.pk: n for m in self.memberships.values() if m.state is not None and m.config is not None
                  for n in m.config.nodes}
         status["peers"] = sorted(
@@ -430,10 +562,45 @@ class Agent:
              for r in rows if r.role == "node"),
             key=lambda p: (p["hostname"] is None, p["hostname"] or "", p["public_key"]))
         drops = Counter(self.drops)
-        drops.update(self.tun.drops)
+        if self.tun is not None:
+            drops.update(self.tun.drops)
         drops.update({k: v for k, v in node.stats().items() if k != "relay_queued"})
         status["drops"] = dict(sorted(drops.items()))
         return status
+
+
+def _understand(text: str, source: str, my_pk: bytes) -> tuple[NetworkConfig, LocalState | None]:
+    """Parse, validate and derive this node's state: in the work thread."""
+    cfg = parse_network_config(text, source)
+    return cfg, desired_state(cfg, my_pk)
+
+
+def _decide(requests: tuple[Request, ...], facts: HostFacts) -> tuple[Decision, PolicyTables]:
+    """What the host allows and the tables for it (first network first): in the work thread."""
+    decision = decide(requests, facts)
+    shown = {r.key: r.shown for r in requests}
+    return decision, PolicyTables({shown[key]: state for key, state in decision.states.items()})
+
+
+async def _server_addresses(url: str) -> frozenset[IPv4Address]:
+    """The IPv4 addresses of an http(s) config server (protected: routes must not cover them)."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return frozenset()
+    if not host or not url.lower().startswith(("http://", "https://")):
+        return frozenset()
+    try:
+        address = ipaddress.ip_address(host)
+        return frozenset({address}) if address.version == 4 else frozenset()
+    except ValueError:
+        pass
+    try:
+        async with asyncio.timeout(5.0):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET)
+    except (OSError, TimeoutError):
+        return frozenset()
+    return frozenset(IPv4Address(info[4][0]) for info in infos)
 
 
 def _addresses(pkt, drops: Counter[str], reasons: tuple[str, str]) -> tuple[int, int] | None:

@@ -80,6 +80,9 @@ class TunQueue:
         self._file = io.FileIO(fd, "r+b", closefd=False)
         self.lengths: list[int] = [0] * batch
         self._drops = drops
+        #: The device is gone under the fd (``ip link del``, a driver reload): reads fail for
+        #: good (``EBADFD``) and the fd stays readable, so its reader must be removed.
+        self.detached = False
 
     def fileno(self) -> int:
         return self.fd
@@ -99,6 +102,7 @@ class TunQueue:
                 size = readinto(slots[n])
             except OSError as exc:
                 self._drops[_reason("read", exc)] += 1
+                self.detached = exc.errno in _DETACHED
                 break
             if size is None:
                 break
@@ -184,6 +188,11 @@ class TunDevice:
         self.slots = self._queue0.slots
         self.lengths = self._queue0.lengths
 
+    @property
+    def detached(self) -> bool:
+        """The device was deleted under us (see :attr:`TunQueue.detached`): close and recreate."""
+        return self._queue0.detached
+
     def fileno(self) -> int:
         """Queue 0's fd, for ``loop.add_reader``."""
         return self.queues[0].fd
@@ -209,6 +218,10 @@ class TunDevice:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: What a read answers once the device was deleted under the fd.
+_DETACHED = frozenset({errno.EBADFD, errno.ENODEV, errno.ENXIO})
 
 
 def _reason(what: str, exc: OSError) -> str:

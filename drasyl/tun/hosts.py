@@ -79,6 +79,18 @@ class HostsFile:
             log.debug("%s rewritten in place (atomic replace failed: %s)", self.path, atomic.strerror)
         return True
 
+    def foreign_names(self) -> frozenset[str]:
+        """Names the file gives that are not ours (lower case): a network may not take them over."""
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return frozenset()
+        except OSError as exc:
+            raise TunError(f"cannot read {self.path}: {exc.strerror}") from None
+        return frozenset(name.lower() for line in lines if MARKER not in line
+                         for name in line.partition("#")[0].split()[1:])
+
     def clear(self) -> bool:
         """Remove our block (at shutdown, and at start after a crash)."""
         return self.write(())

@@ -115,6 +115,23 @@ class KernelRoutes:
         return self.reconcile(())
 
 
+RTN_UNICAST = 1
+
+
+def underlay_routes(ifindex: int) -> tuple[tuple[IPv4Network, IPv4Address | None], ...]:
+    """The host's own IPv4 routes (main table, unicast, through any device but ``ifindex``):
+    (destination, gateway or None), for what a network config must not override."""
+    found = []
+    with IPRoute() as ipr:
+        for msg in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+            if msg["type"] != RTN_UNICAST or msg.get("oif") == ifindex:
+                continue
+            gateway = msg.get("gateway")
+            found.append((IPv4Network((msg.get("dst") or "0.0.0.0", msg["dst_len"])),
+                          IPv4Address(gateway) if gateway else None))
+    return tuple(sorted(found, key=lambda r: (r[0], r[1] or IPv4Address(0))))
+
+
 def _route(ipr: IPRoute, op: str, route: Route, problems: list[str]) -> bool:
     try:
         ipr.route(op, dst=str(route.dest.network_address), dst_len=route.dest.prefixlen,
