@@ -4,8 +4,13 @@ Start (§7 order, leftovers first): a crashed run's TUN device and hosts-file na
 removed, the :class:`~drasyl.node.Node` starts (``DRASYL_*`` variables parsed strictly), the
 TUN device comes up with ``mtu`` from config.toml, the REST API listens, and housekeeping
 runs at once and then every 10 s: each enabled network's config is fetched (one aiohttp
-session, made at the first http(s) fetch; 5 s timeout), parsed and turned into this node's :class:`LocalState`; the policy
-tables, the send handles and the host (addresses, routes, ``ip_forward``, hosts block) follow.
+session, made at the first http(s) fetch; 5 s timeout), parsed and turned into this node's
+:class:`LocalState` in a work thread (only when its text changed; any exception is that
+network's error), then :func:`~drasyl.agent.consent.decide` cuts what the networks ask for
+down to what the local user allowed, given the host's own routes, the super peers' and config
+servers' addresses and the names the host has; the policy tables (also built in the work
+thread), the send handles and the host (addresses, routes, forwarding, hosts block) follow.
+A TUN device deleted under the agent is created again (or the agent exits 1).
 
 Data path, the product's hot loop: the TUN fd is a reader of the event loop; each wake-up
 reads a burst of packets into the device's reused slots, checks each (IPv4, not drasyl's own
