@@ -90,7 +90,7 @@ def test_office_laptops_get_the_lan_route_via_the_gateway():
         state = desired_state(cfg, pk_of(cfg, laptop))
         assert state.routes == (KernelRoute(LAN, IPv4Address("10.20.0.1")),)
         assert gw.ip == IPv4Address("10.20.0.1")
-        assert not state.forwarding
+        assert state.served == ()
         tables = PolicyTables({"office": state})
         assert tables.egress(int(state.ip), ip("192.168.50.20")) == gw.pk
         assert tables.ingress_ok(gw.pk, ip("192.168.50.20"), int(state.ip))
@@ -100,7 +100,7 @@ def test_office_gateway_forwards_for_staff_only_and_installs_no_route_itself():
     cfg = load("office-gateway.toml")
     gw_pk = pk_of(cfg, "office-gw")
     state = desired_state(cfg, gw_pk)
-    assert state.forwarding and state.routes == ()
+    assert state.served == (IPv4Network("192.168.50.0/24"),) and state.routes == ()
     alice = cfg.node(pk_of(cfg, "alice-laptop"))
     rules = {(r.direction, r.source, r.dest): r.allow for r in state.access_rules}
     assert rules[OUT, LAN, IPv4Network(alice.ip)] and rules[IN, IPv4Network(alice.ip), LAN]
@@ -130,7 +130,7 @@ def test_full_mesh_everyone_talks_to_everyone():
         assert names(cfg, a.hostname) == {n.hostname for n in cfg.nodes}
         state = desired_state(cfg, a.pk)
         assert all(rule.allow for rule in state.access_rules)
-        assert state.routes == () and not state.forwarding
+        assert state.routes == () and state.served == ()
 
 
 # --- admin-servers ----------------------------------------------------------------------------
