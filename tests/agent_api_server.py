@@ -1,4 +1,5 @@
-"""A real agent REST API for tests: :class:`ApiServer` on 127.0.0.1 with a config-backed control.
+"""A real agent REST API for tests: :class:`ApiServer` on a Unix socket in the test's directory
+and on 127.0.0.1, with a config-backed control.
 
 :class:`ConfigControl` is a small but real :class:`~drasyl.agent.api.AgentControl`: it
 edits a real config.toml and reports :func:`~drasyl.agent.api.config_status`. The server runs
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -44,12 +47,16 @@ class ConfigControl:
 
 
 class ServerThread:
-    """``with ServerThread(control, token_file) as server: server.port``."""
+    """``with ServerThread(control, token_file) as server: server.port``; the run directory is
+    ``run`` next to the token file, TCP any free port of 127.0.0.1 unless ``listen`` says."""
 
-    def __init__(self, control: ConfigControl, token: TokenFile) -> None:
+    def __init__(self, control: ConfigControl, token: TokenFile,
+                 listen: tuple[str, int] | None = ("127.0.0.1", 0)) -> None:
         self.control = control
         self.token = token
-        self.port = 0
+        self.listen = listen
+        self.run_dir = token.path.parent / "run"
+        self.port: int | None = None
         self.api: ApiServer | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -64,7 +71,7 @@ class ServerThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = self.api = ApiServer(self.control, self.token, "127.0.0.1", 0)
+        server = self.api = ApiServer(self.control, self.token, self.listen, self.run_dir)
         try:
             await server.start()
             self.port = server.port
@@ -121,3 +128,27 @@ def make_config(tmp_path: Path) -> AgentConfig:
     )
     path.chmod(0o600)
     return AgentConfig.load(path, difficulty=LOW_DIFFICULTY)
+
+
+SQUATTER = """
+import socket, sys
+with socket.create_server((sys.argv[1], int(sys.argv[2]))) as server:
+    print("listening", server.getsockname()[1], flush=True)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(30)
+            try:
+                print("received", len(conn.recv(65536)), flush=True)
+            except OSError as exc:
+                print("received error", exc, flush=True)
+"""
+
+
+def squatter_argv(host: str = "127.0.0.1", port: int = 0) -> list[str]:
+    """A process of user nobody on ``host:port`` that prints ``listening <port>``, then per
+    connection ``received <n>``: the bytes of its first read (0: closed without sending).
+    The system's python3: nobody cannot reach a Python under /root."""
+    python = shutil.which("python3", path=os.defpath)
+    assert python is not None, "no python3 in /bin:/usr/bin"
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-c", SQUATTER, host, str(port)]

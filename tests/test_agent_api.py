@@ -1,38 +1,61 @@
-"""The agent's REST API on a real aiohttp server on 127.0.0.1, with a config-backed control."""
+"""The agent's REST API on a real aiohttp server (Unix socket and 127.0.0.1), with a config-backed control."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import logging
+import os
+import re
+import selectors
 import socket
 import stat
+import time
 import tomllib
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from agent_api_server import SECRET_URL, ConfigControl, ServerThread, make_config, token_file
-from drasyl.agent.api import AgentError, ApiServer, TokenFile, config_status, parse_listen
+from agent_api_server import SECRET_URL, ConfigControl, ServerThread, make_config, squatter_argv, token_file
+from drasyl.agent.api import (
+    CONNECTION_LIFETIME_S,
+    HEADER_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    AgentError,
+    ApiServer,
+    TokenFile,
+    config_status,
+    parse_listen,
+)
 from drasyl.errors import ConfigError
+from netns import Process
 
 TOKEN = "t0ken-for-tests"
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+NOBODY = 65534
+
+
+def connect(server: ServerThread, unix: bool = False) -> socket.socket:
+    if unix:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(10)
+        sock.connect(str(server.run_dir / "api.sock"))
+        return sock
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
 
 
 def call(server: ServerThread, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-         token: str | None = TOKEN, method: str | None = None) -> tuple[int, str, dict]:
-    """(status, Content-Type, JSON body) of one request; errors are answers too."""
+         token: str | None = TOKEN, method: str | None = None, unix: bool = False) -> tuple[int, str, dict]:
+    """(status, Content-Type, JSON body) of one request over TCP or the Unix socket."""
     headers = dict(headers or {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(server.url + path, data=body, headers=headers, method=method)
-    try:
-        with NO_PROXY.open(request, timeout=10) as response:
-            return response.status, response.headers["Content-Type"], json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers["Content-Type"], json.loads(exc.read())
+    connection = http.client.HTTPConnection("localhost")
+    connection.sock = connect(server, unix)
+    with connection.sock:
+        connection.request(method or ("GET" if body is None else "POST"), path, body, headers)
+        response = connection.getresponse()
+        return response.status, response.headers["Content-Type"], json.loads(response.read())
 
 
 def post(server: ServerThread, verb: str, url: str) -> dict:
@@ -52,7 +75,10 @@ def test_status_shows_the_public_key_and_no_secrets(server):
     status, content_type, body = call(server, "/status")
     assert (status, content_type) == (200, "application/json; charset=utf-8")
     config = server.control.config
-    assert body == config_status(config)
+    assert body == {**config_status(config), "api": {
+        "socket": str(server.run_dir / "api.sock"), "tcp": f"127.0.0.1:{server.port}",
+        "socket_error": None, "tcp_error": None}}
+    assert call(server, "/status", unix=True) == (status, content_type, body)
     assert body["public_key"] == config.identity.public_key_hex
     assert body["networks"][0]["config_url"] == "https://user:***@config.example.com/acme.toml"
     assert body["super_peers"][0]["address"] == "sp.example.org:22527"
@@ -165,16 +191,6 @@ def test_token_file_not_created_when_the_fallback_works_or_the_file_is_empty(tmp
         TokenFile(tmp_path / "missing" / "auth.token", fallback=str(tmp_path / "none")).ensure()
 
 
-def test_listen_address_in_use_is_a_clear_error(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        server = ApiServer(ConfigControl(make_config(tmp_path)), token_file(tmp_path), "127.0.0.1", port)
-        with pytest.raises(AgentError, match=rf"REST API cannot listen on 127.0.0.1:{port}: .*in use"):
-            asyncio.run(server.start())
-
-
 @pytest.mark.parametrize("text, address", [
     ("127.0.0.1:22527", ("127.0.0.1", 22527)),
     ("[::1]:8080", ("::1", 8080)),
@@ -204,3 +220,136 @@ def test_a_bug_behind_the_api_is_a_500_and_the_api_keeps_serving(tmp_path):
         assert call(server, "/status")[::2] == (500, {"error": "internal error"})
         assert post(server, "add", "https://b.example/")["success"] is True
         assert server.api.errors == {"internal_error": 2}
+
+
+
+# --- the Unix socket and its directory ---------------------------------------------------------
+
+
+def test_socket_0666_in_a_new_0755_directory_whatever_the_umask_stale_socket_replaced_own_removed(tmp_path):
+    control, token = ConfigControl(make_config(tmp_path)), token_file(tmp_path, TOKEN)
+    old_umask = os.umask(0o077)  # the systemd unit's
+    try:
+        with ServerThread(control, token, listen=None) as server:
+            assert server.port is None
+            assert stat.S_IMODE(os.stat(server.run_dir).st_mode) == 0o755
+            assert stat.S_IMODE(os.stat(server.run_dir / "api.sock").st_mode) == 0o666
+            assert call(server, "/status", unix=True)[2]["api"]["tcp"] is None
+    finally:
+        os.umask(old_umask)
+    assert not (server.run_dir / "api.sock").exists()
+    with socket.socket(socket.AF_UNIX) as stale:  # a killed agent's socket: nobody answers on it
+        stale.bind(str(server.run_dir / "api.sock"))
+    with ServerThread(control, token, listen=None) as server:
+        assert call(server, "/status", unix=True)[0] == 200
+
+
+def test_a_second_agent_keeps_off_the_socket_of_a_running_one(server, tmp_path):
+    second = ApiServer(server.control, server.token, None, server.run_dir)
+    with pytest.raises(AgentError, match=f"^REST API cannot listen on {server.run_dir}/api.sock: "
+                                         "another agent is serving on it$"):
+        asyncio.run(second.start())
+    assert call(server, "/status", unix=True)[0] == 200
+
+
+@pytest.mark.parametrize("spoil, problem", [
+    (lambda d: d.chmod(0o777), "{d} is writable by group or others (mode 0777)"),
+    (lambda d: os.chown(d, NOBODY, -1), f"{{d}} is owned by uid {NOBODY}, not by root"),
+])
+def test_a_run_directory_others_could_write_to_is_refused(tmp_path, caplog, spoil, problem):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o755)
+    spoil(run_dir)
+    expected = "REST API: refusing the run directory: " + problem.format(d=run_dir)
+    control, token = ConfigControl(make_config(tmp_path)), token_file(tmp_path, TOKEN)
+    with pytest.raises(AgentError, match=f"^{re.escape(expected)}$"):
+        asyncio.run(ApiServer(control, token, None, run_dir).start())
+    assert not (run_dir / "api.sock").exists()
+    with ServerThread(control, token) as server:  # TCP still serves, the status says why the socket does not
+        assert call(server, "/status")[2]["api"] == {
+            "socket": None, "tcp": f"127.0.0.1:{server.port}", "socket_error": expected, "tcp_error": None}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [expected]
+
+
+@pytest.fixture
+def squatter():
+    """A process of user nobody holding a free port of 127.0.0.1, and that port."""
+    proc = Process(squatter_argv(), "squatter")
+    try:
+        yield proc, int(proc.wait_for_line(r"^listening (\d+)$", 10).match[1])
+    finally:
+        proc.stop()
+
+
+def test_a_squatted_tcp_port_is_an_error_naming_the_holder_and_the_socket_serves(tmp_path, caplog, squatter):
+    proc, port = squatter
+    control, token = ConfigControl(make_config(tmp_path)), token_file(tmp_path, TOKEN)
+    expected = f"REST API cannot listen on 127.0.0.1:{port}: Address already in use (held by uid {NOBODY})"
+    with ServerThread(control, token, listen=("127.0.0.1", port)) as server:
+        assert server.api.tcp_error == expected and server.port is None
+        assert call(server, "/status", unix=True)[2]["api"] == {
+            "socket": str(server.run_dir / "api.sock"), "tcp": None, "socket_error": None, "tcp_error": expected}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [expected]
+    server.run_dir.chmod(0o777)  # neither listener: then the agent cannot start
+    with pytest.raises(AgentError, match=r"^REST API: refusing the run directory: .* \(mode 0777\); "
+                                         f"{re.escape(expected)}$"):
+        asyncio.run(ApiServer(control, token, ("127.0.0.1", port), server.run_dir).start())
+    assert proc.lines_since(0) == [f"listening {port}"]  # nobody connected to the squatter
+
+
+# --- bounded connections -------------------------------------------------------------------------
+
+
+def closed_by_the_server(socks: list[socket.socket], deadline: float) -> list[socket.socket]:
+    """The sockets the server closed (EOF or reset) until ``deadline`` (monotonic) or all are."""
+    closed = []
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        while len(closed) < len(socks) and (left := deadline - time.monotonic()) > 0:
+            for key, _ in selector.select(left):
+                try:
+                    assert key.fileobj.recv(1) == b"", "the server sent something"
+                except ConnectionResetError:
+                    pass
+                selector.unregister(key.fileobj)
+                closed.append(key.fileobj)
+    return closed
+
+
+def test_idle_slow_and_excess_connections_are_closed_and_requests_still_work(server, caplog):
+    socks = []
+    try:
+        for i in range(200):
+            socks.append(connect(server))
+            if i < 10:  # slowloris: headers that never end
+                socks[-1].sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+        opened = time.monotonic()
+        excess = closed_by_the_server(socks, opened + 2)
+        assert len(excess) == 200 - MAX_CONNECTIONS and server.api.connections["tcp"] == MAX_CONNECTIONS
+        held = [sock for sock in socks if sock not in excess]
+        assert set(socks[:10]) <= set(held)  # the slow ones came first: admitted, then timed out
+        assert call(server, "/status", unix=True)[0] == 200  # TCP's limit is not the socket's
+        with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+            call(server, "/status")
+        assert server.api.dropped["too_many_connections"] == 200 - MAX_CONNECTIONS + 1
+        assert len(closed_by_the_server(held, opened + HEADER_TIMEOUT_S + 1.5)) == MAX_CONNECTIONS
+        assert call(server, "/status")[0] == 200
+    finally:
+        for sock in socks:
+            sock.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_connection_lives_at_most_its_lifetime(tmp_path, monkeypatch):
+    monkeypatch.setattr("drasyl.agent.api.CONNECTION_LIFETIME_S", 1.0)  # below the keep-alive timeout
+    with ServerThread(ConfigControl(make_config(tmp_path)), token_file(tmp_path, TOKEN)) as server:
+        with connect(server) as sock:
+            connection = http.client.HTTPConnection("localhost")
+            connection.sock = sock
+            connection.request("GET", "/status", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert connection.getresponse().read()
+            started = time.monotonic()
+            assert closed_by_the_server([sock], started + 3) == [sock]
+            assert time.monotonic() - started < 2 and server.api.dropped == {"lifetime": 1}
+    assert CONNECTION_LIFETIME_S == 60.0

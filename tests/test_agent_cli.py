@@ -1,8 +1,9 @@
-"""``drasyl-agent`` in a subprocess against a real REST API server on 127.0.0.1."""
+"""``drasyl-agent`` in a subprocess against a real REST API server (Unix socket and 127.0.0.1)."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -17,12 +18,14 @@ from drasyl.agent.cli import format_status
 from netns import python_env
 
 TOKEN = "cli-test-token"
+NOBODY = 65534
 
 
 def cli(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess:
     """Run the CLI with HOME in the test's directory (so ~/.drasyl is the test's)."""
     return subprocess.run([sys.executable, "-m", "drasyl.agent.cli", *args], capture_output=True, text=True,
-                          timeout=60, env=python_env(**{"HOME": str(home), "DRASYL_API_LISTEN": "127.0.0.1:1", **env}))
+                          timeout=60, env=python_env(**{"HOME": str(home), "DRASYL_API_LISTEN": "127.0.0.1:1",
+                                                        "DRASYL_RUN_DIR": str(home / "no-run"), **env}))
 
 
 @pytest.fixture
@@ -32,9 +35,9 @@ def agent(tmp_path):
 
 
 def client(agent: ServerThread, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """The CLI with this test's token and server; options in ``args`` override them."""
-    return cli("--token", str(tmp_path / "auth.token"), "--api", f"127.0.0.1:{agent.port}", *args,
-               home=tmp_path / "home", **env)
+    """The CLI with this test's token and server (socket and TCP); options in ``args`` override them."""
+    return cli("--token", str(tmp_path / "auth.token"), "--run-dir", str(agent.run_dir),
+               "--api", f"127.0.0.1:{agent.port}", *args, home=tmp_path / "home", **env)
 
 
 def one_error_line(result: subprocess.CompletedProcess, command: str) -> str:
@@ -60,7 +63,7 @@ def test_status_table(agent, tmp_path):
 def test_status_json(agent, tmp_path):
     result = client(agent, tmp_path, "status", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == config_status(agent.control.config)
+    assert json.loads(result.stdout) == {**config_status(agent.control.config), "api": agent.api.listening()}
 
 
 def test_status_table_shows_runtime_rows():
@@ -73,6 +76,8 @@ def test_status_table_shows_runtime_rows():
         "peers": [{"public_key": "fe" * 32, "hostname": "fileserver", "ip": "10.1.0.2", "path": "direct",
                    "rtt_ms": 0.5, "last_rx_s": 75.2, "rx_bytes": 1_234_567, "tx_bytes": 999}],
         "drops": {"policy": 3, "no_route": 0},
+        "api": {"socket": "/run/drasyl/api.sock", "tcp": None, "socket_error": None,
+                "tcp_error": "REST API cannot listen on 127.0.0.1:22527: Address already in use (held by uid 65534)"},
     }
     assert format_status(status).splitlines()[2:] == [
         "Super peers:",
@@ -89,6 +94,8 @@ def test_status_table_shows_runtime_rows():
         "  fileserver  10.1.0.2  fefefefefefe…  direct  0.5 ms  1m 15s   1.2 MB  999 B",
         "",
         "Dropped packets: policy 3",
+        "",
+        "API problem: REST API cannot listen on 127.0.0.1:22527: Address already in use (held by uid 65534)",
     ]
 
 
@@ -106,15 +113,41 @@ def test_network_commands(agent, tmp_path):
 
 def test_options_before_the_subcommand_and_api_from_the_environment(agent, tmp_path):
     result = cli("--token", str(tmp_path / "auth.token"), "add", "file:///x.toml", home=tmp_path / "home",
-                 DRASYL_API_LISTEN=f"127.0.0.1:{agent.port}")
+                 DRASYL_API_LISTEN=f"127.0.0.1:{agent.port}")  # no socket in $DRASYL_RUN_DIR: TCP
     assert (result.returncode, result.stdout) == (0, "Network 'file:///x.toml' added successfully\n"), result.stderr
+    result = cli("--token", str(tmp_path / "auth.token"), "remove", "file:///x.toml", home=tmp_path / "home",
+                 DRASYL_RUN_DIR=str(agent.run_dir))  # nothing on TCP 127.0.0.1:1: the socket
+    assert (result.returncode, result.stdout) == (0, "Network 'file:///x.toml' removed successfully\n"), result.stderr
+
+
+def test_the_socket_is_used_when_present_and_tcp_otherwise(agent, tmp_path):
+    assert client(agent, tmp_path, "status", "--api", "127.0.0.1:1").returncode == 0
+    result = client(agent, tmp_path, "status", "--run-dir", str(tmp_path / "empty"))
+    assert result.returncode == 0, result.stderr  # TCP, held by root
+
+
+@pytest.mark.parametrize("spoil, problem", [
+    (lambda d: d.chmod(0o777), "{d} is writable by group or others (mode 0777)"),
+    (lambda d: os.chown(d, NOBODY, -1), f"{{d}} is owned by uid {NOBODY}, not by root"),
+    (lambda d: os.chown(d / "api.sock", NOBODY, -1), f"{{d}}/api.sock is owned by uid {NOBODY}, not by root"),
+])
+def test_a_socket_others_could_have_put_there_gets_no_token(agent, tmp_path, spoil, problem):
+    spoil(agent.run_dir)
+    before = (tmp_path / "config.toml").read_bytes()
+    result = client(agent, tmp_path, "add", "file:///x.toml")
+    assert one_error_line(result, "add") == (f"drasyl-agent add: not sending the API token to {agent.run_dir}/api.sock: "
+                                             + problem.format(d=agent.run_dir))
+    assert (tmp_path / "config.toml").read_bytes() == before
 
 
 def test_wrong_token(agent, tmp_path):
     (tmp_path / "other.token").write_text("nope")
     result = client(agent, tmp_path, "status", "--token", str(tmp_path / "other.token"))
     assert one_error_line(result, "status") == (
-        f"drasyl-agent status: the agent's API at http://127.0.0.1:{agent.port} answered 401: token wrong")
+        f"drasyl-agent status: the agent's API at {agent.run_dir}/api.sock answered 401: token wrong")
+    result = client(agent, tmp_path, "status", "--token", str(tmp_path / "other.token"), "--run-dir", str(tmp_path))
+    assert one_error_line(result, "status") == (
+        f"drasyl-agent status: the agent's API at 127.0.0.1:{agent.port} answered 401: token wrong")
 
 
 def test_missing_token_file_then_the_home_fallback(agent, tmp_path):
@@ -129,20 +162,28 @@ def test_missing_token_file_then_the_home_fallback(agent, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_agent_not_running(tmp_path):
+def test_agent_not_running_also_before_its_first_start(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again below: nobody listens there
-    token_file(tmp_path)
-    result = cli("status", "--token", str(tmp_path / "auth.token"), "--api", f"127.0.0.1:{port}", home=tmp_path)
-    assert one_error_line(result, "status").startswith(
-        f"drasyl-agent status: cannot reach the agent's API at http://127.0.0.1:{port}: Connection refused")
+    hint = "start it with 'drasyl-agent run' or 'systemctl start drasyl-agent')"
+    for token in (tmp_path / "no.token", token_file(tmp_path).path):  # no token file yet: the same answer
+        result = cli("status", "--token", str(token), "--api", f"127.0.0.1:{port}", "--run-dir", str(tmp_path / "run"),
+                     home=tmp_path)
+        assert one_error_line(result, "status") == (
+            f"drasyl-agent status: is the agent running? (no API socket at {tmp_path}/run/api.sock, "
+            f"nothing listening on 127.0.0.1:{port}; {hint}")
+    (tmp_path / "run").mkdir()
+    with socket.socket(socket.AF_UNIX) as stale:  # a killed agent's socket
+        stale.bind(str(tmp_path / "run" / "api.sock"))
+    result = cli("status", "--token", str(token), "--run-dir", str(tmp_path / "run"), home=tmp_path,
+                 DRASYL_API_LISTEN="")
+    assert one_error_line(result, "status") == (
+        f"drasyl-agent status: is the agent running? ({tmp_path}/run/api.sock: Connection refused, "
+        f"no TCP API (DRASYL_API_LISTEN is empty); {hint}")
 
 
-def test_empty_api_address_means_no_api(tmp_path):
-    token_file(tmp_path)
-    result = cli("status", "--token", str(tmp_path / "auth.token"), home=tmp_path, DRASYL_API_LISTEN="")
-    assert one_error_line(result, "status") == "drasyl-agent status: the REST API is disabled (DRASYL_API_LISTEN is empty)"
+def test_bad_api_address(tmp_path):
     result = cli("status", "--api", "nonsense", home=tmp_path)
     assert one_error_line(result, "status") == (
         "drasyl-agent status: API address 'nonsense' is invalid: expected host:port or [ipv6]:port")
@@ -152,7 +193,8 @@ def test_help_names_the_files_and_variables(tmp_path):
     result = cli("--help", home=tmp_path)
     assert result.returncode == 0
     for words in ("/etc/drasyl/config.toml", "/etc/drasyl/auth.token", "~/.drasyl/auth.token",
-                  "DRASYL_API_LISTEN", "127.0.0.1:22527", "DRASYL_LOG_LEVEL", "run", "status", "disable"):
+                  "DRASYL_API_LISTEN", "127.0.0.1:22527", "DRASYL_LOG_LEVEL", "run", "status", "disable",
+                  "/run/drasyl/api.sock", "DRASYL_RUN_DIR", "--run-dir DIR", "/proc/net/tcp"):
         assert words in result.stdout, words
     result = cli("status", "--help", home=tmp_path)
     assert result.returncode == 0 and "--json" in result.stdout and "--token FILE" in result.stdout

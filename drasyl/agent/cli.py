@@ -8,27 +8,34 @@ the client honours ``--api``/``DRASYL_API_LISTEN`` like the server (drasyl-rs al
 localhost:22527); ``status --json``; ``status`` shows no secret key; ``--log-level`` falls
 back to ``DRASYL_LOG_LEVEL``/``RUST_LOG`` (drasyl-rs' default hides ``RUST_LOG``).
 
-The client is a one-shot synchronous ``urllib`` request (no event loop, quick start-up;
-proxies ignored: the API is local). Exit codes: 0 success, 1 any failure (one line on
-stderr, never a traceback), 2 usage errors. ``run`` configures logging and hands over to
+The client never hands the token to a process that is not the agent (any local user can
+bind 127.0.0.1:22527 while the agent is down): it talks over the agent's Unix socket
+``<run dir>/api.sock`` (``--run-dir``/``DRASYL_RUN_DIR``, default ``/run/drasyl``) when
+that exists and both it and its directory are owned by root or by the caller and the
+directory is writable by nobody else (an untrusted socket is refused, not skipped); else
+over TCP, sending the token only after ``/proc/net/tcp`` shows that the other end of the
+connection belongs to root or to the owner of the token file. It is one synchronous
+``http.client`` request on a socket it connected itself (no event loop, quick start-up, no
+proxies: the API is local). Exit codes: 0 success, 1 any failure (one line on stderr,
+never a traceback), 2 usage errors. ``run`` configures logging and hands over to
 ``drasyl.agent.daemon.run(options) -> int`` with ``options.agent_config`` (the loaded
 :class:`~drasyl.agent.config.AgentConfig`, generated on the first start), ``options.config``
-and ``options.token`` (paths), ``options.listen`` (``(host, port)`` of the API, or None: no API) and
-``options.log_level`` (int); a :class:`~drasyl.errors.DrasylError` it raises becomes one line
-on stderr and exit code 1. This module only parses, formats and dials.
+and ``options.token`` (paths), ``options.listen`` (``(host, port)`` of the TCP API, or None:
+none), ``options.run_dir`` (the API socket's directory) and ``options.log_level`` (int); a
+:class:`~drasyl.errors.DrasylError` it raises becomes one line on stderr and exit code 1.
+This module only parses, formats and dials.
 """
-
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import logging
 import os
 import platform
+import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,13 +46,20 @@ from ..progress import PowProgress
 from ..urls import format_host_port
 from .api import (
     DEFAULT_LISTEN,
+    DEFAULT_RUN_DIR,
     DEFAULT_TOKEN_FILE,
     FALLBACK_TOKEN_FILE,
     LISTEN_ENV,
+    RUN_DIR_ENV,
+    SOCKET_NAME,
     AgentError,
     TokenFile,
     package_version,
     parse_listen,
+    peer_uid,
+    socket_path,
+    uid_names,
+    untrusted,
 )
 from .config import AgentConfig
 
@@ -70,10 +84,18 @@ files:
   {DEFAULT_TOKEN_FILE:<24} API bearer token (--token); 'run' creates it (mode 0600) when
   {"":<24} missing. Clients fall back to {FALLBACK_TOKEN_FILE}: copy the
   {"":<24} token there to use the CLI without root.
+  {DEFAULT_RUN_DIR + "/" + SOCKET_NAME:<24} the API's Unix socket (--run-dir); 'run' creates the
+  {"":<24} directory (0755) and refuses one that another uid owns or
+  {"":<24} others may write to. Clients use the socket when it and its
+  {"":<24} directory belong to root or to them, else TCP, where they send
+  {"":<24} the token only if /proc/net/tcp shows the port is held by root
+  {"":<24} or the token file's owner (never to a squatter on the port).
 
 environment:
-  {LISTEN_ENV:<28} REST API address of the server and the clients (default
-  {"":<28} {DEFAULT_LISTEN}; empty: no API); --api overrides it
+  {LISTEN_ENV:<28} REST API TCP address of the server and the clients (default
+  {"":<28} {DEFAULT_LISTEN}; empty: Unix socket only); --api overrides it
+  {RUN_DIR_ENV:<28} directory of the API socket (default {DEFAULT_RUN_DIR});
+  {"":<28} --run-dir overrides it
   {"DRASYL_LOG_LEVEL, RUST_LOG":<28} log level when --log-level is not given (default info)
   {"DRASYL_MIN_POW_DIFFICULTY":<28} proof-of-work bits of a new identity and required of
   {"":<28} the one in config.toml (default 24)
@@ -102,6 +124,7 @@ exit codes: 0 success, 1 failure (one line on stderr), 2 usage error"""
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     for name, default in (("config", DEFAULT_CONFIG), ("token", DEFAULT_TOKEN_FILE), ("api", None),
+                          ("run_dir", os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR),
                           ("log_level", None), ("log_file", None)):
         if not hasattr(args, name):
             setattr(args, name, default)
@@ -208,39 +231,87 @@ def _listen(args: argparse.Namespace) -> tuple[str, int] | None:
 
 
 def _request(args: argparse.Namespace, path: str, body: dict[str, str] | None = None) -> Any:
+    """One request to the agent; the token goes only to a socket held by root or the token's owner."""
+    sock, where = _connect(args)
+    with sock:
+        token, owner = TokenFile(args.token).read_with_owner()
+        if sock.family != socket.AF_UNIX:
+            _check_holder(sock, where, owner)
+        connection = http.client.HTTPConnection("localhost" if sock.family == socket.AF_UNIX else where)
+        connection.sock = sock  # connected and checked: http.client must not dial again
+        headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body).encode()
+        try:
+            connection.request("POST" if data else "GET", path, data, headers)
+            response = connection.getresponse()
+            answer = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise AgentError(f"no answer from the agent's API at {where}: {reason}") from None
+    if response.status != 200:
+        raise AgentError(f"the agent's API at {where} answered {response.status}: {_error_text(answer, response.reason)}")
+    try:
+        return json.loads(answer)
+    except ValueError:
+        raise AgentError(f"the agent's API at {where} answered something that is not JSON") from None
+
+
+def _connect(args: argparse.Namespace) -> tuple[socket.socket, str]:
+    """A connection to the agent and its address: the Unix socket if there is one we can trust
+    (it and its directory owned by root or by us, the directory writable by nobody else),
+    else TCP. :class:`AgentError` for an untrusted socket and when nothing answers."""
+    path = socket_path(args.run_dir)
+    owners = (0, os.geteuid())
+    missing = []
+    try:
+        problem = untrusted(path, owners) or untrusted(path.parent, owners)
+    except OSError:  # no socket, or not ours to see (a directory of mode 0700): TCP
+        missing.append(f"no API socket at {path}")
+    else:
+        if problem is not None:
+            raise AgentError(f"not sending the API token to {path}: {problem}")
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(CLIENT_TIMEOUT_S)
+        try:
+            sock.connect(str(path))
+            return sock, str(path)
+        except OSError as exc:
+            sock.close()
+            missing.append(f"{path}: {exc.strerror or exc}")
     address = _listen(args)
     if address is None:
-        raise AgentError(f"the REST API is disabled ({LISTEN_ENV} is empty)")
-    host, port = address
-    base = f"http://{format_host_port(LOOPBACK.get(host, host), port)}"
-    token = TokenFile(args.token).read()
-    headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
-    data = None
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-        data = json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, headers=headers, method="POST" if data else "GET")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=CLIENT_TIMEOUT_S) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raise AgentError(f"the agent's API at {base} answered {exc.code}: {_error_text(exc)}") from None
-    except urllib.error.URLError as exc:
-        reason = getattr(exc.reason, "strerror", None) or str(exc.reason)
-        raise AgentError(f"cannot reach the agent's API at {base}: {reason} (is 'drasyl-agent run' running "
-                         f"and listening there? see --api and {LISTEN_ENV})") from None
-    except (TimeoutError, ConnectionError) as exc:
-        raise AgentError(f"no answer from the agent's API at {base}: {exc.strerror or 'timed out'}") from None
-    except ValueError:
-        raise AgentError(f"the agent's API at {base} answered something that is not JSON") from None
+        missing.append(f"no TCP API ({LISTEN_ENV} is empty)")
+    else:
+        host, port = LOOPBACK.get(address[0], address[0]), address[1]
+        where = format_host_port(host, port)
+        try:
+            return socket.create_connection((host, port), CLIENT_TIMEOUT_S), where
+        except ConnectionRefusedError:
+            missing.append(f"nothing listening on {where}")
+        except OSError as exc:
+            missing.append(f"{where}: {exc.strerror or exc}")
+    raise AgentError(f"is the agent running? ({', '.join(missing)}; "
+                     "start it with 'drasyl-agent run' or 'systemctl start drasyl-agent')")
 
 
-def _error_text(exc: urllib.error.HTTPError) -> str:
+def _check_holder(sock: socket.socket, where: str, token_owner: int) -> None:
+    """Anybody may bind a free TCP port: send the token only to root or the token's owner."""
+    uid = peer_uid(sock)
+    if uid is None:
+        raise AgentError(f"not sending the API token: cannot tell who holds {where} (it is not on this host)")
+    if uid not in (0, token_owner):
+        raise AgentError(f"not sending the API token: {where} is held by uid {uid}, not by "
+                         f"{uid_names((0, token_owner))} (is another program squatting the agent's port?)")
+
+
+def _error_text(answer: bytes, reason: str) -> str:
     try:
-        return str(json.loads(exc.read())["error"])
-    except (ValueError, KeyError, TypeError, OSError):
-        return exc.reason
+        return str(json.loads(answer)["error"])
+    except (ValueError, KeyError, TypeError):
+        return reason
 
 
 # --- status table -----------------------------------------------------------------------------
@@ -276,6 +347,10 @@ def format_status(status: dict[str, Any]) -> str:
     drops = {k: v for k, v in status.get("drops", {}).items() if v}
     if drops:
         lines += ["", "Dropped packets: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))]
+    api = status.get("api") or {}
+    problems = [f"API problem: {api[key]}" for key in ("socket_error", "tcp_error") if api.get(key)]
+    if problems:
+        lines += ["", *problems]
     return "\n".join(lines)
 
 
@@ -327,7 +402,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--token", metavar="FILE", default=argparse.SUPPRESS,
                         help=f"API token file (default {DEFAULT_TOKEN_FILE}; clients fall back to {FALLBACK_TOKEN_FILE})")
     common.add_argument("--api", metavar="HOST:PORT", default=argparse.SUPPRESS,
-                        help=f"REST API address (default ${LISTEN_ENV} or {DEFAULT_LISTEN})")
+                        help=f"REST API TCP address (default ${LISTEN_ENV} or {DEFAULT_LISTEN}; empty: none)")
+    common.add_argument("--run-dir", metavar="DIR", default=argparse.SUPPRESS,
+                        help=f"directory of the agent's API socket {SOCKET_NAME} (default ${RUN_DIR_ENV} or {DEFAULT_RUN_DIR})")
     common.add_argument("--log-level", metavar="LEVEL", default=argparse.SUPPRESS,
                         help="run: error, warn, info, debug, trace or off (default $DRASYL_LOG_LEVEL, $RUST_LOG, info)")
     common.add_argument("--log-file", metavar="FILE", default=argparse.SUPPRESS,
