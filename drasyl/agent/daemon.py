@@ -64,7 +64,7 @@ from ..tun.device import DEFAULT_NAME
 from ..tun.hosts import HostsFile
 from ..tun.packet import ADDRESSES, PROTO_UDP, is_drasyl_control, is_ipv4
 from ..tun.routes import Route, underlay_routes
-from .api import AgentError, ApiServer, TokenFile, config_status
+from .api import DEFAULT_RUN_DIR, AgentError, ApiServer, TokenFile, config_status
 from .config import AgentConfig, NetworkEntry, mask_url
 from .consent import Decision, HostFacts, Request, decide
 from .fetch import FetchError, OnDemandSession, fetch_config_text
@@ -78,8 +78,6 @@ HOUSEKEEPING_S = 10.0
 #: How long the agent tries to bring back a TUN device that was deleted under it before it
 #: exits non-zero (systemd then restarts it).
 TUN_RECREATE_S = 10.0
-DEFAULT_RUN_DIR = "/run/drasyl"
-RUN_DIR_ENV = "DRASYL_RUN_DIR"
 #: An unexpected error's text in status and log is cut here (a config can carry megabytes).
 MAX_ERROR_CHARS = 300
 #: Drop reasons of the screening both directions share (not IPv4, drasyl's own traffic).
@@ -93,8 +91,7 @@ IGNORED_ENV = ("DRASYL_UDP_SOCKETS", "DRASYL_RECV_BUF_CAP", "DRASYL_CHANNEL_CAP"
 
 def run(options: Any) -> int:
     """Run the agent until SIGTERM/SIGINT; the exit code. Errors at start raise DrasylError."""
-    run_dir = getattr(options, "run_dir", None) or os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
-    return asyncio.run(Agent(options.agent_config, options.token, options.listen, run_dir).main())
+    return asyncio.run(Agent(options.agent_config, options.token, options.listen, options.run_dir).main())
 
 
 @dataclass
@@ -174,12 +171,8 @@ class Agent:
         # addresses and routes died with its process)
         for problem in await self._on_host(self.host.start):
             log.warning("Cleanup after a previous run: %s", problem)
-        if self._listen is not None:
-            self.api = ApiServer(self, TokenFile(self._token_path), *self._listen)
-            await self.api.start()
-            log.info("REST API listening on %s:%d", self._listen[0], self.api.port)
-        else:
-            log.info("REST API disabled")
+        self.api = ApiServer(self, TokenFile(self._token_path), self._listen, self._run_dir)
+        await self.api.start()  # logs where it listens
 
     async def _open_tun(self) -> None:
         tun = await self._on_host(TunDevice, DEFAULT_NAME, self.config.mtu)
