@@ -280,10 +280,27 @@ def test_urls_match_an_independent_whatwg_implementation():
             assert normalize_url(given) == want, given
 
 
-def test_url_masking_hides_only_the_password():
-    assert mask_url("https://user:secret@h/x?a=b@c") == "https://user:***@h/x?a=b@c"
-    assert mask_url("https://user@h/x") == "https://user@h/x"
-    assert mask_url("file:///etc/x.toml") == "file:///etc/x.toml"
+@pytest.mark.parametrize("url, shown", [
+    ("https://alice:secret@h.example/n.toml", "https://alice:***@h.example/n.toml"),
+    ("https://:secret@h.example/", "https://:***@h.example/"),
+    ("https://alice@h.example/n.toml", "https://alice@h.example/n.toml"),
+    ("https://alice@h.example:8443/n.toml", "https://alice@h.example:8443/n.toml"),
+    ("https://h.example:8443/a@b", "https://h.example:***@b"),  # over-masked: an @ in the path
+    ("https://h.example/a@b", "https://h.example/a@b"),
+    ("file:///etc/drasyl/n.toml", "file:///etc/drasyl/n.toml"),
+    ("not a url", "not a url"),
+    # passwords with characters that end the authority for a standard parser, or are @ or :
+    ("https://user:pa#ss@host/x", "https://user:***@host/x"),
+    ("https://user:p/w@host/x", "https://user:***@host/x"),
+    ("https://u:p?q@h/", "https://u:***@h/"),
+    ("https://u:a@b@h/", "https://u:***@h/"),
+    ("https://u:a:b@h/", "https://u:***@h/"),
+    ("https://alice:p@ss/word@h.example/n", "https://alice:***@h.example/n"),
+    ("https://alice:p@ss#w@h.example/n", "https://alice:***@h.example/n"),
+    ("https://user:secret@h/x?a=b@c", "https://user:***@c"),  # ambiguous: masked up to the last @
+])
+def test_url_masking_never_shows_the_password(url, shown):
+    assert mask_url(url) == shown
 
 
 # --- first run --------------------------------------------------------------------------------

@@ -549,17 +549,18 @@ def normalize_url(text: str) -> str:
 
 
 def mask_url(text: str) -> str:
-    """``text`` with the password of its userinfo replaced by ``***`` (works on any URL text)."""
+    """``text`` with everything from the first ``:`` after ``://`` to the last ``@`` replaced
+    by ``***`` (works on any URL text). That covers the password under every reading of the
+    text: a password may hold raw ``@``, ``:``, ``/``, ``?`` or ``#``, which end the authority
+    early for a standard parser. An ``@`` in a path or query after a ``:`` is masked too
+    (``https://h:8443/x?a@b`` → ``https://h:***@b``): over-masking, never a leak."""
     start = text.find("://")
     if start < 0:
         return text
-    start += 3
-    end = min((i for i in (text.find(c, start) for c in "/?#") if i >= 0), default=len(text))
-    userinfo, at, _ = text[start:end].rpartition("@")
-    if not at or ":" not in userinfo:
+    colon, at = text.find(":", start + 3), text.rfind("@")
+    if colon < 0 or at < colon:
         return text
-    user = userinfo.partition(":")[0]
-    return f"{text[:start]}{user}:***@{text[start + len(userinfo) + 1:]}"
+    return f"{text[:colon]}:***{text[at:]}"
 
 
 def _split_authority(rest: str) -> tuple[str, str]:
