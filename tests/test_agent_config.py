@@ -476,3 +476,17 @@ def test_run_warns_about_a_config_file_others_can_read(tmp_path, ident, monkeypa
                 f"it holds the secret key: chmod 600 '{path}'")
     assert (expected in caplog.messages) is warned, caplog.messages
     assert stat.S_IMODE(path.stat().st_mode) == mode  # reported, never changed behind the user's back
+
+
+@pytest.mark.parametrize("url", ["https://u:p?q@h/", "https://u:se#cret@h/x", "https://u:pa/ss:99x@h/",
+                                 "https://user:p[ss@h/"])
+def test_url_errors_never_show_a_password_that_splits_the_url(url):
+    secret = url.split("://", 1)[1].split(":", 1)[1].rsplit("@", 1)[0]
+    try:
+        normalize_url(url)
+    except ConfigError as exc:
+        message = str(exc)
+    else:
+        return  # accepted: nothing printed
+    for piece in (secret, secret[:2], secret[-2:]):
+        assert piece not in message.replace("***", ""), message

@@ -21,7 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from drasyl.agent.fetch import MAX_BODY_BYTES, FetchError, _is_public, fetch_config_text, is_insecure
+from drasyl.agent.config import is_insecure
+from drasyl.agent.fetch import MAX_BODY_BYTES, FetchError, _is_public, fetch_config_text
 from netns import Lab, lab, python_env  # noqa: F401 (lab is a fixture)
 
 OWN_PK = "ab" * 32

@@ -91,9 +91,12 @@ def test_routing_takeover_forwarding_and_names_are_refused(cluster: Cluster) -> 
                    + route("10.98.0.0/24", pk_b) + route("10.97.0.0/24", pk_a))
     text = text.replace('hostname = "bob-h"', 'hostname = "localhost"')
     url = serve(cluster, "takeover.toml", text)
-    a.cli("add", url)
+    added = a.cli("add", url)
+    assert "plain http" in added.stderr and "warning" in added.stderr, added.stderr
     b.cli("add", url)
     net = wait_state(cluster, a, url, "active")
+    assert net["insecure"] is True
+    assert "refused: route 0.0.0.0/1" in a.cli("status").stdout
     refused = "\n".join(net["refused"])
     for what in ("route 0.0.0.0/1", "route 128.0.0.0/1", f"route {SP_IP}/32", "forwarding to 10.97.0.0/24",
                  "name 'localhost'"):

@@ -34,9 +34,11 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
       "networks": [{
           "config_url": "https://user:***@host/net.toml",   # as written, password masked
           "name": "Acme" | null, "disabled": false,
-          "state": "active" | "disabled" | "pending" | "not a member" | "error",
+          "state": "active" | "disabled" | "pending" | "not a member" | "error" | "refused",
           "subnet": "10.1.0.0/24" | null, "ip": "10.1.0.1" | null,
-          "error": "<last fetch or validation error>" | null
+          "error": "<last fetch or validation error>" | null,
+          "insecure": false,                    # fetched over plain http://
+          "refused": ["route 0.0.0.0/1 via 10.1.0.2 refused: …"]   # what the local user did not allow
       }],
       "peers": [{
           "public_key": "<64 hex>", "hostname": "fileserver" | null, "ip": "10.1.0.2" | null,
@@ -45,6 +47,7 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
           "last_rx_s": 1.5 | null,              # seconds since the last packet from it
           "rx_bytes": 0, "tx_bytes": 0          # overlay bytes in / out
       }],
+      "conflicts": ["<later network>: … joined earlier"],  # claims refused to a later network
       "drops": {"<reason>": 0}                  # packets dropped by the agent, by reason
     }
 
@@ -96,7 +99,7 @@ from aiohttp import web
 from ..errors import ConfigError, DrasylError
 from ..net.faults import FaultLog
 from ..urls import format_host_port
-from .config import AgentConfig, mask_url
+from .config import AgentConfig, is_insecure, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +160,12 @@ def config_status(config: AgentConfig) -> dict[str, Any]:
         ],
         "networks": [
             {"config_url": mask_url(n.config_url), "name": n.name, "disabled": n.disabled,
-             "state": "disabled" if n.disabled else "pending", "subnet": None, "ip": None, "error": None}
+             "state": "disabled" if n.disabled else "pending", "subnet": None, "ip": None, "error": None,
+             "insecure": is_insecure(n.config_url), "refused": []}
             for n in config.networks
         ],
         "peers": [],
+        "conflicts": [],
         "drops": {},
     }
 

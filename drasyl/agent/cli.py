@@ -61,7 +61,7 @@ from .api import (
     uid_names,
     untrusted,
 )
-from .config import AgentConfig
+from .config import AgentConfig, is_insecure, mask_url
 
 log = logging.getLogger("drasyl.agent")
 
@@ -188,9 +188,13 @@ def _network(args: argparse.Namespace) -> int:
     if not isinstance(answer, dict) or not isinstance(answer.get("message"), str):
         raise AgentError("the agent's API answered without a message")
     if answer.get("success") is True:
-        print(answer["message"])
+        print(_printable(answer["message"]))
+        if args.command in ("add", "enable") and is_insecure(args.url):
+            print(f"warning: {_printable(mask_url(args.url))} is fetched over plain http: anyone on the way can "
+                  "rewrite it and decide who is in this network; use https:// if the server offers it",
+                  file=sys.stderr)
         return 0
-    print(answer["message"], file=sys.stderr)
+    print(_printable(answer["message"]), file=sys.stderr)
     return 1
 
 
@@ -331,11 +335,18 @@ def format_status(status: dict[str, Any]) -> str:
     if networks:
         rows = []
         for net in networks:
-            rows.append([net.get("config_url"), net.get("name") or "-", net.get("state"),
+            state = net.get("state") or "-"
+            rows.append([net.get("config_url"), net.get("name") or "-",
+                         f"{state} (insecure: http)" if net.get("insecure") else state,
                          net.get("subnet") or "-", net.get("ip") or "-"])
             if net.get("error"):
                 rows.append([f"  error: {net['error']}"])
+            rows += [[f"  refused: {line}"] for line in net.get("refused") or ()]
         lines += _table(["URL", "NAME", "STATE", "SUBNET", "IP"], rows)
+    conflicts = status.get("conflicts") or []
+    if conflicts:
+        lines += ["", "Conflicts between networks (the network listed first in config.toml wins):"]
+        lines += [f"  {line}" for line in conflicts]
     peers = status.get("peers", [])
     lines += ["", "Peers:" if peers else "Peers: none"]
     if peers:
@@ -351,7 +362,13 @@ def format_status(status: dict[str, Any]) -> str:
     problems = [f"API problem: {api[key]}" for key in ("socket_error", "tcp_error") if api.get(key)]
     if problems:
         lines += ["", *problems]
-    return "\n".join(lines)
+    return "\n".join(_printable(line) for line in lines)
+
+
+def _printable(text: str) -> str:
+    """``text`` without control characters: names and errors come from network configs, and
+    a terminal must not run escape sequences someone else wrote."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:

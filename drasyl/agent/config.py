@@ -548,6 +548,11 @@ def normalize_url(text: str) -> str:
     return "".join(out)
 
 
+def is_insecure(url: str) -> bool:
+    """Whether anyone on the network path can read and rewrite the config (plain http://)."""
+    return url.partition("://")[0].strip().lower() == "http"
+
+
 def mask_url(text: str) -> str:
     """``text`` with everything from the first ``:`` after ``://`` to the last ``@`` replaced
     by ``***`` (works on any URL text). That covers the password under every reading of the
@@ -561,6 +566,12 @@ def mask_url(text: str) -> str:
     if colon < 0 or at < colon:
         return text
     return f"{text[:colon]}:***{text[at:]}"
+
+
+def _piece(value: str, text: str) -> str:
+    """`` 'value'`` for an error message, or nothing when ``text`` masks something: a password
+    with ``?``, ``/`` or ``#`` in it splits the URL elsewhere, and the piece may be part of it."""
+    return "" if mask_url(text) != text else f" {value!r}"
 
 
 def _split_authority(rest: str) -> tuple[str, str]:
@@ -579,7 +590,7 @@ def _host_port(hostport: str, scheme: str, text: str) -> str:
     host = _host(host, text)
     if port:
         if not port.isascii() or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"URL has an invalid port {port!r}: {mask_url(text)!r}")
+            raise ConfigError(f"URL has an invalid port{_piece(port, text)}: {mask_url(text)!r}")
         if int(port) != DEFAULT_PORTS[scheme]:
             host += f":{int(port)}"
     return host
@@ -590,14 +601,14 @@ def _host(host: str, text: str) -> str:
         try:
             return f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
         except ValueError:
-            raise ConfigError(f"URL has an invalid IPv6 address {host!r}: {mask_url(text)!r}") from None
+            raise ConfigError(f"URL has an invalid IPv6 address{_piece(host, text)}: {mask_url(text)!r}") from None
     host = unquote(host)
     try:
         host = host.encode("idna").decode("ascii") if not host.isascii() else host
     except UnicodeError:
-        raise ConfigError(f"URL has an invalid host name {host!r}: {mask_url(text)!r}") from None
+        raise ConfigError(f"URL has an invalid host name{_piece(host, text)}: {mask_url(text)!r}") from None
     if any(c in _FORBIDDEN_HOST or ord(c) < 0x21 or ord(c) == 0x7F for c in host):
-        raise ConfigError(f"URL has an invalid host {host!r}: {mask_url(text)!r}")
+        raise ConfigError(f"URL has an invalid host{_piece(host, text)}: {mask_url(text)!r}")
     return host.lower()
 
 

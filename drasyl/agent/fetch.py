@@ -1,7 +1,7 @@
 """Fetching a network config's text from its URL (agent.md §3 "Fetching and refresh").
 
 A network config comes from whoever runs the network, often over plain http:// that anyone on
-the path can rewrite (:func:`is_insecure`), and the agent fetches it as root every 10 s: its
+the path can rewrite (:func:`~drasyl.agent.config.is_insecure`), and the agent fetches it as root every 10 s: its
 URL, redirects and body are untrusted input.
 
 ``file://``: the path is everything after ``file://``, not percent-decoded, so
@@ -103,11 +103,6 @@ class OnDemandSession:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-
-def is_insecure(url: str) -> bool:
-    """Whether anyone on the network path can read and rewrite the config (plain http://)."""
-    return url.partition("://")[0].strip().lower() == "http"
 
 
 async def fetch_config_text(url: str, own_pk_hex: str, session: aiohttp.ClientSession | OnDemandSession,
