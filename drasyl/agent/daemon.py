@@ -80,6 +80,10 @@ HOUSEKEEPING_S = 10.0
 TUN_RECREATE_S = 10.0
 #: An unexpected error's text in status and log is cut here (a config can carry megabytes).
 MAX_ERROR_CHARS = 300
+#: Send handles made per event-loop turn when new tables arrive (each is a key exchange).
+HANDLES_PER_TURN = 64
+#: Per-peer problems listed in the log at one change; the rest are counted.
+MAX_LISTED = 10
 #: Drop reasons of the screening both directions share (not IPv4, drasyl's own traffic).
 TX_REASONS = ("tx_not_ipv4", "tx_drasyl_control")
 RX_REASONS = ("rx_not_ipv4", "rx_drasyl_control")
@@ -119,6 +123,7 @@ class Agent:
         self._decided: tuple[Any, ...] | None = None  # what ``decision`` was made from
         self._exit_code = 0
         self._recreating: asyncio.Task | None = None
+        self._applying = asyncio.Lock()
         self.memberships: dict[str, Membership] = {}  # by normalised URL
         self.tables = PolicyTables()
         self.handles: dict[bytes, NodePeer] = {}
@@ -382,7 +387,12 @@ class Agent:
 
     async def apply(self) -> None:
         """Decide what the enabled networks may change (:mod:`.consent`), then bring policy
-        tables, send handles and the host there."""
+        tables, send handles and the host there; one apply at a time (housekeeping, the API
+        and SIGHUP all call it, and it waits for threads in between)."""
+        async with self._applying:
+            await self._apply()
+
+    async def _apply(self) -> None:
         enabled = [n for n in self.config.networks if not n.disabled]
         keys = {n.key for n in enabled}
         for key in list(self.memberships):
@@ -400,7 +410,7 @@ class Agent:
         if (requests, facts) != self._decided:
             self.decision, tables = await self._on_work(_decide, requests, facts)
             self._decided = (requests, facts)
-            self._swap_tables(tables)
+            await self._adopt_tables(tables)
             for req in requests:
                 self._report(f"refused {req.key}", [f"Network {req.shown}: {line}"
                                                     for line in self.decision.refused.get(req.key, ())],
@@ -432,14 +442,21 @@ class Agent:
                     found.add(address)
         return frozenset(found)
 
-    def _swap_tables(self, tables: PolicyTables) -> None:
+    async def _adopt_tables(self, tables: PolicyTables) -> None:
+        """Send handles for the tables' new peers, then the swap. A handle costs a key exchange
+        (~0.1 ms): they are made :data:`HANDLES_PER_TURN` at a time with the loop free in
+        between, so that 10 000 new peers do not stall the data path for a second."""
         node = self.node
         refused = []
-        for pk in sorted(tables.peers - self.handles.keys()):
+        for i, pk in enumerate(sorted(tables.peers - self.handles.keys()), 1):
             try:
                 self.handles[pk] = node.handle(pk)
-            except DrasylError as exc:  # e.g. a super peer's key as a node: its packets are dropped
+            except DrasylError as exc:  # e.g. a super peer's key as a node, a full peer table
                 refused.append(f"Cannot send to peer {pk.hex()}: {exc}")
+            if i % HANDLES_PER_TURN == 0:
+                await asyncio.sleep(0)
+        if len(refused) > MAX_LISTED:
+            refused[MAX_LISTED:] = [f"… and {len(refused) - MAX_LISTED} more peers (not listed)"]
         self._report("handles", refused, logging.WARNING)
         # the new tables only name peers that have handles now; swap before releasing the rest
         self.tables = tables
