@@ -48,6 +48,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -68,7 +69,8 @@ from .api import DEFAULT_RUN_DIR, AgentError, ApiServer, TokenFile, config_statu
 from .config import AgentConfig, NetworkEntry, mask_url
 from .consent import Decision, HostFacts, Request, decide
 from .fetch import FetchError, OnDemandSession, fetch_config_text
-from .netconfig import NetworkConfig, NetworkConfigError, parse_network_config
+from .isolate import document, parse_toml
+from .netconfig import NetworkConfig, NetworkConfigError, validate_network_config
 from .policy import LocalState, PolicyTables, desired_state
 
 log = logging.getLogger("drasyl.agent")
@@ -80,6 +82,10 @@ HOUSEKEEPING_S = 10.0
 TUN_RECREATE_S = 10.0
 #: An unexpected error's text in status and log is cut here (a config can carry megabytes).
 MAX_ERROR_CHARS = 300
+#: The interpreter's thread switch interval while the work thread is busy: the data path
+#: waits up to this long for the GIL after each syscall (5 ms by default: under load, packets
+#: queued for most of a second; bench/config_stall.py).
+WORK_SWITCH_S = 0.0002
 #: Send handles made per event-loop turn when new tables arrive (each is a key exchange).
 HANDLES_PER_TURN = 64
 #: Per-peer problems listed in the log at one change; the rest are counted.
@@ -138,6 +144,8 @@ class Agent:
         self._host_thread = ThreadPoolExecutor(1, thread_name_prefix="drasyl-host")
         #: Parsing configs and building tables: CPU work that must not stall the data path.
         self._work_thread = ThreadPoolExecutor(1, thread_name_prefix="drasyl-work")
+        self._working = 0  # calls waiting for the work thread
+        self._switch_interval = sys.getswitchinterval()
         self.node: Node | None = None
         self.tun: TunDevice | None = None
         self.host: Host | None = None
@@ -211,9 +219,18 @@ class Agent:
         self._work_thread.shutdown(cancel_futures=True)
         log.info("Stopped; routes, addresses, names, forwarding and the TUN device removed")
 
-    def _on_work(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Run CPU work (parsing a config, building tables) off the event loop."""
-        return asyncio.get_running_loop().run_in_executor(self._work_thread, func, *args)
+    async def _on_work(self, func: Callable[..., T], *args: Any) -> T:
+        """Run CPU work (validating a config, building tables) off the event loop, with a short
+        GIL switch interval meanwhile (:data:`WORK_SWITCH_S`)."""
+        if not self._working:
+            sys.setswitchinterval(WORK_SWITCH_S)
+        self._working += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._work_thread, func, *args)
+        finally:
+            self._working -= 1
+            if not self._working:
+                sys.setswitchinterval(self._switch_interval)
 
     def _tun_detached(self) -> None:
         """The device was deleted under us: stop reading at once (its fd stays readable and
@@ -350,7 +367,8 @@ class Agent:
             if member is not None and member.text == text and member.error is None:
                 member.server = server or member.server
                 return  # unchanged: nothing to parse, nothing to log again
-            cfg, state = await self._on_work(_understand, text, shown, self.config.identity.public_key)
+            pickled = await parse_toml(text, shown)
+            cfg, state = await self._on_work(_understand, pickled, shown, self.config.identity.public_key)
         except (FetchError, NetworkConfigError) as exc:
             self._refresh_failed(entry, str(exc))
             return
@@ -584,9 +602,9 @@ class Agent:
         return status
 
 
-def _understand(text: str, source: str, my_pk: bytes) -> tuple[NetworkConfig, LocalState | None]:
-    """Parse, validate and derive this node's state: in the work thread."""
-    cfg = parse_network_config(text, source)
+def _understand(pickled: bytes, source: str, my_pk: bytes) -> tuple[NetworkConfig, LocalState | None]:
+    """Validate a parsed config and derive this node's state: in the work thread."""
+    cfg = validate_network_config(document(pickled, source), source)
     return cfg, desired_state(cfg, my_pk)
 
 

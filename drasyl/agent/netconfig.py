@@ -107,21 +107,42 @@ class NetworkConfig:
 
 def parse_network_config(text: str, source: str) -> NetworkConfig:
     """Parse and validate one network config. ``source`` names it in messages (no password!)."""
+    return validate_network_config(load_toml(text, source), source)
+
+
+def load_toml(text: str, source: str) -> dict[str, Any]:
+    """The TOML document of a network config; :class:`NetworkConfigError` if it is none.
+    The agent parses in a child process instead (:mod:`drasyl.agent.isolate`): the same checks."""
+    check_size(text, source)
     try:
-        return _parse(text, source)
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise toml_error(exc, source) from None
+
+
+def check_size(text: str, source: str) -> None:
+    if len(text) > MAX_TEXT_BYTES:  # characters ≤ bytes: the fetch has capped the bytes already
+        raise NetworkConfigError(source, f"larger than {MAX_TEXT_BYTES >> 20} MiB")
+
+
+def toml_error(exc: BaseException, source: str) -> NetworkConfigError:
+    """What a failure of the TOML parser means for this config."""
+    if isinstance(exc, RecursionError):
+        return NetworkConfigError(source, "invalid TOML: nested too deeply")
+    if isinstance(exc, tomllib.TOMLDecodeError):
+        return NetworkConfigError(source, f"invalid TOML: {exc}")
+    return NetworkConfigError(source, f"cannot be parsed ({type(exc).__name__})")
+
+
+def validate_network_config(doc: dict[str, Any], source: str) -> NetworkConfig:
+    """Validate a parsed network config (the checks of the module docstring)."""
+    try:
+        return _validate(doc, source)
     except _Invalid as exc:
         raise NetworkConfigError(source, str(exc)) from None
 
 
-def _parse(text: str, source: str) -> NetworkConfig:
-    if len(text) > MAX_TEXT_BYTES:  # characters ≤ bytes: the fetch has capped the bytes already
-        raise _Invalid(f"larger than {MAX_TEXT_BYTES >> 20} MiB")
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise _Invalid(f"invalid TOML: {exc}") from None
-    except RecursionError:
-        raise _Invalid("invalid TOML: nested too deeply") from None
+def _validate(doc: dict[str, Any], source: str) -> NetworkConfig:
     network_text = _get(doc, "network", str, "top level")
     subnet_addr, prefixlen = _cidr(network_text, "'network'")
     subnet = IPv4Network((subnet_addr, prefixlen), strict=False)
