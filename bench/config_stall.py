@@ -116,6 +116,9 @@ def run_once(e2e, netns, ids, args, big_text: str) -> dict:
             warnings = {name: [line.text for line in cluster.agents[name].proc.stdout.lines[since:]
                                if " WARNING " in line.text] for name, since in marks.items()}
             ping_lines = [line.text for line in ping.stdout.lines]
+            odd = [t for t in ping_lines if t and not PING_LINE.match(t)] + [t.text for t in ping.stderr.lines]
+            if odd:
+                print(f"  ping (exit {ping.popen.returncode}) also said: " + " | ".join(odd[:4]))
             iperf_lines = [line.text for line in client.stdout.lines]
         finally:
             cluster.close()

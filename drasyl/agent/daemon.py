@@ -53,10 +53,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import urlsplit
 
-from ..errors import DrasylError
+from ..crypto import session_keys
+from ..errors import CryptoError, DrasylError
+from ..identity import Identity
 from ..net.faults import FaultLog
 from ..node.api import Node, node_config_from_env, udp_from_env
 from ..node.core import NodePeer
@@ -85,7 +87,7 @@ MAX_ERROR_CHARS = 300
 #: The interpreter's thread switch interval while the work thread is busy: the data path
 #: waits up to this long for the GIL after each syscall (5 ms by default: under load, packets
 #: queued for most of a second; bench/config_stall.py).
-WORK_SWITCH_S = 0.0002
+WORK_SWITCH_S = 0.00005
 #: Send handles made per event-loop turn when new tables arrive (each is a key exchange).
 HANDLES_PER_TURN = 64
 #: Per-peer problems listed in the log at one change; the rest are counted.
@@ -144,7 +146,7 @@ class Agent:
         self._host_thread = ThreadPoolExecutor(1, thread_name_prefix="drasyl-host")
         #: Parsing configs and building tables: CPU work that must not stall the data path.
         self._work_thread = ThreadPoolExecutor(1, thread_name_prefix="drasyl-work")
-        self._working = 0  # calls waiting for the work thread
+        self._working = 0  # calls waiting for the work or the host thread
         self._switch_interval = sys.getswitchinterval()
         self.node: Node | None = None
         self.tun: TunDevice | None = None
@@ -219,14 +221,18 @@ class Agent:
         self._work_thread.shutdown(cancel_futures=True)
         log.info("Stopped; routes, addresses, names, forwarding and the TUN device removed")
 
-    async def _on_work(self, func: Callable[..., T], *args: Any) -> T:
-        """Run CPU work (validating a config, building tables) off the event loop, with a short
-        GIL switch interval meanwhile (:data:`WORK_SWITCH_S`)."""
+    def _on_work(self, func: Callable[..., T], *args: Any) -> Awaitable[T]:
+        """Run CPU work (validating a config, building tables) off the event loop."""
+        return self._in_thread(self._work_thread, func, *args)
+
+    async def _in_thread(self, thread: ThreadPoolExecutor, func: Callable[..., T], *args: Any) -> T:
+        """``func`` in ``thread``, with a short GIL switch interval while any thread works
+        (:data:`WORK_SWITCH_S`): the data path then waits less for the GIL after each syscall."""
         if not self._working:
             sys.setswitchinterval(WORK_SWITCH_S)
         self._working += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._work_thread, func, *args)
+            return await asyncio.get_running_loop().run_in_executor(thread, func, *args)
         finally:
             self._working -= 1
             if not self._working:
@@ -263,10 +269,10 @@ class Agent:
         finally:
             self._recreating = None
 
-    def _on_host(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    def _on_host(self, func: Callable[..., T], *args: Any) -> Awaitable[T]:
         """Run a netlink/host call in the host thread: pyroute2's synchronous API runs an event
         loop of its own, which it cannot inside ours; one thread keeps the calls in order."""
-        return asyncio.get_running_loop().run_in_executor(self._host_thread, func, *args)
+        return self._in_thread(self._host_thread, func, *args)
 
     def _on_sighup(self) -> None:
         task = asyncio.get_running_loop().create_task(self._reload_guarded())
@@ -426,9 +432,11 @@ class Agent:
         routes, names = await self._on_host(self._host_facts, self.host.routes.ifindex)
         facts = HostFacts(routes, self._super_peer_addresses(), names)
         if (requests, facts) != self._decided:
-            self.decision, tables = await self._on_work(_decide, requests, facts)
+            identity = self.config.identity if self.config.arm_messages else None
+            self.decision, tables, keys = await self._on_work(_decide, requests, facts, identity,
+                                                              frozenset(self.handles))
             self._decided = (requests, facts)
-            await self._adopt_tables(tables)
+            await self._adopt_tables(tables, keys)
             for req in requests:
                 self._report(f"refused {req.key}", [f"Network {req.shown}: {line}"
                                                     for line in self.decision.refused.get(req.key, ())],
@@ -460,15 +468,16 @@ class Agent:
                     found.add(address)
         return frozenset(found)
 
-    async def _adopt_tables(self, tables: PolicyTables) -> None:
-        """Send handles for the tables' new peers, then the swap. A handle costs a key exchange
-        (~0.1 ms): they are made :data:`HANDLES_PER_TURN` at a time with the loop free in
-        between, so that 10 000 new peers do not stall the data path for a second."""
+    async def _adopt_tables(self, tables: PolicyTables, keys: dict[bytes, tuple[bytes, bytes]]) -> None:
+        """Send handles for the tables' new peers, then the swap. Their key exchanges (~0.1 ms
+        each) were made in the work thread (``keys``); the handles are made
+        :data:`HANDLES_PER_TURN` at a time with the loop free in between, so that 10 000 new
+        peers do not stall the data path."""
         node = self.node
         refused = []
         for i, pk in enumerate(sorted(tables.peers - self.handles.keys()), 1):
             try:
-                self.handles[pk] = node.handle(pk)
+                self.handles[pk] = node.handle(pk, keys.get(pk))
             except DrasylError as exc:  # e.g. a super peer's key as a node, a full peer table
                 refused.append(f"Cannot send to peer {pk.hex()}: {exc}")
             if i % HANDLES_PER_TURN == 0:
@@ -608,11 +617,21 @@ def _understand(pickled: bytes, source: str, my_pk: bytes) -> tuple[NetworkConfi
     return cfg, desired_state(cfg, my_pk)
 
 
-def _decide(requests: tuple[Request, ...], facts: HostFacts) -> tuple[Decision, PolicyTables]:
-    """What the host allows and the tables for it (first network first): in the work thread."""
+def _decide(requests: tuple[Request, ...], facts: HostFacts, identity: Identity | None,
+            known: frozenset[bytes]) -> tuple[Decision, PolicyTables, dict[bytes, tuple[bytes, bytes]]]:
+    """What the host allows, the tables for it (first network first) and the session keys of
+    peers new to the tables (``identity`` None: unarmed, no keys): in the work thread, where
+    libsodium runs without the GIL."""
     decision = decide(requests, facts)
     shown = {r.key: r.shown for r in requests}
-    return decision, PolicyTables({shown[key]: state for key, state in decision.states.items()})
+    tables = PolicyTables({shown[key]: state for key, state in decision.states.items()})
+    keys = {}
+    for pk in tables.peers - known if identity is not None else ():
+        try:
+            keys[pk] = session_keys(identity, pk)
+        except CryptoError:
+            pass  # the handle reports it
+    return decision, tables, keys
 
 
 async def _server_addresses(url: str) -> frozenset[IPv4Address]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .netconfig import ALL_GROUPS, NetworkConfig, NetworkConfigError, Node, Policy, Route
 
@@ -39,8 +39,7 @@ OUT = "OUT"
 IN = "IN"
 
 
-@dataclass(frozen=True)
-class AccessRule:
+class AccessRule(NamedTuple):  # a tuple: 20 000 of them are made for a 10 000-node config
     direction: str  # OUT: we send source → dest to pk; IN: pk may send source → dest to us
     source: IPv4Network
     dest: IPv4Network
@@ -100,44 +99,57 @@ def desired_state(cfg: NetworkConfig, my_pk: bytes) -> LocalState | None:
     me = cfg.node(my_pk)
     if me is None:
         return None
-    rules = _access_rules(cfg, me)
+    talks = {n.pk for n in cfg.nodes if allowed(cfg, my_pk, n.pk)}
     routes = sorted((KernelRoute(r.dest, cfg.node(r.gw).ip) for r in cfg.routes  # type: ignore[union-attr]
                      if r.gw != my_pk and may_use(r, me)), key=lambda r: r.dest)
-    hostnames = sorted((n.ip, n.hostname) for n in cfg.nodes if allowed(cfg, my_pk, n.pk))
+    hostnames = sorted(((n.ip, n.hostname) for n in cfg.nodes if n.pk in talks), key=lambda h: (int(h[0]), h[1]))
     return LocalState(
         subnet=cfg.subnet,
         ip=me.ip,
-        access_rules=tuple(sorted(rules, key=lambda r: (r.direction != OUT, r.source, r.dest))),
+        access_rules=_access_rules(cfg, me, talks),
         routes=tuple(routes),
         served=tuple(sorted(r.dest for r in cfg.routes if r.gw == my_pk)),
         hostnames=tuple(hostnames),
     )
 
 
-def _access_rules(cfg: NetworkConfig, me: Node) -> list[AccessRule]:
-    """§3 "Effective access rules", in drasyl-rs' order so a duplicate names the same pair."""
-    mine = IPv4Network(me.ip)
-    others = [n for n in cfg.nodes if n.pk != me.pk]
+def _access_rules(cfg: NetworkConfig, me: Node, talks: set[bytes]) -> tuple[AccessRule, ...]:
+    """§3 "Effective access rules", in drasyl-rs' order so a duplicate names the same pair;
+    returned OUT before IN, then by source, then by destination. Prefixes are compared as
+    (int, length) keys made once per prefix: a config may have 16 384 nodes."""
+    def keyed(net: IPv4Network) -> tuple[IPv4Network, tuple[int, int]]:
+        return net, (int(net.network_address), net.prefixlen)
+
+    mine = keyed(IPv4Network((int(me.ip), 32)))
+    others = [(n, keyed(IPv4Network((int(n.ip), 32)))) for n in cfg.nodes if n.pk != me.pk]
     # (local, remote, peer, allow, origin): OUT local -> remote via peer, IN remote -> local from peer
-    pairs = [(mine, IPv4Network(n.ip), n.pk, allowed(cfg, me.pk, n.pk), f"node {n.hostname!r}") for n in others]
+    pairs: list[tuple[Any, Any, bytes, bool, tuple[Route | None, Node | None]]] = [
+        (mine, net, n.pk, n.pk in talks, (None, n)) for n, net in others]
     for route in cfg.routes:
+        dest = keyed(route.dest)
         if route.gw != me.pk:
-            pairs.append((mine, route.dest, route.gw, may_use(route, me), f"route {route.dest}"))
+            pairs.append((mine, dest, route.gw, may_use(route, me), (route, None)))
         else:
-            pairs += [(route.dest, IPv4Network(n.ip), n.pk, may_use(route, n),
-                       f"route {route.dest} (this node is its gateway) to node {n.hostname!r}") for n in others]
-    origins: dict[tuple[str, IPv4Network, IPv4Network], str] = {}
-    rules = []
+            pairs += [(dest, net, n.pk, may_use(route, n), (route, n)) for n, net in others]
+    keyed_rules: dict[tuple[bool, tuple[int, int], tuple[int, int]], tuple[AccessRule, tuple]] = {}
     for direction in (OUT, IN):
         for local, remote, pk, allow, origin in pairs:
-            source, dest = (local, remote) if direction == OUT else (remote, local)
-            key = (direction, source, dest)
-            if key in origins:
-                raise NetworkConfigError(cfg.source, f"duplicate route: {direction} {source} -> {dest} comes "
-                                                     f"from {origins[key]} and from {origin}")
-            origins[key] = origin
-            rules.append(AccessRule(direction, source, dest, pk, allow))
-    return rules
+            (source, skey), (dest, dkey) = (local, remote) if direction == OUT else (remote, local)
+            key = (direction == IN, skey, dkey)
+            if key in keyed_rules:
+                raise NetworkConfigError(cfg.source, f"duplicate route: {direction} {source} -> {dest} comes from "
+                                                     f"{_origin(*keyed_rules[key][1])} and from {_origin(*origin)}")
+            keyed_rules[key] = (AccessRule(direction, source, dest, pk, allow), origin)
+    return tuple(keyed_rules[key][0] for key in sorted(keyed_rules))
+
+
+def _origin(route: Route | None, node: Node | None) -> str:
+    """Where an access rule comes from, for the duplicate-rule message."""
+    if route is None:
+        return f"node {node.hostname!r}"  # type: ignore[union-attr]
+    if node is None:
+        return f"route {route.dest}"
+    return f"route {route.dest} (this node is its gateway) to node {node.hostname!r}"
 
 
 V = TypeVar("V")

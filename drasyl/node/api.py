@@ -241,9 +241,10 @@ class Node:
 
     # --- data path seam (the agent's TUN loop) --------------------------------------------
 
-    def handle(self, peer: bytes | str) -> NodePeer:
-        """A send handle for :meth:`send_batch`; the peer's state is kept while it is held."""
-        return self._core.handle(_as_key(peer), self._now())
+    def handle(self, peer: bytes | str, keys: tuple[bytes, bytes] | None = None) -> NodePeer:
+        """A send handle for :meth:`send_batch`; the peer's state is kept while it is held.
+        ``keys``: its session keys when already computed (see :meth:`NodeCore.handle`)."""
+        return self._core.handle(_as_key(peer), self._now(), keys)
 
     def release(self, handle: NodePeer) -> None:
         self._core.release(handle)

@@ -329,16 +329,18 @@ class NodeCore:
             _check_size(payload, self._max_long)
         self._send_app(peer, payload, now)
 
-    def handle(self, public_key: bytes, now: int) -> NodePeer:
+    def handle(self, public_key: bytes, now: int, keys: tuple[bytes, bytes] | None = None) -> NodePeer:
         """A send handle for :meth:`send_batch`: the peer's entry, kept while a handle is held.
 
         Like drasyl-rs' ``SendHandle``: an application that means to talk to a peer (the agent,
         for every peer its policies allow) keeps the entry, its short ids and keys alive even
         while no traffic flows. Raises :class:`DrasylError` for a key we cannot talk to.
+        ``keys``: the peer's :func:`~drasyl.crypto.session_keys`, if the caller computed them
+        already (the agent does, for thousands of peers, off its event loop).
         """
         peer = self.peers.get(public_key)
         if peer is None:
-            peer = self._add_peer(public_key, now)
+            peer = self._add_peer(public_key, now, keys)
         peer.held += 1
         return peer
 
@@ -672,7 +674,7 @@ class NodeCore:
 
     # --- peers ----------------------------------------------------------------------------
 
-    def _add_peer(self, public_key: bytes, now: int) -> NodePeer:
+    def _add_peer(self, public_key: bytes, now: int, keys: tuple[bytes, bytes] | None = None) -> NodePeer:
         if public_key in self.super_peers:
             raise DrasylError("cannot send APP messages to a super peer")
         if public_key == self.public_key:
@@ -683,7 +685,7 @@ class NodeCore:
         if len(public_key) != 32:
             raise DrasylError("a public key is 32 bytes")
         try:
-            rx, tx = session_keys(self.identity, public_key) if self._arm else (None, None)
+            rx, tx = (keys or session_keys(self.identity, public_key)) if self._arm else (None, None)
         except CryptoError:
             raise DrasylError("not a valid public key") from None
         short_id = os.urandom(SHORT_ID_LEN)

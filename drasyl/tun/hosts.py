@@ -43,11 +43,15 @@ def render(text: str, entries: Iterable[tuple[IPv4Address, str]]) -> str:
     configs validate names as DNS labels, so this only guards the file's syntax.
     """
     lines = [line for line in text.splitlines() if MARKER not in line]
-    for ip, hostname in sorted(entries):
+    for ip, hostname in sorted(entries, key=_by_address):
         if not hostname or _FORBIDDEN.intersection(hostname):
             raise ValueError(f"hostname {hostname!r} cannot be written to a hosts file")
         lines.append(host_line(ip, hostname))
     return "".join(line + "\n" for line in lines)
+
+
+def _by_address(entry: tuple[IPv4Address, str]) -> tuple[int, str]:
+    return int(entry[0]), entry[1]  # ints compare in C: a network may name 16 384 peers
 
 
 class HostsFile:
