@@ -54,7 +54,8 @@ def test_status_table(agent, tmp_path):
     config = agent.control.config
     out = result.stdout
     assert f"public key {config.identity.public_key_hex}  MTU 1345" in out
-    assert "5b4578909bf0…  sp.example.org:22527  -          -" in out
+    assert "5b4578909bf0…  sp.example.org:22527  no answer  -          -" in out
+    assert "    not contacted yet" in out
     assert "https://user:***@config.example.com/acme.toml  Acme  pending" in out
     assert "Peers: none" in out
     assert config.identity.secret_key.hex()[:64] not in out and "secret" not in out
@@ -70,19 +71,28 @@ def test_status_table_shows_runtime_rows():
     status = {
         "version": "0.1.0", "public_key": "ab" * 32, "mtu": 1345,
         "super_peers": [{"public_key": "5b" * 32, "address": "sp:22527", "transport": "tcp", "rtt_ms": 12.34,
+                         "state": "tcp fallback", "reason": "registered over TCP: UDP unanswered for 12 s",
                          "default": True}],
         "networks": [{"config_url": "file:///n.toml", "name": None, "state": "error", "subnet": "10.1.0.0/24",
                       "ip": "10.1.0.1", "error": "duplicate IP address: 10.1.0.2"}],
         "peers": [{"public_key": "fe" * 32, "hostname": "fileserver", "ip": "10.1.0.2", "path": "direct",
-                   "rtt_ms": 0.5, "last_rx_s": 75.2, "rx_bytes": 1_234_567, "tx_bytes": 999}],
+                   "endpoint": "203.0.113.10:22527", "rtt_ms": 0.5, "last_rx_s": 75.2, "rx_bytes": 1_234_567,
+                   "tx_bytes": 999},
+                  {"public_key": "fd" * 32, "hostname": "printer", "ip": "10.1.0.3", "path": "relayed",
+                   "via": "5b" * 32, "last_punch_s": 30.0, "punch_result": "no direct path (…)",
+                   "rx_bytes": 0, "tx_bytes": 0},
+                  {"public_key": "fc" * 32, "hostname": "vault", "ip": "10.1.0.4", "path": "unreachable",
+                   "reason": "no [[policy]] of the network lets this node and the peer talk",
+                   "rx_bytes": 0, "tx_bytes": 0}],
         "drops": {"policy": 3, "no_route": 0},
         "api": {"socket": "/run/drasyl/api.sock", "tcp": None, "socket_error": None,
                 "tcp_error": "REST API cannot listen on 127.0.0.1:22527: Address already in use (held by uid 65534)"},
     }
     assert format_status(status).splitlines()[2:] == [
         "Super peers:",
-        "     PUBLIC KEY     ADDRESS   TRANSPORT  RTT",
-        "  *  5b5b5b5b5b5b…  sp:22527  tcp        12.3 ms",
+        "     PUBLIC KEY     ADDRESS   STATE         TRANSPORT  RTT",
+        "  *  5b5b5b5b5b5b…  sp:22527  tcp fallback  tcp        12.3 ms",
+        "    registered over TCP: UDP unanswered for 12 s",
         "",
         "Networks:",
         "  URL             NAME  STATE  SUBNET       IP",
@@ -90,8 +100,12 @@ def test_status_table_shows_runtime_rows():
         "    error: duplicate IP address: 10.1.0.2",
         "",
         "Peers:",
-        "  HOSTNAME    IP        PUBLIC KEY     PATH    RTT     LAST RX  IN      OUT",
-        "  fileserver  10.1.0.2  fefefefefefe…  direct  0.5 ms  1m 15s   1.2 MB  999 B",
+        "  HOSTNAME    IP        PUBLIC KEY     PATH                       RTT     LAST RX  IN      OUT",
+        "  fileserver  10.1.0.2  fefefefefefe…  direct 203.0.113.10:22527  0.5 ms  1m 15s   1.2 MB  999 B",
+        "  printer     10.1.0.3  fdfdfdfdfdfd…  relayed via 5b5b5b5b5b5b…  -       never    0 B     0 B",
+        "    last hole punch 30s ago: no direct path (…)",
+        "  vault       10.1.0.4  fcfcfcfcfcfc…  unreachable                -       never    0 B     0 B",
+        "    no [[policy]] of the network lets this node and the peer talk",
         "",
         "Dropped packets: policy 3",
         "",

@@ -29,6 +29,9 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
           "public_key": "<64 hex>", "address": "host:22527",
           "transport": "udp" | "tcp" | null,    # null: not reachable (yet)
           "rtt_ms": 12.3 | null,
+          "state": "registered" | "tcp fallback" | "no answer",
+          "reason": "registered over UDP, RTT 12.3 ms" | "no answer for 35 s: a wrong publicKey …",
+          "unanswered_s": 35.0 | null,          # since the oldest unanswered UDP HELLO
           "default": true                       # the super peer relaying now (lowest RTT)
       }],
       "networks": [{
@@ -40,12 +43,19 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
           "insecure": false,                    # fetched over plain http://
           "refused": ["route 0.0.0.0/1 via 10.1.0.2 refused: …"]   # what the local user did not allow
       }],
-      "peers": [{
+      "peers": [{                               # every member of every applied network
           "public_key": "<64 hex>", "hostname": "fileserver" | null, "ip": "10.1.0.2" | null,
-          "path": "direct" | "relayed" | "tcp" | null,
-          "rtt_ms": 8.1 | null,
+          "network": "Acme" | null,             # the (first) network naming it
+          "path": "direct" | "relayed" | "tcp" | "unreachable",
+          "via": "<super peer public key hex>" | null,   # relayed / tcp: the relaying super peer
+          "cause": "policy" | "refused" | "no relay" | "no answer" | null,   # why unreachable
+          "reason": "no [[policy]] of the network lets …" | null,   # the cause in words
+          "endpoint": "203.0.113.10:22527" | null,        # direct: where its packets go
+          "rtt_ms": 8.1 | null,                 # direct path RTT
           "last_rx_s": 1.5 | null,              # seconds since the last packet from it
-          "rx_bytes": 0, "tx_bytes": 0          # overlay bytes in / out
+          "rx_bytes": 0, "tx_bytes": 0,         # overlay bytes in / out
+          "last_punch_s": 12.0 | null,          # since the last hole punch (UNITE) for it
+          "punch_result": "direct" | "trying" | "no direct path (…)" | null
       }],
       "conflicts": ["<later network>: … joined earlier"],  # claims refused to a later network
       "drops": {"<reason>": 0}                  # packets dropped by the agent, by reason
@@ -155,7 +165,8 @@ def config_status(config: AgentConfig) -> dict[str, Any]:
         "mtu": config.mtu,
         "super_peers": [
             {"url": str(sp), "public_key": sp.public_key.hex(), "address": format_host_port(sp.host, sp.port),
-             "transport": None, "rtt_ms": None, "default": False}
+             "transport": None, "rtt_ms": None, "state": "no answer", "reason": "not contacted yet",
+             "unanswered_s": None, "default": False}
             for sp in config.super_peers
         ],
         "networks": [

@@ -325,11 +325,13 @@ def format_status(status: dict[str, Any]) -> str:
     """The human view of ``GET /status`` (schema in :mod:`drasyl.agent.api`)."""
     lines = [f"Agent {status.get('version')}  public key {status.get('public_key')}  MTU {status.get('mtu')}", ""]
     lines.append("Super peers:")
-    lines += _table(["", "PUBLIC KEY", "ADDRESS", "TRANSPORT", "RTT"], [
-        ["*" if sp.get("default") else "", _short(sp.get("public_key")), sp.get("address"),
-         sp.get("transport") or "-", _rtt(sp.get("rtt_ms"))]
-        for sp in status.get("super_peers", [])
-    ])
+    sp_rows = []
+    for sp in status.get("super_peers", []):
+        sp_rows.append(["*" if sp.get("default") else "", _short(sp.get("public_key")), sp.get("address"),
+                        sp.get("state") or "-", sp.get("transport") or "-", _rtt(sp.get("rtt_ms"))])
+        if sp.get("state") not in (None, "registered"):
+            sp_rows.append([f"  {sp.get('reason')}"])
+    lines += _table(["", "PUBLIC KEY", "ADDRESS", "STATE", "TRANSPORT", "RTT"], sp_rows)
     networks = status.get("networks", [])
     lines += ["", "Networks:" if networks else "Networks: none (drasyl-agent add URL)"]
     if networks:
@@ -350,11 +352,16 @@ def format_status(status: dict[str, Any]) -> str:
     peers = status.get("peers", [])
     lines += ["", "Peers:" if peers else "Peers: none"]
     if peers:
-        lines += _table(["HOSTNAME", "IP", "PUBLIC KEY", "PATH", "RTT", "LAST RX", "IN", "OUT"], [
-            [p.get("hostname") or "-", p.get("ip") or "-", _short(p.get("public_key")), p.get("path") or "-",
-             _rtt(p.get("rtt_ms")), _ago(p.get("last_rx_s")), _bytes(p.get("rx_bytes")), _bytes(p.get("tx_bytes"))]
-            for p in peers
-        ])
+        rows = []
+        for p in peers:
+            rows.append([p.get("hostname") or "-", p.get("ip") or "-", _short(p.get("public_key")), _path(p),
+                         _rtt(p.get("rtt_ms")), _ago(p.get("last_rx_s")), _bytes(p.get("rx_bytes")),
+                         _bytes(p.get("tx_bytes"))])
+            if p.get("reason"):
+                rows.append([f"  {p['reason']}"])
+            if p.get("last_punch_s") is not None and p.get("path") != "direct":
+                rows.append([f"  last hole punch {_ago(p['last_punch_s'])} ago: {p.get('punch_result')}"])
+        lines += _table(["HOSTNAME", "IP", "PUBLIC KEY", "PATH", "RTT", "LAST RX", "IN", "OUT"], rows)
     drops = {k: v for k, v in status.get("drops", {}).items() if v}
     if drops:
         lines += ["", "Dropped packets: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))]
@@ -369,6 +376,16 @@ def _printable(text: str) -> str:
     """``text`` without control characters: names and errors come from network configs, and
     a terminal must not run escape sequences someone else wrote."""
     return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _path(peer: dict[str, Any]) -> str:
+    """``direct 203.0.113.10:22527``, ``relayed via 7f588b40…``, ``tcp via …`` or ``unreachable``."""
+    path = peer.get("path") or "-"
+    if path == "direct" and peer.get("endpoint"):
+        return f"direct {peer['endpoint']}"
+    if path in ("relayed", "tcp") and peer.get("via"):
+        return f"{path} via {_short(peer['via'])}"
+    return path
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:

@@ -62,6 +62,7 @@ from ..identity import Identity
 from ..net.faults import FaultLog
 from ..node.api import Node, node_config_from_env, udp_from_env
 from ..node.core import NodePeer
+from ..urls import format_host_port
 from ..tun import Forwarding, Host, HostState, TunDevice, cleanup_stale
 from ..tun.device import DEFAULT_NAME
 from ..tun.hosts import HostsFile
@@ -70,6 +71,7 @@ from ..tun.routes import Route, underlay_routes
 from .api import DEFAULT_RUN_DIR, AgentError, ApiServer, TokenFile, config_status
 from .config import AgentConfig, NetworkEntry, mask_url
 from .consent import Decision, HostFacts, Request, decide
+from .explain import NO_ANSWER, PeerPath, peer_path, punch_result, super_peer_state
 from .fetch import FetchError, OnDemandSession, fetch_config_text
 from .isolate import document, parse_toml
 from .netconfig import NetworkConfig, NetworkConfigError, validate_network_config
@@ -92,6 +94,12 @@ WORK_SWITCH_S = 0.00005
 HANDLES_PER_TURN = 64
 #: Per-peer problems listed in the log at one change; the rest are counted.
 MAX_LISTED = 10
+#: How often super peer and peer states are compared with what was last logged.
+WATCH_S = 2.0
+#: A super peer silent for less than this (one HELLO interval) is not logged as silent yet.
+NEWS_S = 5.0
+#: Above this many peers, per-peer state changes are not logged (status still shows them).
+MAX_WATCHED_PEERS = 1000
 #: Drop reasons of the screening both directions share (not IPv4, drasyl's own traffic).
 TX_REASONS = ("tx_not_ipv4", "tx_drasyl_control")
 RX_REASONS = ("rx_not_ipv4", "rx_drasyl_control")
@@ -135,6 +143,8 @@ class Agent:
         self.memberships: dict[str, Membership] = {}  # by normalised URL
         self.tables = PolicyTables()
         self.handles: dict[bytes, NodePeer] = {}
+        self._handle_errors: dict[bytes, str] = {}  # peers the node refused a handle, and why
+        self._told: dict[str, str] = {}  # state last logged, per super peer and peer
         #: Packets the agent dropped, by reason (status ``drops``).
         self.drops: Counter[str] = Counter()
         self._faults = FaultLog(self.drops)
@@ -162,11 +172,12 @@ class Agent:
         try:
             await self._start()
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-            housekeeping = asyncio.create_task(self._housekeeping())
+            tasks = [asyncio.create_task(self._housekeeping()), asyncio.create_task(self._watch())]
             await self._stop.wait()
             log.info("Stopping")
-            housekeeping.cancel()
-            await asyncio.gather(housekeeping, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await self._shutdown()
         return self._exit_code
@@ -339,6 +350,38 @@ class Agent:
         except Exception:  # a bug must not stop the node's receive path
             self._faults.report("writing received packets to the TUN")
 
+    # --- telling the user what changed ---------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Every :data:`WATCH_S`: log each super peer's and each member's state once per change."""
+        while True:
+            await asyncio.sleep(WATCH_S)  # a period, not synchronisation
+            try:
+                self._tell_changes(self.status())
+            except Exception:  # a bug must not stop the agent
+                self._faults.report("watching peer states")
+
+    def _tell_changes(self, status: dict[str, Any]) -> None:
+        for sp in status["super_peers"]:
+            state = sp["state"]
+            if state == NO_ANSWER and (sp["unanswered_s"] or 0) < NEWS_S:
+                continue  # one HELLO interval without answer is not news yet
+            self._tell(f"sp {sp['public_key']}", state,
+                       f"Super peer {sp['public_key'][:12]}… ({sp['address']}): {sp['reason']}")
+        peers = status["peers"]
+        if len(peers) > MAX_WATCHED_PEERS:
+            return
+        for p in peers:
+            name = f"{p['hostname'] or p['public_key'][:12] + '…'} ({p['ip'] or p['public_key'][:12] + '…'})"
+            state = f"{p['path']} {p['cause']}"
+            self._tell(f"peer {p['public_key']}", state, f"Peer {name}: {_describe_path(p)}")
+
+    def _tell(self, topic: str, state: str, message: str) -> None:
+        """Log ``message`` at info when ``state`` differs from the last one told for ``topic``."""
+        if self._told.get(topic) != state:
+            self._told[topic] = state
+            log.info("%s", message)
+
     # --- housekeeping -----------------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
@@ -475,10 +518,12 @@ class Agent:
         peers do not stall the data path."""
         node = self.node
         refused = []
+        self._handle_errors = {}
         for i, pk in enumerate(sorted(tables.peers - self.handles.keys()), 1):
             try:
                 self.handles[pk] = node.handle(pk, keys.get(pk))
             except DrasylError as exc:  # e.g. a super peer's key as a node, a full peer table
+                self._handle_errors[pk] = f"the node refused it: {exc}"
                 refused.append(f"Cannot send to peer {pk.hex()}: {exc}")
             if i % HANDLES_PER_TURN == 0:
                 await asyncio.sleep(0)
@@ -563,6 +608,27 @@ class Agent:
         if entry.disabled != disabled:
             self._edited(self.config.set_disabled(url, disabled))
 
+    def _member_rows(self, node_rows: dict[bytes, Any], relay: str, relay_registered: bool):
+        """One row per member of every applied network (the first network naming a peer
+        gives its name), and per other peer in the node's table; each with how it is reached."""
+        mine = self.config.identity.public_key
+        seen: set[bytes] = set()
+        for key in self.decision.states:
+            member = self.memberships.get(key)
+            if member is None or member.config is None:
+                continue
+            shown = member.config.name or mask_url(key)
+            for n in member.config.nodes:
+                if n.pk == mine or n.pk in seen:
+                    continue
+                seen.add(n.pk)
+                row = node_rows.get(n.pk)
+                how = peer_path(row, n.pk in self.tables.peers, relay, relay_registered, self._handle_errors.get(n.pk))
+                yield _peer_status(n.pk, n, shown, row, how)
+        for pk, row in node_rows.items():
+            if pk not in seen:  # e.g. a peer that sent to us without being in our networks
+                yield _peer_status(pk, None, None, row, peer_path(row, True, relay, relay_registered))
+
     def status(self) -> dict[str, Any]:
         status = config_status(self.config)
         node = self.node
@@ -574,7 +640,10 @@ class Agent:
             if row is not None:
                 sp["transport"] = row.path if row.path in ("udp", "tcp") else None
                 sp["rtt_ms"] = row.rtt_ms
+            sp["state"], sp["reason"] = super_peer_state(row)
+            sp["unanswered_s"] = row.silent_s if row is not None else None
             sp["default"] = sp["public_key"] == default
+        relay_registered = any(sp["default"] and sp["transport"] for sp in status["super_peers"])
         for net, entry in zip(status["networks"], self.config.networks):
             member = self.memberships.get(entry.key)
             if member is None or entry.disabled:
@@ -592,23 +661,39 @@ class Agent:
             elif member.error is not None:
                 net["state"] = "error"
         status["conflicts"] = list(self.decision.conflicts) + list(self.tables.conflicts)
-        names = {n.pk: n for m in self.memberships.values() if m.state is not None and m.config is not None
-                 for n in m.config.nodes}
-        status["peers"] = sorted(
-            ({"public_key": r.public_key.hex(),
-              "hostname": names[r.public_key].hostname if r.public_key in names else None,
-              "ip": str(names[r.public_key].ip) if r.public_key in names else None,
-              "path": r.path, "rtt_ms": r.rtt_ms,
-              "last_rx_s": r.last_rx_s,
-              "rx_bytes": r.bytes_in, "tx_bytes": r.bytes_out}
-             for r in rows if r.role == "node"),
-            key=lambda p: (p["hostname"] is None, p["hostname"] or "", p["public_key"]))
+        node_rows = {r.public_key: r for r in rows if r.role == "node"}
+        status["peers"] = sorted(self._member_rows(node_rows, default, relay_registered),
+                                 key=lambda p: (p["hostname"] is None, p["hostname"] or "", p["public_key"]))
         drops = Counter(self.drops)
         if self.tun is not None:
             drops.update(self.tun.drops)
         drops.update({k: v for k, v in node.stats().items() if k != "relay_queued"})
         status["drops"] = dict(sorted(drops.items()))
         return status
+
+
+def _describe_path(p: dict[str, Any]) -> str:
+    """A status peer row in words, for the log."""
+    if p["path"] == "direct":
+        rtt = "" if p["rtt_ms"] is None else f", RTT {p['rtt_ms']:.1f} ms"
+        return f"direct to {p['endpoint']}{rtt}"
+    if p["path"] in ("relayed", "tcp"):
+        how = "relayed" if p["path"] == "relayed" else "over TCP"
+        punch = f"; last hole punch {p['last_punch_s']:.0f} s ago: {p['punch_result']}" if p["last_punch_s"] else ""
+        return f"{how} via super peer {p['via'][:12]}…{punch}"
+    return f"unreachable: {p['reason']}"
+
+
+def _peer_status(pk: bytes, node: Any, network: str | None, row: Any, how: PeerPath) -> dict[str, Any]:
+    """One ``status`` peer row (schema in :mod:`drasyl.agent.api`)."""
+    return {"public_key": pk.hex(), "hostname": node.hostname if node else None,
+            "ip": str(node.ip) if node else None, "network": network,
+            "path": how.state, "via": how.via, "cause": how.cause, "reason": how.reason,
+            "endpoint": format_host_port(*row.remote[:2]) if row is not None and row.remote else None,
+            "rtt_ms": row.rtt_ms if row is not None else None,
+            "last_rx_s": row.last_rx_s if row is not None else None,
+            "rx_bytes": row.bytes_in if row is not None else 0, "tx_bytes": row.bytes_out if row is not None else 0,
+            "last_punch_s": row.unite_s if row is not None else None, "punch_result": punch_result(row)}
 
 
 def _understand(pickled: bytes, source: str, my_pk: bytes) -> tuple[NetworkConfig, LocalState | None]:

@@ -127,6 +127,11 @@ def _check_size(payload: bytes, limit: int) -> None:
         raise PayloadTooLarge(f"APP payload of {len(payload)} bytes is too large (max {limit})")
 
 
+def _seconds(now: int | None, then: int) -> float | None:
+    """Seconds from monotonic µs ``then`` (0: never) to ``now``; None without either."""
+    return round((now - then) / 1e6, 3) if now is not None and then else None
+
+
 def _family(addr: Address) -> bool:
     """True for IPv6."""
     return ":" in addr[0]
@@ -165,7 +170,7 @@ class NodePeer:
 
     __slots__ = ("public_key", "rx", "tx", "pow_ok", "rx_short_id", "tx_short_id", "hello_rx", "hello_stamp",
                  "paths", "best", "created", "app_tx", "app_rx", "route", "app_header", "held",
-                 "bytes_in", "bytes_out")
+                 "bytes_in", "bytes_out", "unite_rx")
 
     def __init__(self, public_key: bytes, rx: bytes | None, tx: bytes | None, short_id: bytes, now: int) -> None:
         self.public_key = public_key
@@ -186,6 +191,7 @@ class NodePeer:
         self.held = 0  # send handles the application holds: the entry is kept while > 0
         self.bytes_in = 0  # APP payload bytes received from / sent to it
         self.bytes_out = 0
+        self.unite_rx = 0  # when the last UNITE about it arrived: a hole punch started (0: never)
 
 
 class NodeCore:
@@ -553,6 +559,7 @@ class NodeCore:
         peer = self.peers.get(unite.address)
         if peer is None:
             return
+        peer.unite_rx = now
         known = {p.remote for p in peer.paths.values()}
         for endpoint in decode_endpoints(unite.endpoints):
             if endpoint in known:
@@ -788,7 +795,7 @@ class NodeCore:
 
     def peer_list(self, now: int | None = None) -> list[PeerInfo]:
         """Super peers, then node peers; ``now`` (monotonic µs) adds the time since each node
-        peer's last APP."""
+        peer's last APP and last UNITE, and how long each super peer's UDP has gone unanswered."""
         rows: list[PeerInfo] = []
         for sp in self.super_peers.values():
             if sp.tcp == "up":
@@ -797,13 +804,15 @@ class NodeCore:
                 path = sp.best_udp
                 kind = "udp" if path is not None else "none"
             m = sp.median()
+            oldest = min((p.unanswered_since for p in sp.paths.values() if p.unanswered_since), default=0)
             rows.append(PeerInfo(sp.public_key, "super_peer", kind, None if m is None else m / 1000,
-                                 path.remote if path is not None else None))
+                                 path.remote if path is not None else None,
+                                 silent_s=_seconds(now, oldest)))
         for peer in self.peers.values():
             best = peer.best
             rtt = best.median / 1000 if best is not None and best.median is not None else None
-            last_rx = round((now - peer.app_rx) / 1e6, 3) if now is not None and peer.app_rx else None
             rows.append(PeerInfo(peer.public_key, "node", peer.route, rtt,
                                  best.remote if best is not None else None,
-                                 peer.bytes_in, peer.bytes_out, last_rx))
+                                 peer.bytes_in, peer.bytes_out, _seconds(now, peer.app_rx),
+                                 unite_s=_seconds(now, peer.unite_rx), app_tx_s=_seconds(now, peer.app_tx)))
         return rows

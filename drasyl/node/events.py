@@ -50,3 +50,6 @@ class PeerInfo:
     bytes_in: int = 0  # APP payload bytes (node peers)
     bytes_out: int = 0
     last_rx_s: float | None = None  # since the last APP from it; None: never (or no ``now``)
+    unite_s: float | None = None  # node peers: since the last UNITE about it (a hole punch); None: never
+    app_tx_s: float | None = None  # node peers: since the last APP sent to it; None: never
+    silent_s: float | None = None  # super peers: since the oldest unanswered UDP HELLO; None: answering
