@@ -11,6 +11,13 @@ answers in plain text, 415 (Content-Type not application/json), 400 (not JSON), 
 string ``config_url``), 404, 405, and 500 ``internal error`` (an unexpected exception in
 the agent: counted, logged at most every 10 s, the API keeps serving).
 
+``POST /ping`` with ``{"peer": "<hostname, overlay IP or public key (prefix)>", "timeout":
+<seconds>}`` sends one ICMP echo request to the peer through the overlay and answers when
+the reply came or the timeout passed: ``{"success": true, "reply": bool, "rtt_ms", "path",
+"endpoint", "via", "peer": {…}, "seq"}``, or ``{"success": false, "message": "<why not>"}``
+(unknown peer, no policy, …); schema in :mod:`drasyl.agent.ping`. 422 for a body without a
+string ``peer`` and a numeric ``timeout``.
+
 Fixed against drasyl-rs: the token is compared in constant time; an empty token file is
 refused (an empty token would accept ``Bearer`` with nothing after it); failure messages
 drop the misleading ``Failed to fetch network configuration:`` prefix; URLs in answers show
@@ -146,6 +153,7 @@ class AgentControl(Protocol):
     def remove(self, url: str) -> None: ...
     def enable(self, url: str) -> None: ...
     def disable(self, url: str) -> None: ...
+    def ping(self, peer: str, timeout: float) -> dict[str, Any]: ...
 
 
 def package_version() -> str:
@@ -356,6 +364,7 @@ class ApiServer:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
         app.router.add_get("/status", self._status)
         app.router.add_post("/network/{verb:add|remove|enable|disable}", self._network)
+        app.router.add_post("/ping", self._ping)
         self._app = app
 
     @property
@@ -477,6 +486,21 @@ class ApiServer:
             return web.json_response(
                 {"success": False, "message": f"Failed to {verb} network '{mask_url(url)}': {exc}"})
         return web.json_response({"success": True, "message": f"Network '{mask_url(url)}' {VERBS[verb]} successfully"})
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return _error(415, "Content-Type must be application/json")
+        try:
+            body = json.loads(await request.text())
+        except ValueError:
+            return _error(400, "the body is not valid JSON")
+        peer, timeout = (body.get("peer"), body.get("timeout")) if isinstance(body, dict) else (None, None)
+        if not isinstance(peer, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+            return _error(422, 'the body must be {"peer": "<name, IP or key>", "timeout": <seconds>}')
+        try:
+            return web.json_response(await _call(self._control.ping, peer, float(timeout)))
+        except DrasylError as exc:
+            return web.json_response({"success": False, "message": str(exc)})
 
 
 def _why(exc: OSError) -> str:

@@ -1,8 +1,9 @@
 """The ``drasyl-agent`` command: ``run`` the agent, or talk to a running one over its REST API.
 
 Subcommands as drasyl-rs' ``drasyl`` binary: ``run``, ``status``, ``version``, ``add``,
-``remove``, ``enable``, ``disable``; options ``--config``, ``--token``, ``--log-level``,
-``--log-file`` before or after the subcommand. Differences: defaults are the service's files
+``remove``, ``enable``, ``disable``, and ours: ``ping`` (one ``POST /ping`` per probe, paced
+here, sent by the agent; :mod:`drasyl.agent.ping`); options ``--config``, ``--token``,
+``--log-level``, ``--log-file`` before or after the subcommand. Differences: defaults are the service's files
 (``/etc/drasyl/config.toml``, ``/etc/drasyl/auth.token``) instead of the working directory;
 the client honours ``--api``/``DRASYL_API_LISTEN`` like the server (drasyl-rs always dials
 localhost:22527); ``status --json``; ``status`` shows no secret key; ``--log-level`` falls
@@ -36,6 +37,7 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -62,6 +64,7 @@ from .api import (
     untrusted,
 )
 from .config import AgentConfig, is_insecure, mask_url
+from .ping import MAX_TIMEOUT_S
 
 log = logging.getLogger("drasyl.agent")
 
@@ -70,6 +73,8 @@ DEFAULT_CONFIG = "/etc/drasyl/config.toml"
 CLIENT_TIMEOUT_S = 10.0
 SHORT_KEY = 12
 LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+DEFAULT_PINGS = 5
+UNTIL_DIRECT_PINGS = 30
 
 DESCRIPTION = """\
 drasyl agent: joins this machine to drasyl overlay networks through a TUN device named
@@ -205,9 +210,57 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ping(args: argparse.Namespace) -> int:
+    """Probes ``-i`` apart until ``-c`` (or the first direct reply with ``--until-direct``);
+    0 when a reply came (with ``--until-direct``: a direct one), 1 otherwise. ^C ends early
+    with the summary, as ping(8)."""
+    count = args.count or (UNTIL_DIRECT_PINGS if args.until_direct else DEFAULT_PINGS)
+    rtts: list[float] = []
+    shown, path, sent, direct, started = args.peer, None, 0, False, 0.0
+    try:
+        while sent < count and not (args.until_direct and direct):
+            if sent:
+                time.sleep(max(0.0, started + args.interval - time.monotonic()))  # pacing
+            started = time.monotonic()
+            answer = _request(args, "/ping", {"peer": args.peer, "timeout": args.timeout})
+            if not isinstance(answer, dict) or answer.get("success") is not True:
+                message = answer.get("message") if isinstance(answer, dict) else None
+                raise AgentError(_printable(str(message or "the agent's API answered without a result")))
+            sent += 1
+            peer = answer["peer"]
+            shown = _printable(f"{peer['hostname']} ({peer['ip']})")
+            now = _path_text(answer)
+            if path is not None and now != path:
+                print(f"path changed: {path} -> {now}")
+            path = now
+            if answer["reply"]:
+                rtts.append(answer["rtt_ms"])
+                direct = answer["path"] == "direct"
+                print(f"pong from {shown} via {now} in {answer['rtt_ms']:.1f} ms", flush=True)
+            else:
+                print(f"no reply from {shown} within {args.timeout:g} s (path: {answer['path']})", flush=True)
+    except KeyboardInterrupt:
+        pass
+    summary = f"{shown}: {sent} sent, {len(rtts)} received, {sent - len(rtts)} lost"
+    if rtts:
+        summary += f", rtt min/avg/max {min(rtts):.1f}/{sum(rtts) / len(rtts):.1f}/{max(rtts):.1f} ms"
+    if args.until_direct:
+        summary += ", direct path reached" if direct else ", no direct path"
+    print(summary)
+    return 0 if (direct if args.until_direct else rtts) else 1
+
+
+def _path_text(answer: dict[str, Any]) -> str:
+    """``direct 203.0.113.10:22527``, ``relayed sp 7f588b40a1c2…``: the path and where it leads."""
+    if answer.get("path") == "direct":
+        return f"direct {answer.get('endpoint') or '?'}"
+    return _printable(f"{answer.get('path') or 'no path'} sp {_short(answer.get('via'))}")
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run, "status": _status, "version": _version,
     "add": _network, "remove": _network, "enable": _network, "disable": _network,
+    "ping": _ping,
 }
 
 
@@ -234,7 +287,7 @@ def _listen(args: argparse.Namespace) -> tuple[str, int] | None:
     return parse_listen(args.api if args.api is not None else os.environ.get(LISTEN_ENV, DEFAULT_LISTEN))
 
 
-def _request(args: argparse.Namespace, path: str, body: dict[str, str] | None = None) -> Any:
+def _request(args: argparse.Namespace, path: str, body: dict[str, Any] | None = None) -> Any:
     """One request to the agent; the token goes only to a socket held by root or the token's owner."""
     sock, where = _connect(args)
     with sock:
@@ -460,7 +513,37 @@ def _parser() -> argparse.ArgumentParser:
                        ("disable", "leave a network but keep its entry (disabled = true)")):
         cmd = sub.add_parser(verb, parents=[common], help=what, description=what[0].upper() + what[1:] + ".")
         cmd.add_argument("url", metavar="URL", help="network config URL (https://, http:// or file://)")
+    ping = sub.add_parser(
+        "ping", parents=[common], help="ping a peer through the overlay: path (direct/relayed) and RTT per reply",
+        description="The agent sends ICMP echo requests to PEER through the overlay, as from its TUN "
+                    "(no raw socket needed here), and prints one line per reply: the path it took "
+                    "(direct to an endpoint, or relayed via a super peer) and the round-trip time; "
+                    "a line when the path changed; a summary. Exit 0 when a reply came (with "
+                    "--until-direct: over a direct path), 1 otherwise or when PEER cannot be pinged "
+                    "(unknown, no policy allows it, this node not in its network).")
+    ping.add_argument("peer", metavar="PEER", help="hostname, overlay IP or public key (hex, or its first 8+ digits)")
+    ping.add_argument("-c", dest="count", metavar="N", type=_bounded(int, 1, 1_000_000), default=None,
+                      help=f"probes to send (default {DEFAULT_PINGS}; with --until-direct {UNTIL_DIRECT_PINGS})")
+    ping.add_argument("--until-direct", action="store_true",
+                      help="stop at the first reply over a direct path; exit 1 if none came within -c probes")
+    ping.add_argument("-i", dest="interval", metavar="SECONDS", type=_bounded(float, 0.01, 3600), default=1.0,
+                      help="seconds between probes (default 1)")
+    ping.add_argument("-W", dest="timeout", metavar="SECONDS", type=_bounded(float, 0.01, MAX_TIMEOUT_S),
+                      default=2.0, help=f"seconds to wait for each reply (default 2, at most {MAX_TIMEOUT_S:g})")
     return parser
+
+
+def _bounded(kind: Callable[[str], int | float], low: float, high: float) -> Callable[[str], int | float]:
+    """An argparse type: ``kind`` between ``low`` and ``high``; a usage error otherwise."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not between {low:g} and {high:g}")
+        return value
+    return parse
 
 
 def _configure_logging(args: argparse.Namespace) -> None:

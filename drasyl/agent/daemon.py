@@ -17,7 +17,8 @@ reads a burst of packets into the device's reused slots, checks each (IPv4, not 
 UDP, allowed by a policy towards one peer) and hands the burst to :meth:`Node.send_batch`
 (one clock read, one GSO flush). Received batches come through ``on_receive`` and are
 checked the other way (IPv4, not drasyl's, the sender is the peer the source address
-belongs to) and written to the TUN. Drops are counted by reason (``status`` shows them),
+belongs to) and written to the TUN; echo replies to ``drasyl-agent ping`` (:mod:`.ping`) are
+taken off there instead. Drops are counted by reason (``status`` shows them),
 never logged per packet.
 
 Deliberate differences from drasyl-rs:
@@ -75,6 +76,7 @@ from .explain import NO_ANSWER, PeerPath, peer_path, punch_result, super_peer_st
 from .fetch import FetchError, OnDemandSession, fetch_config_text
 from .isolate import document, parse_toml
 from .netconfig import NetworkConfig, NetworkConfigError, validate_network_config
+from .ping import PROTO_ICMP, Pinger
 from .policy import LocalState, PolicyTables, desired_state
 
 log = logging.getLogger("drasyl.agent")
@@ -148,6 +150,8 @@ class Agent:
         #: Packets the agent dropped, by reason (status ``drops``).
         self.drops: Counter[str] = Counter()
         self._faults = FaultLog(self.drops)
+        #: ``drasyl-agent ping``: its echo requests and the replies it takes off the receive path.
+        self.pinger = Pinger()
         self._tx_batch: list[tuple[NodePeer, memoryview]] = []
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -336,6 +340,7 @@ class Agent:
             return
         try:
             ingress_ok, drops, write, mtu = self.tables.ingress_ok, self.drops, tun.write, tun.mtu
+            pong = self.pinger.take_reply
             for sender, payload in batch:
                 if len(payload) > mtu:
                     drops["rx_oversize"] += 1
@@ -345,6 +350,8 @@ class Agent:
                     continue
                 if not ingress_ok(sender, *addresses):
                     drops["rx_policy_denied"] += 1
+                    continue
+                if payload[9] == PROTO_ICMP and pong(payload):  # a reply to drasyl-agent ping
                     continue
                 write(payload)
         except Exception:  # a bug must not stop the node's receive path
@@ -628,6 +635,9 @@ class Agent:
         for pk, row in node_rows.items():
             if pk not in seen:  # e.g. a peer that sent to us without being in our networks
                 yield _peer_status(pk, None, None, row, peer_path(row, True, relay, relay_registered))
+
+    async def ping(self, peer: str, timeout: float) -> dict[str, Any]:
+        return await self.pinger.ping(self, peer, timeout)
 
     def status(self) -> dict[str, Any]:
         status = config_status(self.config)
