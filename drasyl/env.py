@@ -19,13 +19,16 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")  # Rust's integer FromStr: no spaces, no u
 
 #: A level above CRITICAL: nothing is logged (``off`` in tracing).
 LOG_OFF = logging.CRITICAL + 10
+#: Below DEBUG: ``trace`` also lets the libraries' debug records through (where a program
+#: tells its own loggers from the libraries'; elsewhere it is DEBUG).
+TRACE = logging.DEBUG - 5
 _LEVELS = {
     "off": LOG_OFF, "0": LOG_OFF,
     "error": logging.ERROR, "1": logging.ERROR,
     "warn": logging.WARNING, "warning": logging.WARNING, "2": logging.WARNING,
     "info": logging.INFO, "3": logging.INFO,
     "debug": logging.DEBUG, "4": logging.DEBUG,
-    "trace": logging.DEBUG, "5": logging.DEBUG,
+    "trace": TRACE, "5": TRACE,
 }
 
 

@@ -33,8 +33,9 @@ class ConfigControl:
     def status(self) -> dict[str, Any]:
         return config_status(self.config)
 
-    def add(self, url: str) -> None:
+    def add(self, url: str, force: bool = False) -> str | None:
         self.config = self.config.add_network(url)
+        return " (forced)" if force else None
 
     def remove(self, url: str) -> None:
         self.config = self.config.remove_network(url)

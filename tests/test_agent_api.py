@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_api_server import SECRET_URL, ConfigControl, ServerThread, make_config, squatter_argv, token_file
+from agent_api_server import LOW_DIFFICULTY, SECRET_URL, ConfigControl, ServerThread, make_config, squatter_argv, token_file
 from drasyl.agent.api import (
     CONNECTION_LIFETIME_S,
     HEADER_TIMEOUT_S,
@@ -28,7 +28,8 @@ from drasyl.agent.api import (
     config_status,
     parse_listen,
 )
-from drasyl.errors import ConfigError
+from drasyl.agent.config import AgentConfig
+from drasyl.errors import ConfigError, DrasylError
 from netns import Process
 
 TOKEN = "t0ken-for-tests"
@@ -156,6 +157,8 @@ def test_refused_network_requests_say_why(server, verb, url, message):
     (b'{"url": "https://b.example/"}', {"Content-Type": "application/json"}, 422, 'the body must be {"config_url": "<url>"}'),
     (b'["https://b.example/"]', {"Content-Type": "application/json"}, 422, 'the body must be {"config_url": "<url>"}'),
     (b'{"config_url": 5}', {"Content-Type": "application/json"}, 422, 'the body must be {"config_url": "<url>"}'),
+    (b'{"config_url": "https://b.example/", "force": "yes"}', {"Content-Type": "application/json"}, 422,
+     '"force" must be true or false, and only add takes it'),
 ])
 def test_bad_bodies_get_json_errors(server, body, headers, status, error):
     assert call(server, "/network/add", body, headers)[::2] == (status, {"error": error})
@@ -353,3 +356,49 @@ def test_a_connection_lives_at_most_its_lifetime(tmp_path, monkeypatch):
             assert closed_by_the_server([sock], started + 3) == [sock]
             assert time.monotonic() - started < 2 and server.api.dropped == {"lifetime": 1}
     assert CONNECTION_LIFETIME_S == 60.0
+
+
+def test_force_reaches_add_only(server):
+    body = b'{"config_url": "file:///f.toml", "force": true}'
+    headers = {"Content-Type": "application/json"}
+    assert call(server, "/network/add", body, headers)[2] == {"success": True,
+                                                              "message": "Network 'file:///f.toml' added (forced)"}
+    assert call(server, "/network/remove", body, headers)[:3:2] == (
+        422, {"error": '"force" must be true or false, and only add takes it'})
+
+
+def test_the_agent_checks_a_network_before_adding_it(tmp_path):
+    """daemon.Agent.add fetches and validates; only then is the entry saved."""
+    from drasyl.agent.daemon import Agent
+
+    config = make_config(tmp_path)
+    me = config.identity.public_key_hex
+    (tmp_path / "member.toml").write_text(f'network = "10.1.0.0/24"\n[[node]]\npk = "{me}"\nip = "10.1.0.3"\nhostname = "me"\n')
+    (tmp_path / "other.toml").write_text(f'network = "10.1.0.0/24"\n[[node]]\npk = "{"ab" * 32}"\nip = "10.1.0.4"\nhostname = "other"\n')
+    (tmp_path / "broken.toml").write_text('network = "10.1.0.0/33"\n')
+
+    async def scenario() -> list[object]:
+        agent = Agent(config, str(tmp_path / "auth.token"), None, str(tmp_path / "run"))
+        results: list[object] = []
+        try:
+            for url, force in ((f"file://{tmp_path}/member.toml", False), (f"file://{tmp_path}/other.toml", False),
+                               (f"file://{tmp_path}/broken.toml", False), (f"file://{tmp_path}/missing.toml", False),
+                               (f"file://{tmp_path}/missing.toml", True), (f"file://{tmp_path}/member.toml", False)):
+                try:
+                    results.append(await agent.add(url, force))
+                except DrasylError as exc:
+                    results.append(type(exc).__name__ + ": " + str(exc))
+        finally:
+            agent._work_thread.shutdown()
+            agent._host_thread.shutdown()
+        return results
+
+    results = asyncio.run(scenario())
+    assert results[0] == "; this node is a member as 10.1.0.3"
+    assert results[1] == f", but this node ({me[:12]}…) is not listed in it"
+    assert results[2].startswith("NetworkConfigError: ") and "10.1.0.0/33" in results[2]
+    assert results[3].startswith("FetchError: ") and "missing.toml" in results[3]
+    assert results[4].startswith(", but its config cannot be used yet (saved because of force): ")
+    assert results[5] == f"ConfigError: Network already exists: file://{tmp_path}/member.toml"
+    saved = [n.config_url for n in AgentConfig.load(tmp_path / "config.toml", difficulty=LOW_DIFFICULTY).networks]
+    assert saved == [SECRET_URL] + [f"file://{tmp_path}/{name}.toml" for name in ("member", "other", "missing")]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -214,6 +217,36 @@ def test_help_names_the_files_and_variables(tmp_path):
     assert result.returncode == 0 and "--json" in result.stdout and "--token FILE" in result.stdout
 
 
+@pytest.mark.parametrize("command, present, absent", [
+    ("run", ["--config", "--token", "--api", "--run-dir", "--log-level", "--log-file"], ["--json", "--force"]),
+    ("status", ["--token", "--api", "--run-dir", "--json"], ["--config", "--log-level", "--log-file"]),
+    ("add", ["--token", "--force", "URL"], ["--config", "--log-level", "--log-file", "--json"]),
+    ("remove", ["--token", "NETWORK", "masked URL", "name"], ["--config", "--log-level", "--force"]),
+    ("version", [], ["--config", "--token", "--log-level"]),
+])
+def test_each_subcommand_lists_only_its_own_options(tmp_path, command, present, absent):
+    result = cli(command, "--help", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for word in present:
+        assert word in result.stdout, word
+    for word in absent:
+        assert word not in result.stdout, word
+
+
+def test_remove_and_disable_take_the_masked_url_or_the_name(agent, tmp_path):
+    result = client(agent, tmp_path, "disable", "Acme")
+    assert (result.returncode, result.stdout) == (0, "Network 'Acme' disabled successfully\n"), result.stderr
+    assert agent.control.config.networks[0].disabled is True
+    result = client(agent, tmp_path, "remove", "https://user:***@config.example.com/acme.toml")
+    assert result.returncode == 0, result.stderr
+    assert agent.control.config.networks == ()
+
+
+def test_add_force_is_sent_to_the_agent(agent, tmp_path):
+    result = client(agent, tmp_path, "add", "--force", "file:///x.toml")
+    assert (result.returncode, result.stdout) == (0, "Network 'file:///x.toml' added (forced)\n"), result.stderr
+
+
 @pytest.mark.parametrize("args", [(), ("add",), ("status", "--bogus"), ("frobnicate",)])
 def test_usage_errors_exit_2(tmp_path, args):
     result = cli(*args, home=tmp_path)
@@ -227,6 +260,87 @@ def test_version(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Version : 0.1.0")
     assert lines[1].startswith(f"Python  : {sys.version.split()[0]}")
+    for flag in ("--version", "-V"):
+        assert (cli(flag, home=tmp_path).returncode, cli(flag, home=tmp_path).stdout) == (0, result.stdout)
+
+
+def test_log_levels_keep_the_libraries_quiet_unless_trace(monkeypatch):
+    from drasyl.agent.cli import configure_log_levels
+    from drasyl.env import TRACE
+
+    root, own = logging.getLogger(), logging.getLogger("drasyl")
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(own, "level", own.level)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    monkeypatch.setattr(root, "handlers", [handler])
+    for level, own_level, library_level in ((logging.DEBUG, logging.DEBUG, logging.WARNING),
+                                            (logging.INFO, logging.INFO, logging.WARNING),
+                                            (logging.ERROR, logging.ERROR, logging.ERROR),
+                                            (TRACE, logging.DEBUG, TRACE)):
+        configure_log_levels(level)
+        assert (own.level, root.level) == (own_level, library_level)
+    configure_log_levels(logging.DEBUG)
+    logging.getLogger("pyroute2.ndb").debug("library detail")
+    logging.getLogger("drasyl.agent").debug("own detail")
+    configure_log_levels(TRACE)
+    logging.getLogger("aiohttp.client").debug("library detail at trace")
+    assert [r.getMessage() for r in records] == ["own detail", "library detail at trace"]
+
+
+def test_run_log_level_trace_is_accepted_and_below_debug():
+    from drasyl.env import TRACE, log_level
+
+    assert log_level({"--log-level": "trace"}, own="--log-level") == TRACE < logging.DEBUG
+    assert log_level({"--log-level": "debug"}, own="--log-level") == logging.DEBUG
+
+
+def test_bash_completion_completes_subcommands_and_their_options(tmp_path):
+    script = cli("completion", "bash", home=tmp_path)
+    assert script.returncode == 0, script.stderr
+    (tmp_path / "completion.bash").write_text(script.stdout)
+
+    def complete(*words: str) -> list[str]:
+        driver = (f'source {tmp_path}/completion.bash; COMP_WORDS=({" ".join(map(repr, words))}); '
+                  f'COMP_CWORD={len(words) - 1}; _drasyl_agent; printf "%s\\n" "${{COMPREPLY[@]}}"')
+        return subprocess.run(["bash", "-c", driver], capture_output=True, text=True, check=True).stdout.split()
+
+    assert complete("drasyl-agent", "st") == ["status"]
+    assert complete("drasyl-agent", "--config", "x", "status", "--j") == ["--json"]
+    assert complete("drasyl-agent", "run", "--log-level", "tr") == ["trace"]
+    assert complete("drasyl-agent", "completion", "") == ["--help", "bash", "zsh"]
+    assert "--log-level" not in complete("drasyl-agent", "status", "--")
+    assert set(complete("drasyl-agent", "")) >= {"run", "status", "version", "add", "remove", "enable",
+                                                 "disable", "completion", "manpage"}
+
+
+def test_zsh_completion_names_every_subcommand(tmp_path):
+    result = cli("completion", "zsh", home=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("#compdef drasyl-agent\n")
+    for command in ("run", "status", "version", "add", "remove", "enable", "disable", "completion", "manpage"):
+        assert f"'{command}:" in result.stdout and f"            {command}) _arguments" in result.stdout
+    assert "'--force[save the entry even when the config cannot be fetched or used now]'" in result.stdout
+
+
+def test_manpage_renders_with_every_section_and_subcommand(tmp_path):
+    result = cli("manpage", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    page = result.stdout
+    assert page.startswith(".TH DRASYL-AGENT 8 ")
+    for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "OPTIONS", "FILES", "ENVIRONMENT", "SIGNALS",
+                    "EXIT STATUS"):
+        assert f"\n.SH {section}\n" in page, section
+    if shutil.which("groff") is None:
+        pytest.skip("no groff to render the page")
+    rendered = subprocess.run(["groff", "-man", "-Tutf8", "-ww"], input=page, capture_output=True, text=True,
+                              env={**os.environ, "GROFF_NO_SGR": "1"})
+    assert rendered.returncode == 0 and rendered.stderr == "", rendered.stderr
+    text = re.sub(r".\x08", "", rendered.stdout).replace("\u2010", "-")
+    assert "drasyl-agent - join this machine to drasyl overlay networks" in text
+    for command in ("run", "status", "version", "add", "remove", "enable", "disable", "completion", "manpage"):
+        assert re.search(rf"^ {{7}}{command}\b", text, re.M), command
+    assert "DRASYL_API_LISTEN" in text and "/etc/drasyl/config.toml" in text and "SIGHUP" in text
 
 
 def test_systemd_unit_runs_the_agent_with_the_cli_defaults():
@@ -259,7 +373,7 @@ def test_run_loads_config_with_a_strict_environment(tmp_path, monkeypatch, capsy
     assert f"I am {config.identity.public_key_hex}" in caplog.text
     path.write_text("surprise = 1\n" + path.read_text())
     assert load_config(str(path)).identity == config.identity
-    assert f"{path}: unknown key 'surprise' ignored" in caplog.text
+    assert f"{path}: surprise: unknown key ignored" in caplog.text
     assert capsys.readouterr().out == ""
     monkeypatch.setenv("DRASYL_ARM_MESSAGES", "yes")
     with pytest.raises(ConfigError, match="DRASYL_ARM_MESSAGES='yes' is invalid"):

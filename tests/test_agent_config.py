@@ -113,8 +113,8 @@ def test_rich_file_loads_with_warnings_for_unknown_keys(tmp_path, ident):
         ("file:///etc/drasyl/lab.toml", True, None),
     ]
     assert cfg.warnings == (
-        f"{path}: unknown key 'owner' ignored",
-        f"{path}: unknown key 'extra' ignored",
+        f"{path}: owner: unknown key ignored",
+        f"{path}: extra: unknown key ignored",
         f"{path}: network[0].team: unknown key ignored",
     )
 
@@ -490,3 +490,90 @@ def test_url_errors_never_show_a_password_that_splits_the_url(url):
         return  # accepted: nothing printed
     for piece in (secret, secret[:2], secret[-2:]):
         assert piece not in message.replace("***", ""), message
+
+
+# --- misspelt keys, finding networks, comments of the example --------------------------------
+
+
+@pytest.mark.parametrize("text, key, meant", [
+    ('super_peer = ["{sp}"]\n', "super_peer", "super_peers"),
+    ('superpeers = ["{sp}"]\n', "superpeers", "super_peers"),
+    ('[[networks]]\nconfig_url = "file:///n.toml"\n', "networks", "network"),
+    ('mtus = 1300\n', "mtus", "mtu"),
+    ('[[network]]\nconfig-url = "file:///n.toml"\n', "network[0].config-url", "config_url"),
+    ('[[network]]\nconfig_url = "file:///n.toml"\ndisable = true\n', "network[0].disable", "disabled"),
+    ('[[network]]\nconfig_url = "file:///n.toml"\naccept_route = true\n', "network[0].accept_route", "accept_routes"),
+    ('[[network]]\nconfig_url = "file:///n.toml"\nserve_route = []\n', "network[0].serve_route", "serve_routes"),
+])
+def test_a_misspelt_key_is_an_error_with_the_suggestion(tmp_path, ident, text, key, meant):
+    path = write(tmp_path, text.format(sp=SP) + identity_table(ident))
+    with pytest.raises(AgentConfigError) as error:
+        load(path)
+    assert str(error.value) == f"{path}: {key}: unknown key; did you mean {meant!r}?"
+
+
+def test_a_misspelt_identity_is_an_error_too(tmp_path, ident):
+    path = write(tmp_path, identity_table(ident).replace("[identity]", "[identiy]"))
+    with pytest.raises(AgentConfigError, match=r"identiy: unknown key; did you mean 'identity'\?"):
+        AgentConfig.load_or_create(path, LOW)
+
+
+def test_networks_are_found_by_url_masked_url_or_name(tmp_path, ident):
+    cfg = load(rich(tmp_path, ident)).add_network("file:///other.toml")
+    cfg = cfg.set_name("file:///other.toml", "Acme")
+    acme, lab, other = cfg.networks
+    assert cfg.find_network("HTTPS://user:secret@config.example.com:443/acme.toml") == acme
+    assert cfg.find_network("https://user:***@config.example.com/acme.toml") == acme
+    assert cfg.find_network(" file:///etc/drasyl/lab.toml ") == lab
+    with pytest.raises(ConfigError) as error:
+        cfg.find_network("Acme")
+    assert str(error.value) == ("'Acme' matches 2 networks (https://user:***@config.example.com/acme.toml, "
+                                "file:///other.toml); give the full URL")
+    cfg = cfg.set_name("file:///other.toml", "Other")
+    assert cfg.find_network("Other") == cfg.networks[2]
+    with pytest.raises(ConfigError, match=r"^Network not found: https://user:\*\*\*@x.example/$"):
+        cfg.find_network("https://user:pw@x.example/")
+    cfg = cfg.set_disabled("Other", True).remove_network("https://user:***@config.example.com/acme.toml")
+    assert [(n.config_url, n.disabled) for n in cfg.networks] == [("file:///etc/drasyl/lab.toml", True),
+                                                                  ("file:///other.toml", True)]
+
+
+def test_check_new_refuses_before_anything_is_fetched(tmp_path, ident):
+    cfg = load(rich(tmp_path, ident))
+    with pytest.raises(ConfigError, match="^Network already exists: https://user:\\*\\*\\*@CONFIG.example.com/acme.toml$"):
+        cfg.check_new("https://user:secret@CONFIG.example.com/acme.toml")
+    with pytest.raises(ConfigError, match="unsupported URL scheme 'ftp'"):
+        cfg.check_new("ftp://x/")
+    cfg.check_new("https://new.example/n.toml")
+
+
+def _own_comments(lines: list[str]) -> set[int]:
+    """Indices of comment lines inside a [[network]] table, above one of its keys."""
+    owned, table, pending = set(), None, []
+    for i, line in enumerate(lines):
+        if line.startswith("["):
+            table, pending = line, []
+        elif line.startswith("#"):
+            pending.append(i)
+        elif "=" in line and table == "[[network]]":
+            owned.update(pending)
+            pending = []
+    return owned
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_removing_the_example_networks_keeps_every_other_comment(tmp_path, order):
+    path = tmp_path / "config.toml"
+    shutil.copy(REPO / "config.example.toml", path)
+    cfg = AgentConfig.load_or_create(path, LOW)
+    lines = (REPO / "config.example.toml").read_text().splitlines()
+    kept = [line for i, line in enumerate(lines) if line.startswith("#") and i not in _own_comments(lines)]
+    assert "# [identity]" in kept and any(line.startswith("# The node identity:") for line in kept)
+    assert any("[prometheus]" in line for line in kept)
+    urls = [n.config_url for n in cfg.networks]
+    for index in order:
+        cfg = cfg.remove_network(urls[index])
+    text = path.read_text()
+    assert cfg.networks == () and "network" not in tomllib.loads(text)
+    survivors = [line for line in text.splitlines() if line.startswith("#")]
+    assert [line for line in kept if line not in survivors] == []

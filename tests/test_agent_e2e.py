@@ -343,7 +343,7 @@ def test_add_denied_network_disable_remove(cluster: Cluster) -> None:
     for agent in (a, b):
         url = cluster.net_url(nets[agent.name])
         added = agent.cli("add", url)
-        assert f"Network '{url}' added successfully" in added.stdout
+        assert f"Network '{url}' added; this node is a member as {DENIED[agent.name]}" in added.stdout
         status = agent.wait_network(nets[agent.name], "active", timeout=5)  # no 10 s tick in between
         assert agent.network(status, nets[agent.name])["ip"] == DENIED[agent.name]
     url = cluster.net_url("net2")

@@ -2,8 +2,12 @@
 
 Endpoints, all behind ``Authorization: Bearer <token>``: ``GET /status`` and
 ``POST /network/{add,remove,enable,disable}`` with ``{"config_url": "<url>"}``, answering
-``{"success": bool, "message": str}`` with drasyl-rs' messages (``Network '<url>' added
-successfully``; ``Failed to add network '<url>': <reason>``). The token file is re-read on
+``{"success": bool, "message": str}`` with drasyl-rs' messages (``Network '<url>' removed
+successfully``; ``Failed to add network '<url>': <reason>``). ``config_url`` may also be the
+masked URL that ``status`` shows or the network's name (:meth:`AgentConfig.find_network`),
+except for ``add``. ``add`` takes ``"force": true`` (optional; save the entry even when the
+config cannot be fetched now) and says what it found instead of "successfully":
+``Network '<url>' added; this node is a member as 10.1.0.3``. The token file is re-read on
 every request (main path, then ``~/.drasyl/auth.token``) and created at start with 24 random
 bytes as hex, mode 0600, when neither can be read. Errors are JSON ``{"error": "…"}``: 401
 ``bearer token missing`` / ``token wrong``, 500 ``token file not found``, and, where axum
@@ -143,13 +147,15 @@ class AgentError(DrasylError):
 class AgentControl(Protocol):
     """What the API asks of the agent. Methods may be plain or ``async``.
 
-    ``add``/``remove``/``enable``/``disable`` take the URL as the user typed it and raise
+    ``add``/``remove``/``enable``/``disable`` take the text as the user typed it and raise
     :class:`AgentError` (or another :class:`~drasyl.errors.DrasylError`) with the reason,
     e.g. ``Network already exists: <url>``; the API wraps it into drasyl-rs' message.
+    ``add`` may return what it found out (``; this node is a member as 10.1.0.3``), which
+    replaces `` successfully`` in the answer.
     """
 
     def status(self) -> dict[str, Any]: ...
-    def add(self, url: str) -> None: ...
+    def add(self, url: str, force: bool = False) -> str | None: ...
     def remove(self, url: str) -> None: ...
     def enable(self, url: str) -> None: ...
     def disable(self, url: str) -> None: ...
@@ -480,12 +486,16 @@ class ApiServer:
         url = body.get("config_url") if isinstance(body, dict) else None
         if not isinstance(url, str):
             return _error(422, 'the body must be {"config_url": "<url>"}')
+        force = body.get("force", False)
+        if not isinstance(force, bool) or (force and verb != "add"):
+            return _error(422, '"force" must be true or false, and only add takes it')
         try:
-            await _call(getattr(self._control, verb), url)
+            found = await (_call(self._control.add, url, force) if force else _call(getattr(self._control, verb), url))
         except DrasylError as exc:
             return web.json_response(
                 {"success": False, "message": f"Failed to {verb} network '{mask_url(url)}': {exc}"})
-        return web.json_response({"success": True, "message": f"Network '{mask_url(url)}' {VERBS[verb]} successfully"})
+        return web.json_response({"success": True,
+                                  "message": f"Network '{mask_url(url)}' {VERBS[verb]}{found or ' successfully'}"})
 
     async def _ping(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":

@@ -2,8 +2,9 @@
 
 Subcommands as drasyl-rs' ``drasyl`` binary: ``run``, ``status``, ``version``, ``add``,
 ``remove``, ``enable``, ``disable``, and ours: ``ping`` (one ``POST /ping`` per probe, paced
-here, sent by the agent; :mod:`drasyl.agent.ping`); options ``--config``, ``--token``,
-``--log-level``, ``--log-file`` before or after the subcommand. Differences: defaults are the service's files
+here, sent by the agent; :mod:`drasyl.agent.ping`), ``completion bash|zsh`` and ``manpage``
+(:mod:`.docgen`) and ``--version``/``-V``. Each subcommand lists only the options it uses;
+all of them are also accepted before the subcommand. Differences: defaults are the service's files
 (``/etc/drasyl/config.toml``, ``/etc/drasyl/auth.token``) instead of the working directory;
 the client honours ``--api``/``DRASYL_API_LISTEN`` like the server (drasyl-rs always dials
 localhost:22527); ``status --json``; ``status`` shows no secret key; ``--log-level`` falls
@@ -37,11 +38,12 @@ import platform
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..env import env_bool, env_int, log_level
+from ..env import TRACE, env_bool, env_int, log_level
 from ..errors import DrasylError
 from ..identity import DEFAULT_POW_DIFFICULTY, mode_warning
 from ..progress import PowProgress
@@ -76,54 +78,74 @@ LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 DEFAULT_PINGS = 5
 UNTIL_DIRECT_PINGS = 30
 
+SUMMARY = "join this machine to drasyl overlay networks"
 DESCRIPTION = """\
 drasyl agent: joins this machine to drasyl overlay networks through a TUN device named
 'drasyl' and reaches the other members by IP and by name, directly when NATs allow it,
 relayed by a super peer otherwise. 'run' starts the agent (as root or with CAP_NET_ADMIN);
 the other commands talk to a running agent over its REST API."""
 
-EPILOG = f"""\
-files:
-  {DEFAULT_CONFIG:<24} identity, super_peers, [[network]]s, mtu (--config); created
-  {"":<24} with a new identity by the first 'run' (see config.example.toml)
-  {DEFAULT_TOKEN_FILE:<24} API bearer token (--token); 'run' creates it (mode 0600) when
-  {"":<24} missing. Clients fall back to {FALLBACK_TOKEN_FILE}: copy the
-  {"":<24} token there to use the CLI without root.
-  {DEFAULT_RUN_DIR + "/" + SOCKET_NAME:<24} the API's Unix socket (--run-dir); 'run' creates the
-  {"":<24} directory (0755) and refuses one that another uid owns or
-  {"":<24} others may write to. Clients use the socket when it and its
-  {"":<24} directory belong to root or to them, else TCP, where they send
-  {"":<24} the token only if /proc/net/tcp shows the port is held by root
-  {"":<24} or the token file's owner (never to a squatter on the port).
+FILES = (
+    (DEFAULT_CONFIG, "identity, super_peers, [[network]]s, mtu (--config); created with a new identity "
+                     "by the first 'run' (see config.example.toml). A misspelt key (super_peer) is an "
+                     "error; the public drasyl.org super peers are used only when super_peers is absent"),
+    (DEFAULT_TOKEN_FILE, f"API bearer token (--token); 'run' creates it (mode 0600) when missing. Clients fall "
+                         f"back to {FALLBACK_TOKEN_FILE}: copy the token there to use the CLI without root"),
+    (f"{DEFAULT_RUN_DIR}/{SOCKET_NAME}", "the API's Unix socket (--run-dir); 'run' creates the directory (0755) "
+                                         "and refuses one that another uid owns or others may write to. Clients "
+                                         "use the socket when it and its directory belong to root or to them, "
+                                         "else TCP, where they send the token only if /proc/net/tcp shows the "
+                                         "port is held by root or the token file's owner (never to a squatter)"),
+)
+ENVIRONMENT = (
+    (LISTEN_ENV, f"REST API TCP address of the server and the clients (default {DEFAULT_LISTEN}; empty: Unix "
+                 "socket only); --api overrides it"),
+    (RUN_DIR_ENV, f"directory of the API socket (default {DEFAULT_RUN_DIR}); --run-dir overrides it"),
+    ("DRASYL_LOG_LEVEL, RUST_LOG", "log level when --log-level is not given (default info)"),
+    ("DRASYL_MIN_POW_DIFFICULTY", "proof-of-work bits of a new identity and required of the one in config.toml "
+                                  "(default 24)"),
+    ("DRASYL_ARM_MESSAGES", "true|false: encryption (default true; false raises the MTU limit from 1345 to 1393)"),
+    ("DRASYL_UDP_PORT", "UDP port of the node (default derived from the public key; 0: any free port)"),
+    ("DRASYL_UDP_ADDRS", "space-separated local IPs to bind (default every usable interface address, followed "
+                         "as they change)"),
+    ("DRASYL_ENFORCE_TCP", "true: reach super peers over TCP only (default false)"),
+    ("DRASYL_MAX_PEERS", "node peer table limit, 0 unlimited (default 8192)"),
+    ("DRASYL_HELLO_TIMEOUT", "ms until an unanswered path is stale (default 30000)"),
+    ("DRASYL_HELLO_MAX_AGE", "ms a HELLO/ACK may be old (default 60000)"),
+    ("DRASYL_HOUSEKEEPING_INTERVAL", "ms between the node's HELLO rounds (default 5000)"),
+    ("DRASYL_PROCESS_UNITES", "false: no hole punching, always relayed (default true). A value that does not "
+                              "parse is an error naming the variable"),
+)
+SIGNALS = ("run: SIGHUP reloads super_peers and the [[network]]s of --config without dropping the TUN device "
+           "(identity and mtu need a restart; a broken file is logged and the running configuration kept); "
+           "SIGTERM/SIGINT remove routes, addresses, the hosts names and the TUN device, then exit 0.")
+EXIT_STATUS = "0 success, 1 failure (one line on stderr), 2 usage error."
+LOG_LEVELS = ("error", "warn", "info", "debug", "trace", "off")
+LOG_HELP = ("log level: error, warn, info, debug (drasyl's own debug output), trace (also that of the "
+            "libraries: pyroute2, aiohttp, asyncio) or off (default $DRASYL_LOG_LEVEL, $RUST_LOG, info)")
 
-environment:
-  {LISTEN_ENV:<28} REST API TCP address of the server and the clients (default
-  {"":<28} {DEFAULT_LISTEN}; empty: Unix socket only); --api overrides it
-  {RUN_DIR_ENV:<28} directory of the API socket (default {DEFAULT_RUN_DIR});
-  {"":<28} --run-dir overrides it
-  {"DRASYL_LOG_LEVEL, RUST_LOG":<28} log level when --log-level is not given (default info)
-  {"DRASYL_MIN_POW_DIFFICULTY":<28} proof-of-work bits of a new identity and required of
-  {"":<28} the one in config.toml (default 24)
-  {"DRASYL_ARM_MESSAGES":<28} true|false: encryption (default true; false raises the
-  {"":<28} MTU limit from 1345 to 1393)
-  {"DRASYL_UDP_PORT":<28} UDP port of the node (default derived from the public key;
-  {"":<28} 0: any free port)
-  {"DRASYL_UDP_ADDRS":<28} space-separated local IPs to bind (default every usable
-  {"":<28} interface address, followed as they change)
-  {"DRASYL_ENFORCE_TCP":<28} true: reach super peers over TCP only (default false)
-  {"DRASYL_MAX_PEERS":<28} node peer table limit, 0 unlimited (default 8192)
-  {"DRASYL_HELLO_TIMEOUT":<28} ms until an unanswered path is stale (default 30000)
-  {"DRASYL_HELLO_MAX_AGE":<28} ms a HELLO/ACK may be old (default 60000)
-  {"DRASYL_HOUSEKEEPING_INTERVAL":<28} ms between the node's HELLO rounds (default 5000)
-  {"DRASYL_PROCESS_UNITES":<28} false: no hole punching, always relayed (default true)
-  {"":<28} A value that does not parse is an error naming the variable.
 
-signals (run): SIGHUP reloads super_peers and the [[network]]s of --config without
-  dropping the TUN device (identity and mtu need a restart; a broken file is logged and
-  the running configuration kept); SIGTERM/SIGINT remove routes, addresses, the hosts
-  names and the TUN device, then exit 0.
+def _columns(items: Sequence[tuple[str, str]], width: int = 28) -> str:
+    """``name  text`` with the text wrapped in a column, for --help."""
+    out = []
+    for name, text in items:
+        lines = textwrap.wrap(text, 94 - width)
+        if len(name) >= width - 2:
+            out.append(f"  {name}")
+        else:
+            out.append(f"  {name:<{width - 2}}{lines.pop(0)}")
+        out += [" " * width + line for line in lines]
+    return "\n".join(out)
 
-exit codes: 0 success, 1 failure (one line on stderr), 2 usage error"""
+
+EPILOG = "\n\n".join([
+    "Options may come before COMMAND (drasyl-agent --token FILE status); --config, --log-level and\n"
+    "--log-file are run's, --token, --api and --run-dir also the client commands'.",
+    "files:\n" + _columns(FILES),
+    "environment:\n" + _columns(ENVIRONMENT),
+    "signals:\n" + textwrap.indent(textwrap.fill(SIGNALS, 92), "  "),
+    "exit status: " + EXIT_STATUS,
+])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,7 +211,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _network(args: argparse.Namespace) -> int:
-    answer = _request(args, f"/network/{args.command}", {"config_url": args.url})
+    body: dict[str, Any] = {"config_url": args.url}
+    if getattr(args, "force", False):
+        body["force"] = True
+    answer = _request(args, f"/network/{args.command}", body)
     if not isinstance(answer, dict) or not isinstance(answer.get("message"), str):
         raise AgentError("the agent's API answered without a message")
     if answer.get("success") is True:
@@ -204,9 +229,28 @@ def _network(args: argparse.Namespace) -> int:
 
 
 def _version(args: argparse.Namespace) -> int:
+    print(version_text())
+    return 0
+
+
+def version_text() -> str:
     commit = _git_commit()
-    print(f"Version : {package_version()}" + (f" ({commit})" if commit else ""))
-    print(f"Python  : {platform.python_version()} ({platform.python_implementation()}, {sys.executable})")
+    return (f"Version : {package_version()}" + (f" ({commit})" if commit else "") + "\n"
+            f"Python  : {platform.python_version()} ({platform.python_implementation()}, {sys.executable})")
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from . import docgen
+
+    print(docgen.COMPLETIONS[args.shell](_parser()), end="")
+    return 0
+
+
+def _manpage(args: argparse.Namespace) -> int:
+    from . import docgen
+
+    print(docgen.manpage(_parser(), package_version(), SUMMARY, {
+        "FILES": FILES, "ENVIRONMENT": ENVIRONMENT, "SIGNALS": SIGNALS, "EXIT STATUS": EXIT_STATUS}), end="")
     return 0
 
 
@@ -258,7 +302,7 @@ def _path_text(answer: dict[str, Any]) -> str:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _run, "status": _status, "version": _version,
+    "run": _run, "status": _status, "version": _version, "completion": _completion, "manpage": _manpage,
     "add": _network, "remove": _network, "enable": _network, "disable": _network,
     "ping": _ping,
 }
@@ -482,45 +526,92 @@ def _bytes(count: Any) -> str:
 # --- arguments and logging --------------------------------------------------------------------
 
 
+OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "config": ("--config", {"metavar": "FILE", "help": f"config.toml of the agent (default {DEFAULT_CONFIG})"}),
+    "token": ("--token", {"metavar": "FILE", "help": f"API token file (default {DEFAULT_TOKEN_FILE}; clients fall "
+                                                     f"back to {FALLBACK_TOKEN_FILE})"}),
+    "api": ("--api", {"metavar": "HOST:PORT", "help": f"REST API TCP address (default ${LISTEN_ENV} or "
+                                                      f"{DEFAULT_LISTEN}; empty: none)"}),
+    "run_dir": ("--run-dir", {"metavar": "DIR", "help": f"directory of the agent's API socket {SOCKET_NAME} "
+                                                        f"(default ${RUN_DIR_ENV} or {DEFAULT_RUN_DIR})"}),
+    "log_level": ("--log-level", {"metavar": "LEVEL", "help": LOG_HELP}),
+    "log_file": ("--log-file", {"metavar": "FILE", "help": "append the log to FILE instead of stderr"}),
+}
+RUN_OPTIONS = ("config", "token", "api", "run_dir", "log_level", "log_file")
+CLIENT_OPTIONS = ("token", "api", "run_dir")
+NETWORK_VERBS = (
+    ("add", "join a network: fetch and check its config, then add a [[network]] with this URL"),
+    ("remove", "leave a network and delete its [[network]] entry"),
+    ("enable", "re-activate a disabled network"),
+    ("disable", "leave a network but keep its entry (disabled = true)"),
+)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``/``-V``: what ``drasyl-agent version`` prints, then exit 0."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def _add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """The options ``names`` of :data:`OPTIONS`; SUPPRESS: one given before the subcommand
+    is not reset by the subcommand's parser."""
+    for name in names:
+        flag, kwargs = OPTIONS[name]
+        action = parser.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
+        if name == "log_level":
+            action.completions = LOG_LEVELS  # type: ignore[attr-defined]  # read by docgen
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help=f"config.toml of the agent (default {DEFAULT_CONFIG})")
-    common.add_argument("--token", metavar="FILE", default=argparse.SUPPRESS,
-                        help=f"API token file (default {DEFAULT_TOKEN_FILE}; clients fall back to {FALLBACK_TOKEN_FILE})")
-    common.add_argument("--api", metavar="HOST:PORT", default=argparse.SUPPRESS,
-                        help=f"REST API TCP address (default ${LISTEN_ENV} or {DEFAULT_LISTEN}; empty: none)")
-    common.add_argument("--run-dir", metavar="DIR", default=argparse.SUPPRESS,
-                        help=f"directory of the agent's API socket {SOCKET_NAME} (default ${RUN_DIR_ENV} or {DEFAULT_RUN_DIR})")
-    common.add_argument("--log-level", metavar="LEVEL", default=argparse.SUPPRESS,
-                        help="run: error, warn, info, debug, trace or off (default $DRASYL_LOG_LEVEL, $RUST_LOG, info)")
-    common.add_argument("--log-file", metavar="FILE", default=argparse.SUPPRESS,
-                        help="run: append the log to FILE instead of stderr")
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, parents=[common],
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-V", "--version", action=_VersionAction, help="show the version and exit")
+    _add_options(parser, RUN_OPTIONS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", parents=[common], help="run the agent in the foreground (systemd keeps it running)",
-                   description="Run the agent in the foreground until SIGINT/SIGTERM; SIGHUP reloads "
-                               "super_peers and networks from --config.")
-    status = sub.add_parser("status", parents=[common], help="show identity, super peers, networks and peers",
-                            description="Show the running agent's public key, super peers (transport, RTT), "
-                                        "networks and one row per peer (path, RTT, last packet, bytes).")
+
+    def command(name: str, what: str, description: str, options: Sequence[str]) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=what, description=description)
+        _add_options(cmd, options)
+        return cmd
+
+    command("run", "run the agent in the foreground (systemd keeps it running)",
+            "Run the agent in the foreground until SIGINT/SIGTERM; SIGHUP reloads super_peers and networks "
+            "from --config. Needs root or CAP_NET_ADMIN.", RUN_OPTIONS)
+    status = command("status", "show identity, super peers, networks and peers",
+                     "Show the running agent's public key, super peers (transport, RTT), networks and one row "
+                     "per peer (path, RTT, last packet, bytes).", CLIENT_OPTIONS)
     status.add_argument("--json", action="store_true", help="print the API's JSON instead of tables")
-    sub.add_parser("version", parents=[common], help="show the version (does not contact the agent)")
-    for verb, what in (("add", "join a network: add a [[network]] with this config URL"),
-                       ("remove", "leave a network and delete its [[network]] entry"),
-                       ("enable", "re-activate a disabled network"),
-                       ("disable", "leave a network but keep its entry (disabled = true)")):
-        cmd = sub.add_parser(verb, parents=[common], help=what, description=what[0].upper() + what[1:] + ".")
-        cmd.add_argument("url", metavar="URL", help="network config URL (https://, http:// or file://)")
-    ping = sub.add_parser(
-        "ping", parents=[common], help="ping a peer through the overlay: path (direct/relayed) and RTT per reply",
-        description="The agent sends ICMP echo requests to PEER through the overlay, as from its TUN "
+    command("version", "show the version (does not contact the agent)", "Show the version and exit.", ())
+    for verb, what in NETWORK_VERBS:
+        cmd = command(verb, what, what[0].upper() + what[1:] + ".", CLIENT_OPTIONS)
+        if verb == "add":
+            cmd.add_argument("url", metavar="URL", help="network config URL (https://, http:// or file://)")
+            cmd.add_argument("--force", action="store_true",
+                             help="save the entry even when the config cannot be fetched or used now")
+        else:
+            cmd.add_argument("url", metavar="NETWORK",
+                             help="the network's config URL, the masked URL 'status' shows "
+                                  "(https://user:***@host/x), or its name")
+    completion = command("completion", "print a bash or zsh completion script",
+                         f"Print a completion script: {PROG} completion bash > /etc/bash_completion.d/{PROG}",
+                         ())
+    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell")
+    command("manpage", "print the manual page (roff)",
+            f"Print the manual page: {PROG} manpage > /usr/local/share/man/man8/{PROG}.8", ())
+    ping = command(
+        "ping", "ping a peer through the overlay: path (direct/relayed) and RTT per reply",
+        "The agent sends ICMP echo requests to PEER through the overlay, as from its TUN "
                     "(no raw socket needed here), and prints one line per reply: the path it took "
                     "(direct to an endpoint, or relayed via a super peer) and the round-trip time; "
                     "a line when the path changed; a summary. Exit 0 when a reply came (with "
                     "--until-direct: over a direct path), 1 otherwise or when PEER cannot be pinged "
-                    "(unknown, no policy allows it, this node not in its network).")
+                    "(unknown, no policy allows it, this node not in its network).", CLIENT_OPTIONS)
     ping.add_argument("peer", metavar="PEER", help="hostname, overlay IP or public key (hex, or its first 8+ digits)")
     ping.add_argument("-c", dest="count", metavar="N", type=_bounded(int, 1, 1_000_000), default=None,
                       help=f"probes to send (default {DEFAULT_PINGS}; with --until-direct {UNTIL_DIRECT_PINGS})")
@@ -531,6 +622,13 @@ def _parser() -> argparse.ArgumentParser:
     ping.add_argument("-W", dest="timeout", metavar="SECONDS", type=_bounded(float, 0.01, MAX_TIMEOUT_S),
                       default=2.0, help=f"seconds to wait for each reply (default 2, at most {MAX_TIMEOUT_S:g})")
     return parser
+
+
+def configure_log_levels(level: int) -> None:
+    """drasyl's loggers at ``level``; the libraries' (pyroute2, aiohttp, asyncio) at WARNING or
+    quieter, unless ``level`` is trace: their debug output would drown the agent's own."""
+    logging.getLogger("drasyl").setLevel(max(level, logging.DEBUG))
+    logging.getLogger().setLevel(level if level <= TRACE else max(level, logging.WARNING))
 
 
 def _bounded(kind: Callable[[str], int | float], low: float, high: float) -> Callable[[str], int | float]:
@@ -557,9 +655,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
     except OSError as exc:
         raise AgentError(f"cannot open log file {args.log_file!r}: {exc.strerror}") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    logging.getLogger().handlers[:] = [handler]
+    configure_log_levels(level)
     args.log_level = level
 
 

@@ -12,7 +12,10 @@ config_url/disabled/name, ``mtu``). Differences, all deliberate:
   peers share one ``networkId`` and differ in public key; ``super_peers`` is not empty;
   ``mtu`` is 576..1345 (576..1393 with ``DRASYL_ARM_MESSAGES=false``): a larger TUN packet
   does not fit into one drasyl message, a smaller MTU is below what IPv4 hosts must accept.
-- unknown keys are kept and reported as :attr:`AgentConfig.warnings`; edits go through
+- unknown keys are kept and reported as :attr:`AgentConfig.warnings` (drasyl-rs files keep
+  working), except a near-miss of a known key (``super_peer``, ``networks``, ``config-url``,
+  ``disable``): that is an error with the suggestion, because ignoring it would silently mean
+  the default (the public super peers, no network, an enabled network). Edits go through
   tomlkit, so the user's other keys **and comments** survive (drasyl-rs re-serialises its
   struct and drops both). Edits re-read the file, refuse to touch a file that does not
   validate, and replace it atomically (temp file in the same directory, fsync, rename),
@@ -28,6 +31,7 @@ the ``load*`` methods and the edit methods.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -51,7 +55,7 @@ from ..urls import SuperPeerUrl
 
 if TYPE_CHECKING:  # tomlkit is imported where the file is edited: a running agent rarely does (0.75 MiB of RSS)
     import tomlkit
-    from tomlkit.items import AoT
+    from tomlkit.items import AoT, Whitespace
 
 DEFAULT_SUPER_PEERS = tuple(
     f"udp://{host}.drasyl.org:22527?publicKey={pk}&networkId=1&tcpPort=8443"
@@ -70,6 +74,10 @@ MIN_MTU = 576
 NEW_FILE_COMMENT = "drasyl-agent configuration; config.example.toml documents every key."
 
 _KNOWN_TOP = ("identity", "super_peers", "network", "mtu", "prometheus")
+_IDENTITY_KEYS = ("sk", "pow")
+#: difflib ratio from which an unknown key counts as a misspelling of a known one (``networks``
+#: 0.93, ``accept_route`` 0.96; ``owner``/``team``, keys of other tools, stay below).
+NEAR_MISS = 0.8
 _SK_HEX = re.compile(r"[0-9a-fA-F]{128}")
 _TOML_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a float",
                list: "an array", dict: "a table"}
@@ -212,18 +220,40 @@ class AgentConfig:
             return None
         return next((n for n in self.networks if n.key == key), None)
 
+    def find_network(self, text: str) -> NetworkEntry:
+        """The entry a user means by ``text``: its URL (any spelling), the masked URL that
+        ``status`` prints, or its cached ``name``. :class:`ConfigError` when nothing or more
+        than one entry matches, naming the candidates."""
+        entry = self.network(text)
+        if entry is not None:
+            return entry
+        text = text.strip()
+        matches = [n for n in self.networks if text in (mask_url(n.config_url), n.name)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise ConfigError(f"Network not found: {mask_url(text)}")
+        raise ConfigError(f"{mask_url(text)!r} matches {len(matches)} networks ("
+                          + ", ".join(mask_url(n.config_url) for n in matches) + "); give the full URL")
+
+    def check_new(self, url: str) -> None:
+        """Refuse what :meth:`add_network` would refuse (an unusable URL, a duplicate), so
+        that ``add`` can say so before it fetches anything."""
+        key = normalize_url(url)
+        if any(n.key == key for n in self.networks):
+            raise ConfigError(f"Network already exists: {mask_url(url.strip())}")
+
     # --- editing ----------------------------------------------------------------------------
 
     def add_network(self, url: str) -> AgentConfig:
         """Append ``[[network]] config_url = url, disabled = false``; duplicates are refused."""
         url = url.strip()
-        key = normalize_url(url)
+        self.check_new(url)
         import tomlkit
         from tomlkit.items import Array
 
         def add(doc: tomlkit.TOMLDocument, current: AgentConfig) -> None:
-            if any(n.key == key for n in current.networks):
-                raise ConfigError(f"Network already exists: {mask_url(url)}")
+            current.check_new(url)
             networks = doc.get("network")
             if isinstance(networks, Array):  # inline form: network = [{config_url = …}]
                 entry = tomlkit.inline_table()
@@ -240,16 +270,19 @@ class AgentConfig:
         return self._edit(add)
 
     def remove_network(self, url: str) -> AgentConfig:
+        """Delete the ``[[network]]`` :meth:`find_network` finds for ``url``."""
         from tomlkit.items import AoT
 
         def remove(doc: tomlkit.TOMLDocument, current: AgentConfig) -> None:
             networks = doc["network"]
             index = _index(current, url)
-            if isinstance(networks, AoT):
-                _keep_trailing_comments(networks, index)
+            trailing = _keep_trailing_comments(networks, index) if isinstance(networks, AoT) else None
             del networks[index]
             if len(networks) == 0:
-                del doc["network"]
+                slot = next(i for i, (_, item) in enumerate(doc.body) if item is networks)
+                del doc["network"]  # leaves a placeholder at ``slot``
+                if trailing is not None:
+                    doc.body[slot] = (None, trailing)
 
         return self._edit(remove)
 
@@ -300,7 +333,8 @@ def _parse(path: str, text: str) -> dict[str, Any]:
 def _validate(
     path: str, data: dict[str, Any], difficulty: int, arm_messages: bool, need_identity: bool = True
 ) -> AgentConfig:
-    warnings = [f"{path}: unknown key {k!r} ignored" for k in data if k not in _KNOWN_TOP]
+    warnings: list[str] = []
+    _unknown_keys(data, _KNOWN_TOP, "", path, warnings)
     if "prometheus" in data:
         warnings.append(f"{path}: prometheus: ignored (this agent does not push metrics)")
 
@@ -327,8 +361,8 @@ def _identity(table: Any, difficulty: int, fail, warnings: list[str], path: str)
         raise fail("identity", "missing; it is generated when the [identity] table is absent "
                                "and the agent starts (drasyl-agent run)")
     table = _typed(table, dict, "identity", fail)
-    warnings += [f"{path}: identity.{k}: unknown key ignored" for k in table if k not in ("sk", "pow")]
-    for key in ("sk", "pow"):
+    _unknown_keys(table, _IDENTITY_KEYS, "identity.", path, warnings)
+    for key in _IDENTITY_KEYS:
         if key not in table:
             raise fail(f"identity.{key}", "missing")
     sk = _typed(table["sk"], str, "identity.sk", fail)
@@ -378,8 +412,7 @@ def _networks(value: Any, fail, warnings: list[str], path: str) -> tuple[Network
     for i, table in enumerate(_typed(value, list, "network", fail)):
         where = f"network[{i}]"
         table = _typed(table, dict, where, fail)
-        warnings += [f"{path}: {where}.{k}: unknown key ignored" for k in table
-                     if k not in ("config_url", "disabled", "name", *CONSENT_KEYS)]
+        _unknown_keys(table, NETWORK_KEYS, f"{where}.", path, warnings)
         if "config_url" not in table:
             raise fail(f"{where}.config_url", "missing")
         url = _typed(table["config_url"], str, f"{where}.config_url", fail)
@@ -399,6 +432,7 @@ def _networks(value: Any, fail, warnings: list[str], path: str) -> tuple[Network
 
 
 CONSENT_KEYS = ("accept_routes", "exit_node", "serve_routes")
+NETWORK_KEYS = ("config_url", "disabled", "name", *CONSENT_KEYS)
 _EXIT_NODE = re.compile(r"[0-9a-fA-F]{64}|[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
@@ -421,6 +455,18 @@ def _consent(table: dict[str, Any], where: str, fail) -> Consent:
     return Consent(accept, exit_node, tuple(served))
 
 
+def _unknown_keys(table: dict[str, Any], known: tuple[str, ...], prefix: str, path: str, warnings: list[str]) -> None:
+    """Warn about keys we do not know (drasyl-rs builds and other tools may add some); a key
+    that is a near-miss of a known one is an error, since its default would apply silently."""
+    for key in table:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=NEAR_MISS)
+        if close:
+            raise AgentConfigError(f"{path}: {prefix}{key}: unknown key; did you mean {close[0]!r}?")
+        warnings.append(f"{path}: {prefix}{key}: unknown key ignored")
+
+
 def _typed(value: Any, kind: type, key: str, fail) -> Any:
     # bool is an int in Python but not in TOML: `mtu = true` is a type error.
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
@@ -431,15 +477,14 @@ def _typed(value: Any, kind: type, key: str, fail) -> Any:
 
 
 def _index(config: AgentConfig, url: str) -> int:
-    entry = config.network(url)
-    if entry is None:
-        raise ConfigError(f"Network not found: {mask_url(url)}")
-    return config.networks.index(entry)
+    return config.networks.index(config.find_network(url))
 
 
-def _keep_trailing_comments(networks: AoT, index: int) -> None:
-    """Comments after a removed table's last key are about what follows: keep them there."""
-    from tomlkit.items import Comment
+def _keep_trailing_comments(networks: AoT, index: int) -> Whitespace | None:
+    """Comments after a removed table's last key are about what follows (the next table, the
+    ``[identity]`` comment block): move them to the neighbouring table. When there is none,
+    return them as one verbatim item for the caller to put where the array of tables was."""
+    from tomlkit.items import Comment, Whitespace
 
     body = networks[index].value.body
     end = len(body)
@@ -447,11 +492,14 @@ def _keep_trailing_comments(networks: AoT, index: int) -> None:
         end -= 1
     trailing = body[end:]
     if not any(isinstance(item, Comment) for _, item in trailing):
-        return
+        return None
     if index > 0:
         networks[index - 1].value.body.extend(trailing)
     elif index + 1 < len(networks):
         networks[index + 1].value.body[0:0] = trailing
+    else:
+        return Whitespace("".join(item.as_string() for _, item in trailing))
+    return None
 
 
 # --- writing ----------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ from ..tun.device import DEFAULT_NAME
 from ..tun.hosts import HostsFile
 from ..tun.packet import ADDRESSES, PROTO_UDP, is_drasyl_control, is_ipv4
 from ..tun.routes import Route, underlay_routes
-from .api import DEFAULT_RUN_DIR, AgentError, ApiServer, TokenFile, config_status
+from .api import DEFAULT_RUN_DIR, ApiServer, TokenFile, config_status
 from .config import AgentConfig, NetworkEntry, mask_url
 from .consent import Decision, HostFacts, Request, decide
 from .explain import NO_ANSWER, PeerPath, peer_path, punch_result, super_peer_state
@@ -592,9 +592,28 @@ class Agent:
         self.config = replace(new, super_peers=self.config.super_peers, identity=self.config.identity,
                               mtu=self.config.mtu)
 
-    def add(self, url: str) -> None:
+    async def add(self, url: str, force: bool = False) -> str:
+        """Fetch and validate the config first: a typo in the URL or a config that does not
+        validate is the answer to ``add``, not a line in a log. ``force`` saves the entry
+        anyway when the config cannot be used now (its server is down today)."""
+        self.config.check_new(url)
+        shown, me = mask_url(url), self.config.identity
+        session = OnDemandSession()
+        try:
+            text = await fetch_config_text(url.strip(), me.public_key_hex, session)
+            _, state = await self._on_work(_understand, await parse_toml(text, shown), shown, me.public_key)
+        except (FetchError, NetworkConfigError) as exc:
+            if not force:
+                raise
+            found = f", but its config cannot be used yet (saved because of force): {exc}"
+        else:
+            found = (f"; this node is a member as {state.ip}" if state is not None
+                     else f", but this node ({me.public_key_hex[:12]}…) is not listed in it")
+        finally:
+            await session.close()
         self._edited(self.config.add_network(url))
         self._wake.set()
+        return found
 
     async def remove(self, url: str) -> None:
         self._edited(self.config.remove_network(url))
@@ -609,11 +628,9 @@ class Agent:
         await self.apply()
 
     def _set_disabled(self, url: str, disabled: bool) -> None:
-        entry = self.config.network(url)
-        if entry is None:
-            raise AgentError(f"Network not found: {mask_url(url)}")
+        entry = self.config.find_network(url)
         if entry.disabled != disabled:
-            self._edited(self.config.set_disabled(url, disabled))
+            self._edited(self.config.set_disabled(entry.config_url, disabled))
 
     def _member_rows(self, node_rows: dict[bytes, Any], relay: str, relay_registered: bool):
         """One row per member of every applied network (the first network naming a peer
