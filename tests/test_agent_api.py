@@ -26,9 +26,9 @@ from drasyl.agent.api import (
     ApiServer,
     TokenFile,
     config_status,
-    parse_listen,
 )
 from drasyl.errors import ConfigError
+from drasyl.urls import parse_listen
 from netns import Process
 
 TOKEN = "t0ken-for-tests"

@@ -43,7 +43,7 @@ from ..env import env_bool, env_int, log_level
 from ..errors import DrasylError
 from ..identity import DEFAULT_POW_DIFFICULTY, mode_warning
 from ..progress import PowProgress
-from ..urls import format_host_port
+from ..urls import format_host_port, parse_listen
 from .api import (
     DEFAULT_LISTEN,
     DEFAULT_RUN_DIR,
@@ -55,13 +55,12 @@ from .api import (
     AgentError,
     TokenFile,
     package_version,
-    parse_listen,
     peer_uid,
     socket_path,
     uid_names,
     untrusted,
 )
-from .config import AgentConfig, is_insecure, mask_url
+from .config import METRICS_ENV, AgentConfig, is_insecure, mask_url
 
 log = logging.getLogger("drasyl.agent")
 
@@ -79,8 +78,9 @@ the other commands talk to a running agent over its REST API."""
 
 EPILOG = f"""\
 files:
-  {DEFAULT_CONFIG:<24} identity, super_peers, [[network]]s, mtu (--config); created
-  {"":<24} with a new identity by the first 'run' (see config.example.toml)
+  {DEFAULT_CONFIG:<24} identity, super_peers, [[network]]s, mtu, [metrics] (--config);
+  {"":<24} created with a new identity by the first 'run' (see
+  {"":<24} config.example.toml)
   {DEFAULT_TOKEN_FILE:<24} API bearer token (--token); 'run' creates it (mode 0600) when
   {"":<24} missing. Clients fall back to {FALLBACK_TOKEN_FILE}: copy the
   {"":<24} token there to use the CLI without root.
@@ -96,6 +96,9 @@ environment:
   {"":<28} {DEFAULT_LISTEN}; empty: Unix socket only); --api overrides it
   {RUN_DIR_ENV:<28} directory of the API socket (default {DEFAULT_RUN_DIR});
   {"":<28} --run-dir overrides it
+  {METRICS_ENV:<28} Prometheus /metrics address of 'run' in place of [metrics]
+  {"":<28} listen (default: that key, else off; empty: off); an address
+  {"":<28} that is not loopback needs [metrics] token_file
   {"DRASYL_LOG_LEVEL, RUST_LOG":<28} log level when --log-level is not given (default info)
   {"DRASYL_MIN_POW_DIFFICULTY":<28} proof-of-work bits of a new identity and required of
   {"":<28} the one in config.toml (default 24)
@@ -114,7 +117,7 @@ environment:
   {"":<28} A value that does not parse is an error naming the variable.
 
 signals (run): SIGHUP reloads super_peers and the [[network]]s of --config without
-  dropping the TUN device (identity and mtu need a restart; a broken file is logged and
+  dropping the TUN device (identity, mtu and [metrics] need a restart; a broken file is logged and
   the running configuration kept); SIGTERM/SIGINT remove routes, addresses, the hosts
   names and the TUN device, then exit 0.
 
