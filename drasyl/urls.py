@@ -7,7 +7,8 @@ and bracketed IPv6 literals work for UDP *and* TCP (drasyl-rs builds a broken TC
 for them). Hosts are checked here, not at the first DNS lookup: an IP literal (IPv6 in
 brackets) or a DNS name of valid labels. IP literals are kept in canonical form
 (:func:`canonical_ip`), the form the kernel reports as a datagram's source, so addresses from
-the configuration and from the network compare equal. Pure: no name resolution here.
+the configuration and from the network compare equal. :func:`parse_listen` reads the
+``host:port`` of a listener. Pure: no name resolution here.
 """
 
 from __future__ import annotations
@@ -73,6 +74,22 @@ class SuperPeerUrl:
 
 def format_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_listen(text: str, what: str = "API address") -> tuple[str, int] | None:
+    """A listen address, ``host:port`` or ``[v6]:port`` (port 0: any); empty means none
+    (for the agent's API: drasyl-rs then exits, [bug])."""
+    text = text.strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{what} {text!r} is invalid: expected host:port or [ipv6]:port")
+    return host, int(port)
 
 
 def _split_host_port(address: str, text: str) -> tuple[str, int]:

@@ -26,10 +26,10 @@ from drasyl.agent.api import (
     ApiServer,
     TokenFile,
     config_status,
-    parse_listen,
 )
 from drasyl.agent.config import AgentConfig
 from drasyl.errors import ConfigError, DrasylError
+from drasyl.urls import parse_listen
 from netns import Process
 
 TOKEN = "t0ken-for-tests"

@@ -8,7 +8,8 @@ Lab (one per module; the tests run in file order and build on each other)::
 
 ``rt`` routes between the four links (no NAT). Each agent has its config.toml, token and
 network configs in a temporary directory, an identity from the vectors, its REST API on the
-namespace's own 127.0.0.1:22527 and its log on stdout. Network ``net1`` (10.77.0.0/24) lets
+namespace's own 127.0.0.1:22527 and its log on stdout; a also serves Prometheus metrics on
+its 127.0.0.1:9899 (``[metrics]``), b does not. Network ``net1`` (10.77.0.0/24) lets
 a (``alice``, staff) talk to b (``bob``, servers) and routes 10.99.0.0/24 via b; ``net2``
 (10.78.0.0/24) has both as members but no policy between them. ``ip netns exec`` bind-mounts
 ``/etc/netns/<ns>/hosts`` over ``/etc/hosts``, so the agents write that file, never the
@@ -35,6 +36,7 @@ from typing import Any
 import drasyl_rs
 import pytest
 import tomlkit
+from prometheus_client.parser import text_string_to_metric_families
 from netns import Lab, Process, lab, python_env, require_lab_tools  # noqa: F401 (lab is a fixture)
 
 from drasyl.identity import Identity
@@ -48,6 +50,8 @@ DENIED = {"a": "10.78.0.1", "b": "10.78.0.2"}
 HOSTNAMES = {"a": "alice", "b": "bob"}
 ROUTED = "10.99.0.0/24"
 API = "127.0.0.1:22527"
+METRICS = "127.0.0.1:9899"
+SCRAPE = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
 START_S = 20.0  # Python start-up (2 cores shared with other test runs), TUN, first fetch
 SETTLE_S = 15.0
 TRANSFER_BYTES = 20 * 1024 * 1024
@@ -125,6 +129,8 @@ class Agent:
         if name == "b":  # b is net1's gateway to ROUTED: forwarding needs the local user's consent
             net1_entry["serve_routes"] = [ROUTED]
         doc["network"].append(net1_entry)
+        if name == "a":
+            doc["metrics"] = {"listen": METRICS}
         self.config.write_text(tomlkit.dumps(doc))
         #: its own run directory (API socket, forwarding state): /run is shared by all namespaces
         self.run_env = {"DRASYL_RUN_DIR": str(self.dir / "run")}
@@ -308,6 +314,42 @@ def test_direct_path(cluster: Cluster) -> None:
         a.ping(OVERLAY["b"], count=1)
         return any(p["public_key"] == b_pk and p["path"] == "direct" for p in a.status().get("peers", []))
     wait_until(direct, 10, "a reaches b directly", cluster.describe)
+
+
+def test_metrics_agree_with_status(cluster: Cluster) -> None:
+    """a's metrics show what its status shows (counters read before and after the status);
+    b, without [metrics], listens on no metrics port."""
+    a, b = cluster.agents["a"], cluster.agents["b"]
+
+    def scrape() -> dict[str, float]:
+        result = a.exec(sys.executable, "-c", SCRAPE, f"http://{METRICS}/metrics")
+        assert result.returncode == 0, f"{result.stderr}\n{cluster.describe()}"
+        return {key(s.name, **s.labels): s.value for f in text_string_to_metric_families(result.stdout)
+                for s in f.samples}
+
+    before, status, after = scrape(), a.status(), scrape()
+    b_pk, sp_pk = cluster.ids["b"].public_key_hex, status["super_peers"][0]["public_key"]
+    peer = next(p for p in status["peers"] if p["public_key"] == b_pk)
+    for direction in ("rx", "tx"):
+        name = key("drasyl_agent_peer_bytes_total", peer=b_pk, direction=direction)
+        assert before[name] <= peer[f"{direction}_bytes"] <= after[name], (before[name], peer, after[name])
+    for path in ("direct", "relayed", "tcp"):
+        assert after[key("drasyl_agent_peer_path", peer=b_pk, path=path)] == (path == peer["path"]), path
+    assert key("drasyl_agent_peer_rtt_seconds", peer=b_pk) in after
+    assert after[key("drasyl_agent_super_peer_transport", super_peer=sp_pk, transport="udp")] == 1
+    assert after[key("drasyl_agent_super_peer_default", super_peer=sp_pk)] == 1
+    net1 = a.network(status, "net1")["config_url"]
+    assert after[key("drasyl_agent_network_state", network=net1, state="active")] == 1
+    for reason, count in status["drops"].items():
+        name = key("drasyl_agent_dropped_packets_total", reason=reason)
+        assert before[name] <= count <= after[name], (reason, before[name], count, after[name])
+    refused = b.exec(sys.executable, "-c", SCRAPE, f"http://{METRICS}/metrics")
+    assert refused.returncode != 0 and "Connection refused" in refused.stderr, refused
+
+
+def key(metric: str, /, **labels: str) -> str:
+    """One sample's name and labels as one string."""
+    return metric + repr(sorted(labels.items()))
 
 
 def test_names_resolve(cluster: Cluster) -> None:

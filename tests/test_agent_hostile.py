@@ -155,7 +155,7 @@ def test_a_later_network_cannot_take_an_ip_or_name_whatever_its_url(cluster: Clu
 
 
 def test_a_deeply_nested_config_does_not_stop_a_revocation_elsewhere(cluster: Cluster) -> None:
-    a, b = cluster.agents["a"], cluster.agents["b"]
+    a = cluster.agents["a"]
     depth = 100_000
     url = serve(cluster, "deep.toml", f'network = "10.44.0.0/24"\nx = {"[" * depth}{"]" * depth}\n')
     a.cli("add", url)

@@ -154,7 +154,7 @@ def test_a_wrong_public_key_is_no_answer_with_its_causes(cluster):
 
 
 def test_a_peer_no_policy_allows_is_unreachable_and_a_disabled_network_is_gone(cluster):
-    a, b = cluster.agents["a"], cluster.agents["b"]
+    a = cluster.agents["a"]
     text = network_config(cluster.ids, "10.79.0.0/24", {"a": "10.79.0.1", "b": "10.79.0.2"},
                           {"a": "x", "b": "x"}, suffix="3",
                           extra=f'[[node]]\npk = "{STRANGER}"\nip = "10.79.0.9"\nhostname = "stranger"\n'

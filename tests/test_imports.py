@@ -41,7 +41,8 @@ AGENT_PROBE = """
 import asyncio, sys
 import drasyl.agent.daemon, drasyl.agent.cli
 from drasyl.agent.fetch import OnDemandSession, fetch_config_text
-print(*(name in sys.modules for name in ("aiohttp.web", "aiohttp.client", "pyroute2.iproute.linux", "pyroute2.ndb")))
+print(*(name in sys.modules for name in ("aiohttp.web", "aiohttp.client", "pyroute2.iproute.linux", "pyroute2.ndb",
+                                         "prometheus_client")))
 from aiohttp import web
 
 async def main():
@@ -64,9 +65,10 @@ asyncio.run(main())
 """
 
 
-def test_agent_loads_aiohttp_client_and_all_of_pyroute2_only_on_demand() -> None:
+def test_agent_loads_aiohttp_client_all_of_pyroute2_and_prometheus_client_only_on_demand() -> None:
     out = subprocess.run([sys.executable, "-c", AGENT_PROBE], capture_output=True, text=True, env=python_env(),
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    # at start: aiohttp.web but not its client, pyroute2's IPRoute but not NDB; the client at the first fetch
-    assert out.stdout.splitlines() == ["True False True False", "pk-hex", "True"]
+    # at start: aiohttp.web but not its client, pyroute2's IPRoute but not NDB, no prometheus_client (only
+    # with [metrics] listen); the client at the first fetch
+    assert out.stdout.splitlines() == ["True False True False False", "pk-hex", "True"]

@@ -73,6 +73,8 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
     }
 
 :func:`config_status` produces the parts config.toml knows; the agent fills in the rest.
+The agent's Prometheus metrics (:mod:`.metrics`) are made from this dict: a change of the
+schema is a change of the metrics.
 The schema is ours, not drasyl-rs' (whose ``Status`` carries the secret key and session keys),
 so drasyl-rs' CLI cannot read it and ours cannot read drasyl-rs'. :class:`ApiServer` adds
 ``"api": {"socket": "/run/drasyl/api.sock" | null, "tcp": "127.0.0.1:22527" | null,
@@ -117,7 +119,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from ..errors import ConfigError, DrasylError
+from ..errors import DrasylError
 from ..net.faults import FaultLog
 from ..urls import format_host_port
 from .config import AgentConfig, is_insecure, mask_url
@@ -196,21 +198,6 @@ def config_status(config: AgentConfig) -> dict[str, Any]:
 
 
 # --- listen address and token file ------------------------------------------------------------
-
-
-def parse_listen(text: str) -> tuple[str, int] | None:
-    """``host:port`` or ``[v6]:port``; empty means "no API" (drasyl-rs then exits: [bug])."""
-    text = text.strip()
-    if not text:
-        return None
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        sep = ""
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"API address {text!r} is invalid: expected host:port or [ipv6]:port")
-    return host, int(port)
 
 
 class TokenFile:

@@ -47,7 +47,7 @@ from ..env import TRACE, env_bool, env_int, log_level
 from ..errors import DrasylError
 from ..identity import DEFAULT_POW_DIFFICULTY, mode_warning
 from ..progress import PowProgress
-from ..urls import format_host_port
+from ..urls import format_host_port, parse_listen
 from .api import (
     DEFAULT_LISTEN,
     DEFAULT_RUN_DIR,
@@ -59,13 +59,12 @@ from .api import (
     AgentError,
     TokenFile,
     package_version,
-    parse_listen,
     peer_uid,
     socket_path,
     uid_names,
     untrusted,
 )
-from .config import AgentConfig, is_insecure, mask_url
+from .config import METRICS_ENV, AgentConfig, is_insecure, mask_url
 from .ping import MAX_TIMEOUT_S
 
 log = logging.getLogger("drasyl.agent")
@@ -86,7 +85,7 @@ relayed by a super peer otherwise. 'run' starts the agent (as root or with CAP_N
 the other commands talk to a running agent over its REST API."""
 
 FILES = (
-    (DEFAULT_CONFIG, "identity, super_peers, [[network]]s, mtu (--config); created with a new identity "
+    (DEFAULT_CONFIG, "identity, super_peers, [[network]]s, mtu, [metrics] (--config); created with a new identity "
                      "by the first 'run' (see config.example.toml). A misspelt key (super_peer) is an "
                      "error; the public drasyl.org super peers are used only when super_peers is absent"),
     (DEFAULT_TOKEN_FILE, f"API bearer token (--token); 'run' creates it (mode 0600) when missing. Clients fall "
@@ -101,6 +100,8 @@ ENVIRONMENT = (
     (LISTEN_ENV, f"REST API TCP address of the server and the clients (default {DEFAULT_LISTEN}; empty: Unix "
                  "socket only); --api overrides it"),
     (RUN_DIR_ENV, f"directory of the API socket (default {DEFAULT_RUN_DIR}); --run-dir overrides it"),
+    (METRICS_ENV, "Prometheus /metrics address of 'run' in place of [metrics] listen (default: that key, else "
+                  "off; empty: off); an address that is not loopback needs [metrics] token_file"),
     ("DRASYL_LOG_LEVEL, RUST_LOG", "log level when --log-level is not given (default info)"),
     ("DRASYL_MIN_POW_DIFFICULTY", "proof-of-work bits of a new identity and required of the one in config.toml "
                                   "(default 24)"),
@@ -117,7 +118,7 @@ ENVIRONMENT = (
                               "parse is an error naming the variable"),
 )
 SIGNALS = ("run: SIGHUP reloads super_peers and the [[network]]s of --config without dropping the TUN device "
-           "(identity and mtu need a restart; a broken file is logged and the running configuration kept); "
+           "(identity, mtu and [metrics] need a restart; a broken file is logged and the running configuration kept); "
            "SIGTERM/SIGINT remove routes, addresses, the hosts names and the TUN device, then exit 0.")
 EXIT_STATUS = "0 success, 1 failure (one line on stderr), 2 usage error."
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace", "off")

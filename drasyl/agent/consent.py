@@ -191,8 +191,7 @@ def _route_refusal(dest: IPv4Network, gw: IPv4Address, req: Request, host_routes
     """(why the route is refused or None, whether it is a conflict with an earlier network)."""
     exit_route = dest.prefixlen < MIN_PREFIX
     if exit_route and not _is_exit_node(req, gw):
-        return (f"a default or split-default route; only accepted with exit_node naming its gateway "
-                f"in config.toml"), False
+        return "a default or split-default route; only accepted with exit_node naming its gateway in config.toml", False
     covered = sorted(a for a in protected if a in dest)
     if covered and not exit_route:
         return f"it covers {covered[0]}, which must stay on the underlay (a super peer, config server or next hop)", False

@@ -2,7 +2,8 @@
 
 Start (§7 order, leftovers first): a crashed run's TUN device and hosts-file names are
 removed, the :class:`~drasyl.node.Node` starts (``DRASYL_*`` variables parsed strictly), the
-TUN device comes up with ``mtu`` from config.toml, the REST API listens, and housekeeping
+TUN device comes up with ``mtu`` from config.toml, the REST API listens (and, opt-in, the
+Prometheus endpoint of :mod:`.metrics`, which reads :meth:`Agent.status`), and housekeeping
 runs at once and then every 10 s: each enabled network's config is fetched (one aiohttp
 session, made at the first http(s) fetch; 5 s timeout), parsed and turned into this node's
 :class:`LocalState` in a work thread (only when its text changed; any exception is that
@@ -34,8 +35,8 @@ Deliberate differences from drasyl-rs:
   retried problem, never a stop ([bug] §10.11); an unexpected exception in housekeeping is
   counted and logged at most every 10 s and the agent keeps running;
 - SIGHUP reloads ``super_peers`` and the networks without touching the TUN or live flows;
-  identity and ``mtu`` changes are logged as needing a restart; a broken file on reload is
-  logged and the running configuration kept;
+  identity, ``mtu`` and ``[metrics]`` changes are logged as needing a restart; a broken file
+  on reload is logged and the running configuration kept;
 - SIGTERM/SIGINT remove routes, addresses, the hosts block and the device, then exit 0;
 - the network ``name`` from the config is saved into config.toml whenever it differs,
   also the first time (drasyl-rs only saves a changed name).
@@ -54,7 +55,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 from urllib.parse import urlsplit
 
 from ..crypto import session_keys
@@ -78,6 +79,9 @@ from .isolate import document, parse_toml
 from .netconfig import NetworkConfig, NetworkConfigError, validate_network_config
 from .ping import PROTO_ICMP, Pinger
 from .policy import LocalState, PolicyTables, desired_state
+
+if TYPE_CHECKING:  # imported when metrics are on: prometheus_client costs megabytes of RSS
+    from .metrics import AgentMetrics
 
 log = logging.getLogger("drasyl.agent")
 
@@ -166,6 +170,7 @@ class Agent:
         self.tun: TunDevice | None = None
         self.host: Host | None = None
         self.api: ApiServer | None = None
+        self.metrics: AgentMetrics | None = None  # only with [metrics] listen
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -191,6 +196,7 @@ class Agent:
             if name in os.environ:
                 log.info("%s is ignored by this agent (one TUN queue, no worker threads)", name)
         node_config = node_config_from_env()
+        metrics = self.config.metrics.with_env(os.environ)
         udp_port, udp_addrs = udp_from_env()
         await self._on_host(cleanup_stale, DEFAULT_NAME)
         self.node = await Node.start(self.config.identity, self.config.super_peers, udp_port=udp_port,
@@ -203,6 +209,9 @@ class Agent:
             log.warning("Cleanup after a previous run: %s", problem)
         self.api = ApiServer(self, TokenFile(self._token_path), self._listen, self._run_dir)
         await self.api.start()  # logs where it listens
+        if metrics.listen is not None:
+            from .metrics import AgentMetrics
+            self.metrics = await AgentMetrics.start(self, metrics)
 
     async def _open_tun(self) -> None:
         tun = await self._on_host(TunDevice, DEFAULT_NAME, self.config.mtu)
@@ -219,6 +228,8 @@ class Agent:
             await self._on_host(tun.close)
 
     async def _shutdown(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
         if self.api is not None:
             await self.api.close()
         if self.tun is not None:
@@ -588,9 +599,9 @@ class Agent:
 
     def _edited(self, new: AgentConfig) -> None:
         """Take the networks of a config we just rewrote; what only a reload or a restart
-        applies (super peers, identity, mtu) stays as running, so the next SIGHUP sees it."""
+        applies (super peers, identity, mtu, metrics) stays as running, so the next SIGHUP sees it."""
         self.config = replace(new, super_peers=self.config.super_peers, identity=self.config.identity,
-                              mtu=self.config.mtu)
+                              mtu=self.config.mtu, metrics=self.config.metrics)
 
     async def add(self, url: str, force: bool = False) -> str:
         """Fetch and validate the config first: a typo in the URL or a config that does not

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the super peer (spec §8.3) and the ``/metrics`` HTTP endpoint.
+"""Prometheus metrics of the super peer (spec §8.3).
 
 Metric names, types, labels and histogram buckets are drasyl-rs' exactly; like the Rust
 ``prometheus`` crate, counters carry no ``_total`` suffix. One addition of ours:
@@ -10,15 +10,13 @@ drasyl-rs also observes at every housekeeping tick. A peer's series disappear wh
 the table (its counters restart at 0 if it registers again, which Prometheus treats as a
 counter reset); drasyl-rs keeps them until it restarts.
 
-:class:`MetricsEndpoint` answers HTTP/1.1 scrapes inside the daemon's event loop. It must not
-run in a thread (prometheus_client's own server does): the core is read without locks, so the
-endpoint snapshots it in the loop and only formats the snapshot in a worker thread.
+:class:`~drasyl.metrics_http.MetricsEndpoint` serves them: :meth:`SuperPeerMetrics.snapshot`
+in the event loop (the core is read without locks), :meth:`SuperPeerMetrics.exposition` in a
+worker thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 from bisect import bisect_left
 from typing import Callable, Iterator, Mapping
 
@@ -30,11 +28,6 @@ from ..transmit import TCP
 from .core import SuperPeerCore
 
 ENDPOINT_BUCKETS = (0, 1, 2, 3, 5, 7, 10, 15)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-CONNECTION_TIMEOUT_S = 10.0
-MAX_CONNECTIONS = 16
-MAX_HEADER_LINES = 100
-MAX_LINE = 8192
 
 #: One peer's values at scrape time: (hex pk, ip version, transport, hello rx, ack tx, app rx,
 #: app tx, unite tx, ((dst hex, relayed bytes), ...), endpoint histogram counts or None).
@@ -153,74 +146,3 @@ def _per_peer_text(rows: list[PeerRow]) -> str:
 
 
 _BUCKET_LABELS = (*map(str, ENDPOINT_BUCKETS), "+Inf")
-
-
-class MetricsEndpoint:
-    """``GET /metrics`` over HTTP/1.1 (``Connection: close``), as drasyl-sp's hyper server.
-
-    Other paths get 404 ``Not Found``; with a token, a missing or wrong
-    ``Authorization: Bearer <token>`` gets 401 ``Unauthorized``. Each connection has 10 s
-    to be served, and at most :data:`MAX_CONNECTIONS` are served at once.
-    """
-
-    def __init__(self, metrics: SuperPeerMetrics, token: str) -> None:
-        self._metrics = metrics
-        self._expected_authorization = b"Bearer " + token.encode() if token else None
-        self._open = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._open >= MAX_CONNECTIONS:
-            writer.close()
-            return
-        self._open += 1
-        try:
-            async with asyncio.timeout(CONNECTION_TIMEOUT_S):
-                writer.write(await self._respond(await _read_request(reader)))
-                await writer.drain()
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            pass
-        finally:
-            self._open -= 1
-            writer.close()
-
-    async def _respond(self, request: tuple[str, str, bytes] | None) -> bytes:
-        if request is None:
-            return _response(400, "Bad Request", b"Bad Request")
-        method, target, authorization = request
-        if target.split("?", 1)[0] != "/metrics":
-            return _response(404, "Not Found", b"Not Found")
-        expected = self._expected_authorization
-        if expected is not None and not hmac.compare_digest(authorization, expected):
-            return _response(401, "Unauthorized", b"Unauthorized")
-        # snapshot here, in the event loop; format in a thread so packets keep flowing meanwhile
-        body = await asyncio.to_thread(self._metrics.exposition, self._metrics.snapshot())
-        return _response(200, "OK", body, CONTENT_TYPE, head=method == "HEAD")
-
-
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes] | None:
-    """(method, target, Authorization value) of one request, or None if it is malformed."""
-    parts = (await reader.readuntil(b"\n")).split()
-    authorization = b""
-    for _ in range(MAX_HEADER_LINES):
-        line = await reader.readuntil(b"\n")
-        if line in (b"\r\n", b"\n"):
-            break
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() == b"authorization":
-            authorization = value.strip()
-    else:
-        return None
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-        return None
-    return parts[0].decode("latin-1"), parts[1].decode("latin-1"), authorization
-
-
-def _response(status: int, reason: str, body: bytes, content_type: str = "text/plain; charset=utf-8",
-              head: bool = False) -> bytes:
-    header = (
-        f"HTTP/1.1 {status} {reason}\r\n"
-        f"Content-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode()
-    return header if head else header + body

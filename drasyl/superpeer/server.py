@@ -217,13 +217,14 @@ class SuperPeerServer:
 
     async def _bind_prometheus(self, listen: ListenAddress) -> None:
         from ..memory import fix_mmap_threshold
-        from .metrics import MAX_LINE, MetricsEndpoint, SuperPeerMetrics
+        from ..metrics_http import MetricsEndpoint
+        from .metrics import SuperPeerMetrics
 
         fix_mmap_threshold()  # scrapes of many peers would otherwise ratchet RSS up
         self.metrics = SuperPeerMetrics(self.core, self.io_drops)
-        endpoint = MetricsEndpoint(self.metrics, self.config.prometheus_token)
+        endpoint = MetricsEndpoint(self.metrics.snapshot, self.metrics.exposition, self.config.prometheus_token)
         with _binding("Prometheus", listen):
-            server = await asyncio.start_server(endpoint.handle, listen.host, listen.port, limit=MAX_LINE)
+            server = await endpoint.serve(listen.host, listen.port)
         self._servers.append(server)
         port = server.sockets[0].getsockname()[1]
         self.listeners.append(Listener("Prometheus", ListenAddress(listen.host, port)))
