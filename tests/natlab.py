@@ -366,7 +366,7 @@ class Agent:
             raise AssertionError(f"agent {self.name} is not running\n"
                                  f"{self.proc.describe() if self.proc else ''}")
         result = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "drasyl.agent",
-                                 "status", "--json", *self._cli_args()],
+                                 *self._cli_args(), "status", "--json"],  # options of all commands go first
                                 capture_output=True, text=True, timeout=20, env=python_env(**self._env()))
         if result.returncode != 0:
             return None

@@ -302,6 +302,7 @@ def test_ping_both_ways(cluster: Cluster) -> None:
     # the route to b's LAN and b's forwarding, as net1 says
     routes = a.exec("ip", "route", "show", ROUTED).stdout
     assert f"via {OVERLAY['b']}" in routes and "metric 4900" in routes, routes
+    assert {"dest": ROUTED, "gateway": OVERLAY["b"], "network": "e2e one", "state": "Applied"} in status["routes"]
     assert b.exec("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
 
 

@@ -52,6 +52,7 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
           "subnet": "10.1.0.0/24" | null, "ip": "10.1.0.1" | null,
           "error": "<last fetch or validation error>" | null,
           "insecure": false,                    # fetched over plain http://
+          "warnings": ["[[node]] #3: IP address … is the broadcast address …"],  # accepted, rarely works
           "refused": ["route 0.0.0.0/1 via 10.1.0.2 refused: …"]   # what the local user did not allow
       }],
       "peers": [{                               # every member of every applied network
@@ -69,6 +70,8 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
           "punch_result": "direct" | "trying" | "no direct path (…)" | null
       }],
       "conflicts": ["<later network>: … joined earlier"],  # claims refused to a later network
+      "routes": [{"dest": "192.168.50.0/24", "gateway": "10.1.0.10", "network": "Acme",
+                  "state": "Applied" | "Pending" | "Removing"}],   # kernel routes via the TUN
       "drops": {"<reason>": 0}                  # packets dropped by the agent, by reason
     }
 
@@ -188,11 +191,12 @@ def config_status(config: AgentConfig) -> dict[str, Any]:
         "networks": [
             {"config_url": mask_url(n.config_url), "name": n.name, "disabled": n.disabled,
              "state": "disabled" if n.disabled else "pending", "subnet": None, "ip": None, "error": None,
-             "insecure": is_insecure(n.config_url), "refused": []}
+             "insecure": is_insecure(n.config_url), "refused": [], "warnings": []}
             for n in config.networks
         ],
         "peers": [],
         "conflicts": [],
+        "routes": [],
         "drops": {},
     }
 

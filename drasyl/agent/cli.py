@@ -442,7 +442,13 @@ def format_status(status: dict[str, Any]) -> str:
             if net.get("error"):
                 rows.append([f"  error: {net['error']}"])
             rows += [[f"  refused: {line}"] for line in net.get("refused") or ()]
+            rows += [[f"  warning: {line}"] for line in net.get("warnings") or ()]
         lines += _table(["URL", "NAME", "STATE", "SUBNET", "IP"], rows)
+    routes = status.get("routes") or []
+    if routes:
+        lines += ["", "Routes:"]
+        lines += _table(["DESTINATION", "GATEWAY", "NETWORK", "STATE"],
+                        [[r.get("dest"), r.get("gateway"), r.get("network"), r.get("state")] for r in routes])
     conflicts = status.get("conflicts") or []
     if conflicts:
         lines += ["", "Conflicts between networks (the network listed first in config.toml wins):"]

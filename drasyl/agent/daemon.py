@@ -151,6 +151,7 @@ class Agent:
         self.handles: dict[bytes, NodePeer] = {}
         self._handle_errors: dict[bytes, str] = {}  # peers the node refused a handle, and why
         self._told: dict[str, str] = {}  # state last logged, per super peer and peer
+        self._punches: dict[str, float | None] = {}  # age of the last UNITE seen, per peer
         #: Packets the agent dropped, by reason (status ``drops``).
         self.drops: Counter[str] = Counter()
         self._faults = FaultLog(self.drops)
@@ -389,10 +390,19 @@ class Agent:
         peers = status["peers"]
         if len(peers) > MAX_WATCHED_PEERS:
             return
+        present = {f"peer {p['public_key']}" for p in peers}
+        for topic in [t for t in self._told if t.startswith("peer ") and t not in present]:
+            del self._told[topic]  # gone (left the networks): told afresh if it comes back
+        self._punches = {pk: age for pk, age in self._punches.items() if f"peer {pk}" in present}
         for p in peers:
             name = f"{p['hostname'] or p['public_key'][:12] + '…'} ({p['ip'] or p['public_key'][:12] + '…'})"
             state = f"{p['path']} {p['cause']}"
             self._tell(f"peer {p['public_key']}", state, f"Peer {name}: {_describe_path(p)}")
+            punch, last = p["last_punch_s"], self._punches.get(p["public_key"])
+            if punch is not None and (last is None or punch < last):  # a new UNITE since the last look
+                log.debug("Peer %s: a super peer sent a UNITE %.1f s ago: punching its endpoints (%s)",
+                          name, punch, p["punch_result"])
+            self._punches[p["public_key"]] = punch
 
     def _tell(self, topic: str, state: str, message: str) -> None:
         """Log ``message`` at info when ``state`` differs from the last one told for ``topic``."""
@@ -643,6 +653,20 @@ class Agent:
         if entry.disabled != disabled:
             self._edited(self.config.set_disabled(entry.config_url, disabled))
 
+    def _route_rows(self) -> list[dict[str, Any]]:
+        """The kernel routes the agent manages, each with its network and state (Applied,
+        Pending: the gateway is not reachable yet, Removing)."""
+        kernel = dict(self.host.routes.states) if self.host is not None else {}
+        rows = []
+        for key, state in self.decision.states.items():
+            member = self.memberships.get(key)
+            network = (member.config.name if member and member.config else None) or mask_url(key)
+            for route in state.routes:
+                applied = kernel.get(Route(route.dest, route.gw))
+                rows.append({"dest": str(route.dest), "gateway": str(route.gw), "network": network,
+                             "state": applied.value if applied is not None else "Pending"})
+        return rows
+
     def _member_rows(self, node_rows: dict[bytes, Any], relay: str, relay_registered: bool):
         """One row per member of every applied network (the first network naming a peer
         gives its name), and per other peer in the node's table; each with how it is reached."""
@@ -690,6 +714,7 @@ class Agent:
             net["refused"] = list(self.decision.refused.get(entry.key, ()))
             if member.config is not None:
                 net["name"] = member.config.name
+                net["warnings"] = list(member.config.warnings)
             if member.state is not None and entry.key not in self.decision.states and net["refused"]:
                 net["state"], net["subnet"], net["ip"] = "refused", str(member.state.subnet), str(member.state.ip)
             elif member.state is not None:
@@ -699,6 +724,7 @@ class Agent:
             elif member.error is not None:
                 net["state"] = "error"
         status["conflicts"] = list(self.decision.conflicts) + list(self.tables.conflicts)
+        status["routes"] = self._route_rows()
         node_rows = {r.public_key: r for r in rows if r.role == "node"}
         status["peers"] = sorted(self._member_rows(node_rows, default, relay_registered),
                                  key=lambda p: (p["hostname"] is None, p["hostname"] or "", p["public_key"]))
