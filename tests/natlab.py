@@ -350,7 +350,11 @@ class Agent:
         self.proc.wait_for_line(r"REST API listening", START_S)
 
     def _cli_args(self) -> list[str]:
-        return ["--config", str(self.config), "--token", str(self.token), "--api", API]
+        return ["--config", str(self.config), *self.client_args()]
+
+    def client_args(self) -> list[str]:
+        """Options of the client subcommands (status, netcheck): they take no --config."""
+        return ["--token", str(self.token), "--api", API]
 
     def _env(self) -> dict[str, str]:
         """Its own run directory (API socket, forwarding state): /run is shared by all namespaces."""
@@ -366,7 +370,7 @@ class Agent:
             raise AssertionError(f"agent {self.name} is not running\n"
                                  f"{self.proc.describe() if self.proc else ''}")
         result = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "drasyl.agent",
-                                 *self._cli_args(), "status", "--json"],  # options of all commands go first
+                                 "status", "--json", *self.client_args()],
                                 capture_output=True, text=True, timeout=20, env=python_env(**self._env()))
         if result.returncode != 0:
             return None

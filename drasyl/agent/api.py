@@ -22,6 +22,10 @@ the reply came or the timeout passed: ``{"success": true, "reply": bool, "rtt_ms
 (unknown peer, no policy, …); schema in :mod:`drasyl.agent.ping`. 422 for a body without a
 string ``peer`` and a numeric ``timeout``.
 
+``GET /netcheck`` probes the super peers (UDP registration and STUN, TCP connect, the public
+mapping and whether it depends on the destination, IPv6) for up to ~3 s and answers the
+report; schema in :mod:`drasyl.agent.netcheck`.
+
 Fixed against drasyl-rs: the token is compared in constant time; an empty token file is
 refused (an empty token would accept ``Bearer`` with nothing after it); failure messages
 drop the misleading ``Failed to fetch network configuration:`` prefix; URLs in answers show
@@ -165,6 +169,7 @@ class AgentControl(Protocol):
     def enable(self, url: str) -> None: ...
     def disable(self, url: str) -> None: ...
     def ping(self, peer: str, timeout: float) -> dict[str, Any]: ...
+    def netcheck(self) -> dict[str, Any]: ...
 
 
 def package_version() -> str:
@@ -362,6 +367,7 @@ class ApiServer:
         app.router.add_get("/status", self._status)
         app.router.add_post("/network/{verb:add|remove|enable|disable}", self._network)
         app.router.add_post("/ping", self._ping)
+        app.router.add_get("/netcheck", self._netcheck)
         self._app = app
 
     @property
@@ -502,6 +508,9 @@ class ApiServer:
             return web.json_response(await _call(self._control.ping, peer, float(timeout)))
         except DrasylError as exc:
             return web.json_response({"success": False, "message": str(exc)})
+
+    async def _netcheck(self, request: web.Request) -> web.Response:
+        return web.json_response(await _call(self._control.netcheck))
 
 
 def _why(exc: OSError) -> str:

@@ -76,6 +76,7 @@ from .consent import Decision, HostFacts, Request, decide
 from .explain import NO_ANSWER, PeerPath, peer_path, punch_result, super_peer_state
 from .fetch import FetchError, OnDemandSession, fetch_config_text
 from .isolate import document, parse_toml
+from .netcheck import run_netcheck
 from .netconfig import NetworkConfig, NetworkConfigError, validate_network_config
 from .ping import PROTO_ICMP, Pinger
 from .policy import LocalState, PolicyTables, desired_state
@@ -690,6 +691,9 @@ class Agent:
 
     async def ping(self, peer: str, timeout: float) -> dict[str, Any]:
         return await self.pinger.ping(self, peer, timeout)
+
+    async def netcheck(self) -> dict[str, Any]:
+        return await run_netcheck(self)
 
     def status(self) -> dict[str, Any]:
         status = config_status(self.config)

@@ -183,7 +183,9 @@ def _parser() -> argparse.ArgumentParser:
             "drasyl super peer (byte-compatible with drasyl-rs' drasyl-sp): registers nodes,\n"
             "answers their HELLOs, relays APP messages between registered nodes and introduces\n"
             "them to each other (UNITE) for direct connections. Prints the URLs nodes put into\n"
-            "their super_peers setting. Configured only through environment variables."
+            "their super_peers setting. Configured only through environment variables.\n"
+            "Also answers STUN Binding requests on its UDP listeners (not in drasyl-rs; DRASYL_STUN),\n"
+            "which drasyl-agent netcheck uses to see a node's public address mapping."
         ),
         epilog="environment variables (variable, default, meaning):\n" + "\n".join(rows)
         + "\n\nAn invalid value is an error (exit code 2); drasyl-rs would use the default.",

@@ -5,6 +5,9 @@ level (``DRASYL_LOG_LEVEL``, or ``RUST_LOG`` in tracing's filter syntax). The re
 frozen :class:`DaemonConfig`; :meth:`DaemonConfig.core_config` turns it into the
 :class:`~drasyl.superpeer.core.SuperPeerConfig` the protocol core takes.
 
+``DRASYL_STUN`` is ours (drasyl-rs has no STUN): whether the UDP listeners answer STUN
+Binding requests (:mod:`drasyl.superpeer.core`).
+
 Deliberate difference from drasyl-rs: a value that does not parse is a
 :class:`~drasyl.errors.ConfigError` naming the variable and the bad value. drasyl-rs silently
 uses the default instead (and panics on a bad listen address), so a typo such as
@@ -50,6 +53,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("PROMETHEUS_LISTEN", "127.0.0.1:9898", "host:port of the /metrics endpoint; empty disables"),
     ("PROMETHEUS_TOKEN", "", "if set, /metrics requires 'Authorization: Bearer <token>'"),
     ("LOG_LEVEL", "", "error, warn, info, debug, trace or off; wins over RUST_LOG"),
+    ("STUN", "true", "answer STUN Binding requests on the UDP listeners (ours only; for drasyl-agent netcheck)"),
 )
 DEFAULTS = {name: default for name, default, _ in VARIABLES}
 
@@ -85,6 +89,7 @@ class DaemonConfig:
     prometheus_listen: ListenAddress | None
     prometheus_token: str = field(repr=False)
     log_level: int
+    stun: bool = True
     #: Not read from the environment (drasyl-sp's is fixed too); tests shorten it.
     housekeeping_interval_ms: int = HOUSEKEEPING_INTERVAL_MS
 
@@ -115,6 +120,7 @@ class DaemonConfig:
             prometheus_listen=_socket_address(raw, "PROMETHEUS_LISTEN", None),
             prometheus_token=raw("PROMETHEUS_TOKEN"),
             log_level=log_level(env),
+            stun=_boolean(raw, "STUN"),
         )
 
     def core_config(self) -> SuperPeerConfig:
@@ -127,6 +133,7 @@ class DaemonConfig:
             hello_timeout_ms=self.hello_timeout_ms,
             hello_max_age_ms=self.hello_max_age_ms,
             housekeeping_interval_ms=self.housekeeping_interval_ms,
+            stun=self.stun,
         )
 
 

@@ -25,7 +25,16 @@ Same bytes on the wire as drasyl-rs, with these deliberate differences:
   spoofed source. From the same source it is accepted (the node's clock stepped back);
 - UNITE rate limiting checks both registrations *before* recording the attempt and expires
   records after ``send_unites`` ms (drasyl-rs compares µs with ms, see spec §6.3);
-- a peer's relayed-bytes counters forget recipients that left the table.
+- a peer's relayed-bytes counters forget recipients that left the table;
+- it answers STUN Binding requests over UDP (:mod:`drasyl.stun`; ``DRASYL_STUN=false`` turns
+  this off): drasyl never tells a node its observed address, and ``drasyl-agent netcheck``
+  needs it to tell a cone NAT from a symmetric one. A Binding request (type ``00 01`` and the
+  cookie at offset 4) cannot be a drasyl datagram (magic ``1e 3f 50 01``). Only well-formed
+  requests of at most 548 bytes are answered, with one XOR-MAPPED-ADDRESS and never more than
+  12 bytes beyond the request's size (a 20-byte request from IPv6 gets no answer), at most
+  :data:`STUN_PER_SOURCE` per source IP per housekeeping interval and from at most
+  :data:`STUN_MAX_SOURCES` sources; the rest is counted in ``drops`` (``stun_*``), the
+  answers in :attr:`SuperPeerCore.stun_answered`.
 """
 
 from __future__ import annotations
@@ -51,12 +60,17 @@ from ..messages import (
     open_body,
     parse_long_header,
 )
+from ..stun import MAX_GROWTH, MAX_REQUEST_LEN, binding_response, is_binding_request, parse_binding_request
 from ..transmit import UDP, Address, Transmit
 
 HOUSEKEEPING_INTERVAL_MS = 5_000
 HOLD_PER_PEER = 32
 HOLD_MAX_PACKETS = 1024
 HOLD_MAX_BYTES = 1536 * 1024
+#: STUN answers per source IP per housekeeping interval (a netcheck sends a few).
+STUN_PER_SOURCE = 64
+#: Distinct STUN sources answered per housekeeping interval: bounds the rate-limit table.
+STUN_MAX_SOURCES = 4096
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,7 @@ class SuperPeerConfig:
     hello_timeout_ms: int = 30_000
     hello_max_age_ms: int = 300_000
     housekeeping_interval_ms: int = HOUSEKEEPING_INTERVAL_MS
+    stun: bool = True  # answer STUN Binding requests (ours only; DRASYL_STUN)
 
 
 class Peer:
@@ -125,11 +140,16 @@ class SuperPeerCore:
         self._held: dict[bytes, list[tuple[int, bytes, str]]] = {}
         self._held_packets = 0
         self._held_bytes = 0
+        #: STUN Binding requests answered (see the module docstring).
+        self.stun_answered = 0
+        self._stun_sources: dict[str, int] = {}  # source IP -> answers this interval
 
     # --- input -------------------------------------------------------------------------
 
     def receive(self, data: bytes, proto: int, local: Address | None, remote: Address, now: int) -> bool:
         """Handle one datagram/frame. False means invalid input (a TCP stream should close)."""
+        if proto == UDP and is_binding_request(data):
+            return self._on_stun(data, local, remote)
         try:
             header = parse_long_header(data)
             if header.network_id != self.config.network_id:
@@ -164,9 +184,39 @@ class SuperPeerCore:
             window = self._unite_us
             self._unites = {k: t for k, t in self._unites.items() if now - t < window}
         self._keys.clear()
+        self._stun_sources.clear()
 
     def next_timer(self) -> int:
         return self._next_tick
+
+    # --- STUN ------------------------------------------------------------------------
+
+    def _on_stun(self, data: bytes, local: Address | None, remote: Address) -> bool:
+        """Tell the sender of a Binding request its address as we see it (bounded, see above)."""
+        drops = self.drops
+        if not self.config.stun:
+            drops["stun_disabled"] += 1
+            return False
+        if len(data) > MAX_REQUEST_LEN:
+            drops["stun_oversize"] += 1
+            return False
+        transaction_id = parse_binding_request(data)
+        if transaction_id is None:
+            drops["stun_malformed"] += 1
+            return False
+        sources = self._stun_sources
+        answered = sources.get(remote[0], 0)
+        if answered >= STUN_PER_SOURCE or (not answered and len(sources) >= STUN_MAX_SOURCES):
+            drops["stun_rate_limited"] += 1
+            return True
+        response = binding_response(transaction_id, remote)
+        if len(response) > len(data) + MAX_GROWTH:
+            drops["stun_request_too_short"] += 1
+            return True
+        sources[remote[0]] = answered + 1
+        self.outbox.append((response, UDP, local, remote))
+        self.stun_answered += 1
+        return True
 
     # --- HELLO -> ACK ------------------------------------------------------------------
 

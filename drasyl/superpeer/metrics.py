@@ -1,8 +1,9 @@
 """Prometheus metrics of the super peer (spec §8.3).
 
 Metric names, types, labels and histogram buckets are drasyl-rs' exactly; like the Rust
-``prometheus`` crate, counters carry no ``_total`` suffix. One addition of ours:
-``drasyl_sp_dropped_packets{reason}``.
+``prometheus`` crate, counters carry no ``_total`` suffix. Additions of ours:
+``drasyl_sp_dropped_packets{reason}`` and ``drasyl_sp_stun_responses`` (STUN Binding
+requests answered; refused ones are drops with reasons ``stun_*``).
 
 :class:`SuperPeerMetrics` reads the core's state when Prometheus scrapes: nothing here runs
 per packet. The only per-tick work is the endpoints histogram, which
@@ -54,6 +55,7 @@ class SuperPeerMetrics:
         self._registry.register(self)
         self._dropped: list[tuple[str, int]] = []
         self._peer_count = 0
+        self._stun_answered = 0
 
     def observe_tick(self) -> None:
         """Observe every peer's number of distinct endpoints (once per housekeeping tick)."""
@@ -87,6 +89,7 @@ class SuperPeerMetrics:
             ))
         self._peer_count = len(rows)
         self._dropped = sorted(self._core.drops.items()) + sorted(self._io_drops().items())
+        self._stun_answered = self._core.stun_answered
         return rows
 
     def collect(self) -> Iterator[Metric]:
@@ -96,6 +99,9 @@ class SuperPeerMetrics:
         for reason, count in self._dropped:
             dropped.add_sample("drasyl_sp_dropped_packets", {"reason": reason}, count)
         yield dropped
+        stun = Metric("drasyl_sp_stun_responses", "STUN Binding requests answered (not in drasyl-rs).", "counter")
+        stun.add_sample("drasyl_sp_stun_responses", {}, self._stun_answered)
+        yield stun
 
     def exposition(self, rows: list[PeerRow] | None = None) -> bytes:
         """Text format 0.0.4 of a snapshot (taken now if not given); counters without ``_total``.
@@ -106,9 +112,9 @@ class SuperPeerMetrics:
         if rows is None:
             rows = self.snapshot()
         text = generate_latest(self._registry)
-        name = b"drasyl_sp_dropped_packets"
-        for kind in (b"HELP", b"TYPE"):
-            text = text.replace(b"# %s %s_total " % (kind, name), b"# %s %s " % (kind, name), 1)
+        for name in (b"drasyl_sp_dropped_packets", b"drasyl_sp_stun_responses"):
+            for kind in (b"HELP", b"TYPE"):
+                text = text.replace(b"# %s %s_total " % (kind, name), b"# %s %s " % (kind, name), 1)
         return text + _per_peer_text(rows).encode()
 
 
