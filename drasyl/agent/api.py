@@ -474,12 +474,9 @@ class ApiServer:
 
     async def _network(self, request: web.Request) -> web.Response:
         verb = request.match_info["verb"]
-        if request.content_type != "application/json":
-            return _error(415, "Content-Type must be application/json")
-        try:
-            body = json.loads(await request.text())
-        except ValueError:
-            return _error(400, "the body is not valid JSON")
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
         url = body.get("config_url") if isinstance(body, dict) else None
         if not isinstance(url, str):
             return _error(422, 'the body must be {"config_url": "<url>"}')
@@ -495,12 +492,9 @@ class ApiServer:
                                   "message": f"Network '{mask_url(url)}' {VERBS[verb]}{found or ' successfully'}"})
 
     async def _ping(self, request: web.Request) -> web.Response:
-        if request.content_type != "application/json":
-            return _error(415, "Content-Type must be application/json")
-        try:
-            body = json.loads(await request.text())
-        except ValueError:
-            return _error(400, "the body is not valid JSON")
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
         peer, timeout = (body.get("peer"), body.get("timeout")) if isinstance(body, dict) else (None, None)
         if not isinstance(peer, str) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
             return _error(422, 'the body must be {"peer": "<name, IP or key>", "timeout": <seconds>}')
@@ -611,6 +605,16 @@ class _BoundedRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         return _BoundedServer(await super()._make_server(), self._api)
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body, or the error answer (415 not JSON content, 400 not valid JSON)."""
+    if request.content_type != "application/json":
+        return _error(415, "Content-Type must be application/json")
+    try:
+        return json.loads(await request.text())
+    except ValueError:
+        return _error(400, "the body is not valid JSON")
 
 
 async def _call(method, *args: Any) -> Any:
