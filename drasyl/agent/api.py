@@ -109,6 +109,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hmac
 import inspect
 import ipaddress
@@ -172,6 +173,7 @@ class AgentControl(Protocol):
     def netcheck(self) -> dict[str, Any]: ...
 
 
+@functools.cache  # status asks often (the agent's watch every 2 s); the version does not change
 def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version  # here: 10 modules, 0.3 MiB of RSS
 

@@ -377,7 +377,9 @@ class Agent:
         while True:
             await asyncio.sleep(WATCH_S)  # a period, not synchronisation
             try:
-                self._tell_changes(self.status())
+                members = sum(len(m.config.nodes) for k in self.decision.states
+                              if (m := self.memberships.get(k)) is not None and m.config is not None)
+                self._tell_changes(self.status(peers=members <= MAX_WATCHED_PEERS))
             except Exception:  # a bug must not stop the agent
                 self._faults.report("watching peer states")
 
@@ -389,8 +391,6 @@ class Agent:
             self._tell(f"sp {sp['public_key']}", state,
                        f"Super peer {sp['public_key'][:12]}… ({sp['address']}): {sp['reason']}")
         peers = status["peers"]
-        if len(peers) > MAX_WATCHED_PEERS:
-            return
         present = {f"peer {p['public_key']}" for p in peers}
         for topic in [t for t in self._told if t.startswith("peer ") and t not in present]:
             del self._told[topic]  # gone (left the networks): told afresh if it comes back
@@ -695,10 +695,12 @@ class Agent:
     async def netcheck(self) -> dict[str, Any]:
         return await run_netcheck(self)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, peers: bool = True) -> dict[str, Any]:
+        """``GET /status`` (schema in :mod:`.api`); ``peers`` false leaves the peer rows out,
+        for the watch of a large network (each row costs)."""
         status = config_status(self.config)
         node = self.node
-        rows = node.peers()
+        rows = node.peers(nodes=peers)
         sp_rows = {r.public_key.hex(): r for r in rows if r.role == "super_peer"}
         default = node.core.default.public_key.hex()
         for sp in status["super_peers"]:
@@ -730,7 +732,7 @@ class Agent:
         status["conflicts"] = list(self.decision.conflicts) + list(self.tables.conflicts)
         status["routes"] = self._route_rows()
         node_rows = {r.public_key: r for r in rows if r.role == "node"}
-        status["peers"] = sorted(self._member_rows(node_rows, default, relay_registered),
+        status["peers"] = sorted(self._member_rows(node_rows, default, relay_registered) if peers else (),
                                  key=lambda p: (p["hostname"] is None, p["hostname"] or "", p["public_key"]))
         drops = Counter(self.drops)
         if self.tun is not None:

@@ -235,9 +235,10 @@ class Node:
         n = min(limit, len(q))
         return [q.popleft() for _ in range(n)]
 
-    def peers(self) -> list[PeerInfo]:
-        """Super peers and node peers: path (direct/relayed/tcp, udp/tcp), RTT, bytes, time since the last APP received."""
-        return self._core.peer_list(self._now())
+    def peers(self, nodes: bool = True) -> list[PeerInfo]:
+        """Super peers and (unless ``nodes`` is false) node peers: path (direct/relayed/tcp,
+        udp/tcp), RTT, bytes, time since the last APP received."""
+        return self._core.peer_list(self._now(), nodes)
 
     # --- data path seam (the agent's TUN loop) --------------------------------------------
 

@@ -793,9 +793,10 @@ class NodeCore:
         """Relayed APPs held back until some super peer answers."""
         return len(self._relay_queue)
 
-    def peer_list(self, now: int | None = None) -> list[PeerInfo]:
-        """Super peers, then node peers; ``now`` (monotonic µs) adds the time since each node
-        peer's last APP and last UNITE, and how long each super peer's UDP has gone unanswered."""
+    def peer_list(self, now: int | None = None, nodes: bool = True) -> list[PeerInfo]:
+        """Super peers, then node peers (unless ``nodes`` is false); ``now`` (monotonic µs) adds
+        the time since each node peer's last APP and last UNITE, and how long each super peer's
+        UDP has gone unanswered."""
         rows: list[PeerInfo] = []
         for sp in self.super_peers.values():
             if sp.tcp == "up":
@@ -808,7 +809,7 @@ class NodeCore:
             rows.append(PeerInfo(sp.public_key, "super_peer", kind, None if m is None else m / 1000,
                                  path.remote if path is not None else None,
                                  silent_s=_seconds(now, oldest)))
-        for peer in self.peers.values():
+        for peer in self.peers.values() if nodes else ():
             best = peer.best
             rtt = best.median / 1000 if best is not None and best.median is not None else None
             rows.append(PeerInfo(peer.public_key, "node", peer.route, rtt,
