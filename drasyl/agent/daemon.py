@@ -11,7 +11,9 @@ network's error), then :func:`~drasyl.agent.consent.decide` cuts what the networ
 down to what the local user allowed, given the host's own routes, the super peers' and config
 servers' addresses and the names the host has; the policy tables (also built in the work
 thread), the send handles and the host (addresses, routes, forwarding, hosts block) follow.
-A TUN device deleted under the agent is created again (or the agent exits 1).
+A TUN device deleted under the agent is created again (or the agent exits 1). Every 2 s a
+watch compares each super peer's and member's state (:mod:`.explain`) with what it logged
+last and logs each change once at info.
 
 Data path, the product's hot loop: the TUN fd is a reader of the event loop; each wake-up
 reads a burst of packets into the device's reused slots, checks each (IPv4, not drasyl's own
