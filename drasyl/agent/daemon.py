@@ -47,6 +47,7 @@ Deliberate differences from drasyl-rs:
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -169,6 +170,7 @@ class Agent:
         #: Parsing configs and building tables: CPU work that must not stall the data path.
         self._work_thread = ThreadPoolExecutor(1, thread_name_prefix="drasyl-work")
         self._working = 0  # calls waiting for the work or the host thread
+        self._building = 0  # calls waiting for the work thread (the collector is off meanwhile)
         self._switch_interval = sys.getswitchinterval()
         self.node: Node | None = None
         self.tun: TunDevice | None = None
@@ -216,6 +218,7 @@ class Agent:
         if metrics.listen is not None:
             from .metrics import AgentMetrics
             self.metrics = await AgentMetrics.start(self, metrics)
+        gc.freeze()  # what start-up made (modules, the node) lives on: no collection scans it again
 
     async def _open_tun(self) -> None:
         tun = await self._on_host(TunDevice, DEFAULT_NAME, self.config.mtu)
@@ -251,9 +254,23 @@ class Agent:
         self._work_thread.shutdown(cancel_futures=True)
         log.info("Stopped; routes, addresses, names, forwarding and the TUN device removed")
 
-    def _on_work(self, func: Callable[..., T], *args: Any) -> Awaitable[T]:
-        """Run CPU work (validating a config, building tables) off the event loop."""
-        return self._in_thread(self._work_thread, func, *args)
+    async def _on_work(self, func: Callable[..., T], *args: Any) -> T:
+        """Run CPU work (validating a config, building tables) off the event loop, without the
+        cyclic garbage collector meanwhile: the work makes hundreds of thousands of objects,
+        and a full collection over them holds the GIL, so the data path, for ~0.1 s
+        (bench/config_stall.py). Afterwards they are frozen (``gc.freeze``: left out of every
+        later collection; they live as long as the tables, and reference counting still frees
+        them), then collection resumes."""
+        if not self._building:
+            gc.disable()
+        self._building += 1
+        try:
+            return await self._in_thread(self._work_thread, func, *args)
+        finally:
+            self._building -= 1
+            if not self._building:
+                gc.freeze()
+                gc.enable()
 
     async def _in_thread(self, thread: ThreadPoolExecutor, func: Callable[..., T], *args: Any) -> T:
         """``func`` in ``thread``, with a short GIL switch interval while any thread works
@@ -381,7 +398,8 @@ class Agent:
             try:
                 members = sum(len(m.config.nodes) for k in self.decision.states
                               if (m := self.memberships.get(k)) is not None and m.config is not None)
-                self._tell_changes(self.status(peers=members <= MAX_WATCHED_PEERS))
+                known = len(self.node.core.peers)  # also peers released but not yet expired
+                self._tell_changes(self.status(peers=max(members, known) <= MAX_WATCHED_PEERS))
             except Exception:  # a bug must not stop the agent
                 self._faults.report("watching peer states")
 
@@ -688,7 +706,7 @@ class Agent:
                 how = peer_path(row, n.pk in self.tables.peers, relay, relay_registered, self._handle_errors.get(n.pk))
                 yield _peer_status(n.pk, n, shown, row, how)
         for pk, row in node_rows.items():
-            if pk not in seen:  # e.g. a peer that sent to us without being in our networks
+            if pk not in seen and row.last_rx_s is not None:  # it sent to us without being in our networks
                 yield _peer_status(pk, None, None, row, peer_path(row, True, relay, relay_registered))
 
     async def ping(self, peer: str, timeout: float) -> dict[str, Any]:
