@@ -60,6 +60,8 @@ def test_super_peer_states_name_the_likely_causes():
     assert super_peer_state(sp_row("udp", 1.25)) == (REGISTERED, "registered over UDP, RTT 1.2 ms")
     assert super_peer_state(sp_row("tcp", 3.0, 12.4)) == (
         TCP_FALLBACK, "registered over TCP: UDP unanswered for 12 s, RTT 3.0 ms")
+    state, reason = super_peer_state(sp_row("tcp", None, 9.0))  # TCP connected, nothing answered on it
+    assert state == NO_ANSWER and reason.startswith("no answer over UDP for 9 s nor over TCP (connected): ")
     state, reason = super_peer_state(sp_row("none", silent=35.2))
     assert state == NO_ANSWER and reason.startswith("no answer for 35 s: ")
     assert "publicKey or networkId" in reason and "UDP" in reason and "down" in reason
@@ -205,10 +207,29 @@ def test_each_change_was_logged_once(cluster):
         assert log_count(a, pattern) == 1, (pattern, [l.text for l in a.proc.stdout.lines if "Peer" in l.text][-20:])
 
 
-def test_udp_blocked_falls_back_to_tcp_and_says_so(cluster):
+def test_a_wrong_network_id_is_no_answer_with_its_causes(cluster):
     a = cluster.agents["a"]
     sp_pk = cluster.ids["sp"].public_key_hex
     a.proc.stop()
+    doc = tomlkit.parse(a.config.read_text())
+    doc["super_peers"] = [cluster.sp_urls[0].replace("networkId=1", "networkId=2")]
+    a.config.write_text(tomlkit.dumps(doc))
+    a.start(DRASYL_PROCESS_UNITES="false")
+    try:
+        wait_until(lambda: (super_peer(a, sp_pk)["unanswered_s"] or 0) >= 8, 25, "a unanswered", cluster.describe)
+        sp = super_peer(a, sp_pk)
+        assert sp["state"] == NO_ANSWER and "wrong publicKey or networkId" in sp["reason"], sp
+        wait_logged(cluster, a, rf"Super peer {sp_pk[:12]}… .*: no answer .*a wrong publicKey or networkId")
+        assert log_count(a, rf"Super peer {sp_pk[:12]}…") == 1, "one line, not one per HELLO"
+    finally:
+        a.proc.stop()
+        doc["super_peers"] = [cluster.sp_urls[0]]
+        a.config.write_text(tomlkit.dumps(doc))
+
+
+def test_udp_blocked_falls_back_to_tcp_and_says_so(cluster):
+    a = cluster.agents["a"]
+    sp_pk = cluster.ids["sp"].public_key_hex
     cluster.lab.nft(a.ns, "table inet block {\n chain out {\n type filter hook output priority 0;\n"
                           f" ip daddr {SP_IP} udp dport 22527 drop\n }}\n}}\n")
     a.start(DRASYL_PROCESS_UNITES="false")

@@ -35,9 +35,10 @@ def super_peer_state(row: PeerInfo | None) -> tuple[str, str]:
     if row is None:
         return NO_ANSWER, "not contacted yet"
     silent = "" if row.silent_s is None else f" for {row.silent_s:.0f} s"
+    if row.path == TCP_PATH and row.rtt_ms is None:  # connected, but no HELLO answered over it
+        return NO_ANSWER, f"no answer over UDP{silent} nor over TCP (connected): {SILENT_CAUSES}"
     if row.path == TCP_PATH:
-        rtt = "" if row.rtt_ms is None else f", RTT {row.rtt_ms:.1f} ms"
-        return TCP_FALLBACK, f"registered over TCP: UDP unanswered{silent}{rtt}"
+        return TCP_FALLBACK, f"registered over TCP: UDP unanswered{silent}, RTT {row.rtt_ms:.1f} ms"
     if row.path == "udp":
         rtt = "" if row.rtt_ms is None else f", RTT {row.rtt_ms:.1f} ms"
         return REGISTERED, f"registered over UDP{rtt}"
