@@ -465,8 +465,7 @@ class Agent:
             if member is not None and member.text == text and member.error is None:
                 member.server = server or member.server
                 return  # unchanged: nothing to parse, nothing to log again
-            pickled = await parse_toml(text, shown)
-            cfg, state = await self._on_work(_understand, pickled, shown, self.config.identity.public_key)
+            cfg, state = await self._understand(text, shown)
         except (FetchError, NetworkConfigError) as exc:
             self._refresh_failed(entry, str(exc))
             return
@@ -491,6 +490,12 @@ class Agent:
             except DrasylError as exc:
                 self._report(f"name {entry.key}", [f"Cannot save the name of network {shown}: {exc}"],
                              logging.WARNING)
+
+    async def _understand(self, text: str, shown: str) -> tuple[NetworkConfig, LocalState | None]:
+        """A config's text → (config, this node's state): TOML in a child process, the rest in
+        the work thread; :class:`NetworkConfigError` when it does not validate."""
+        pickled = await parse_toml(text, shown)
+        return await self._on_work(_understand, pickled, shown, self.config.identity.public_key)
 
     def _refresh_failed(self, entry: NetworkEntry, error: str) -> None:
         current = self.config.network(entry.key)
@@ -643,7 +648,7 @@ class Agent:
         session = OnDemandSession()
         try:
             text = await fetch_config_text(url.strip(), me.public_key_hex, session)
-            _, state = await self._on_work(_understand, await parse_toml(text, shown), shown, me.public_key)
+            _, state = await self._understand(text, shown)
         except (FetchError, NetworkConfigError) as exc:
             if not force:
                 raise
