@@ -19,11 +19,13 @@ STAMP_WINDOW = 3  # HELLOs whose ACK is still accepted: one per interval, so ~15
 
 
 class Path:
-    __slots__ = ("local", "remote", "rtts", "median", "unanswered_since", "last_ack", "stamps", "rehello_at")
+    __slots__ = ("local", "remote", "rtts", "median", "unanswered_since", "last_ack", "stamps", "rehello_at",
+                 "origin")
 
-    def __init__(self, local: Address | None, remote: Address) -> None:
+    def __init__(self, local: Address | None, remote: Address, origin: str = "punch") -> None:
         self.local = local
         self.remote = remote
+        self.origin = origin  # how it was found: punch, lan, mapping or probe (status only)
         self.rtts: list[int] = []
         self.median: int | None = None  # µs; None until the first ACK
         self.unanswered_since = 0  # µs of the oldest unanswered HELLO, 0 = none pending
@@ -64,12 +66,22 @@ class Path:
         return f"Path({self.local}->{self.remote}, median={self.median})"
 
 
-def best_path(paths, exclude_unanswered_for: int, now: int) -> Path | None:
-    """The path with the lowest median RTT among those with samples that are not failing."""
+#: A global IPv6 path wins over IPv4 unless its RTT is more than this factor higher: IPv6 needs
+#: no NAT, so its mapping cannot be lost or rebound under the flow.
+IPV6_PREFERENCE = 1.25
+
+
+def best_path(paths, exclude_unanswered_for: int, now: int, prefer_ipv6: bool = False) -> Path | None:
+    """The path with the lowest median RTT among those with samples that are not failing
+    (with ``prefer_ipv6``, a global IPv6 path's RTT counts :data:`IPV6_PREFERENCE` times less)."""
     best: Path | None = None
+    best_rank = 0.0
     for p in paths:
         if p.median is None or (p.unanswered_since and now - p.unanswered_since >= exclude_unanswered_for):
             continue
-        if best is None or p.median < best.median:  # type: ignore[operator]
-            best = p
+        rank = p.median
+        if prefer_ipv6 and ":" in p.remote[0] and not p.remote[0].startswith(("fe80", "fc", "fd")):
+            rank = rank / IPV6_PREFERENCE
+        if best is None or rank < best_rank:
+            best, best_rank = p, rank
     return best

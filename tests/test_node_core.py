@@ -309,7 +309,8 @@ def make_direct(net: Net, node_a: NodeCore, node_b: NodeCore, a: Identity, b: Id
 
 def test_registration_hello_to_every_super_peer_path_at_start_and_every_interval(sp_id, a):
     locals_ = [("10.0.0.1", 1001), ("10.0.0.2", 1001), ("2001:db8:a::1", 1001)]
-    node = NodeCore(a, [url(sp_id)], NodeConfig(), T0)
+    # probing off: exactly drasyl-rs' datagrams (its STUN requests are in test_probing.py)
+    node = NodeCore(a, [url(sp_id)], NodeConfig(probing=False), T0)
     node.set_local_addresses(locals_)
     node.set_super_peer_addresses(sp_id.public_key, [SP_ADDR, ("192.0.2.101", 22527), SP_ADDR6])
     node.handle_timer(T0)

@@ -39,7 +39,7 @@ from .core import NodeConfig, NodeCore, NodePeer
 
 #: The data path's receive seam: called with each received batch of ``(sender, payload)``.
 Receiver = Callable[[list[tuple[bytes, bytes | bytearray]]], None]
-from .events import CloseTcp, OpenTcp, PathChanged, PeerInfo
+from .events import CloseProbeSockets, CloseTcp, OpenProbeSockets, OpenTcp, PathChanged, PeerInfo
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +109,15 @@ class Node:
         self._fixed_addrs = udp_addrs
         self._port = udp_port
         self._loop = asyncio.get_running_loop()
-        self._sockets: dict[Address, UdpSocket] = {}
+        self._sockets: dict[Address, UdpSocket] = {}  # one per local address, on the node's port
+        self._probe_sockets: dict[Address, UdpSocket] = {}  # extra ones while probing (core.probing)
+        self._send_sockets: dict[Address, UdpSocket] = {}  # both, by local address, for the outbox
         self._tcp: dict[bytes, FramedProtocol] = {}
         self._received: deque[tuple[bytes, bytes]] = deque()
         self._reader: asyncio.Future | None = None
         self._path_waiters: list[tuple[bytes, str, asyncio.Future]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0  # monotonic µs the timer is set for: earlier wishes of the core reset it
         self._faults = FaultLog(core.drops)
         self._drained = asyncio.Event()  # set by _flush when no APP waits for a super peer
         self._tasks: set[asyncio.Task] = set()
@@ -337,7 +340,7 @@ class Node:
         core = self._core
         if core.outbox:
             out, core.outbox = core.outbox, []
-            send_transmits(out, self._sockets, self._send_tcp)
+            send_transmits(out, self._send_sockets, self._send_tcp)
         if core.inbox and self._on_receive is not None:
             batch, core.inbox = core.inbox, []
             self._on_receive(batch)
@@ -355,6 +358,9 @@ class Node:
             self._on_event(core.events.popleft())
         if not core.queued:
             self._drained.set()
+        if core.next_timer() < self._timer_at and self._timer is not None and not self._closed:
+            self._timer.cancel()  # e.g. a UNITE asks for a probing decision before the next tick
+            self._schedule()
 
     def _send_tcp(self, data: bytes | bytearray, super_peer: bytes) -> None:
         conn = self._tcp.get(super_peer)
@@ -377,6 +383,30 @@ class Node:
             conn = self._tcp.pop(event.super_peer, None)
             if conn is not None:
                 conn.close()
+        elif isinstance(event, OpenProbeSockets):
+            self._open_probe_sockets(event.ip, event.count)
+        elif isinstance(event, CloseProbeSockets):
+            for local in event.locals:
+                sock = self._probe_sockets.pop(local, None)
+                if sock is not None:
+                    sock.close()
+            self._send_sockets = {**self._sockets, **self._probe_sockets}
+
+    def _open_probe_sockets(self, ip: str, count: int) -> None:
+        """Bind up to ``count`` sockets on random ports; the core learns which it got."""
+        opened = []
+        for _ in range(count):
+            try:
+                sock = bind_udp(ip, 0)
+            except OSError as exc:
+                log.warning("probing: cannot bind more UDP sockets on %s (%d bound): %s", ip, len(opened),
+                            exc.strerror)
+                break
+            udp = UdpSocket(sock, self._on_datagrams, batch=8)
+            self._probe_sockets[udp.local] = udp
+            opened.append(udp.local)
+        self._send_sockets = {**self._sockets, **self._probe_sockets}
+        self._core.probe_sockets_opened(opened, self._now())
 
     # --- internals: timers, sockets, DNS, TCP ---------------------------------------------
 
@@ -391,8 +421,12 @@ class Node:
             self._spawn(self._resolve_super_peers())
         except Exception:  # the timer must keep running whatever happened
             self._faults.report("housekeeping")
+        self._schedule()
+
+    def _schedule(self) -> None:
         # the loop's clock is time.monotonic(), the clock of next_timer(): wall steps don't matter
-        delay = max(0.0, (self._core.next_timer() - clock.monotonic_us()) / 1e6)
+        self._timer_at = self._core.next_timer()
+        delay = max(0.0, (self._timer_at - clock.monotonic_us()) / 1e6)
         self._timer = self._loop.call_later(delay, self._on_timer)
 
     def _spawn(self, coro) -> None:
@@ -430,12 +464,15 @@ class Node:
         for ip, local in current.items():
             if ip not in wanted:
                 self._sockets.pop(local).close()
+        self._send_sockets = {**self._sockets, **self._probe_sockets}
         self._core.set_local_addresses(list(self._sockets))
 
     def _close_sockets(self) -> None:
-        for sock in self._sockets.values():
+        for sock in (*self._sockets.values(), *self._probe_sockets.values()):
             sock.close()
         self._sockets.clear()
+        self._probe_sockets.clear()
+        self._send_sockets = {}
 
     async def _resolve_super_peers(self) -> None:
         for sp in self._core.super_peers.values():

@@ -54,6 +54,7 @@ from __future__ import annotations
 import os
 from collections import Counter, deque
 from dataclasses import dataclass
+from random import Random
 from typing import Iterable
 
 from ..crypto import ARM_OVERHEAD, arm_into, session_keys
@@ -88,7 +89,10 @@ from ..messages import (
 from ..path import Path, best_path
 from ..transmit import TCP, UDP, Address, Transmit
 from ..urls import SuperPeerUrl, canonical_ip
-from .events import DIRECT, RELAYED, TCP_PATH, CloseTcp, OpenTcp, PathChanged, PeerInfo
+from . import probing
+from .events import (DIRECT, RELAYED, TCP_PATH, CloseProbeSockets, CloseTcp, OpenProbeSockets, OpenTcp,
+                     PathChanged, PeerInfo)
+from .probing import EASY, HARD, MappingObserver, ProbeSession, is_lan
 
 
 #: Paths per node peer. A UNITE names up to 15 endpoints (spec §6.2.5), tried from every local
@@ -118,6 +122,9 @@ class NodeConfig:
     housekeeping_interval_ms: int = 5_000
     direct_link_timeout_ms: int = 60_000
     process_unites: bool = True
+    #: Learn our NAT's mapping with STUN at the super peers and probe through one symmetric NAT
+    #: (:mod:`drasyl.node.probing`); off: exactly drasyl-rs' behaviour on the wire.
+    probing: bool = True
     enforce_tcp: bool = False
     relay_queue_limit: int = 1024  # APPs held while no super peer has answered yet
 
@@ -170,7 +177,7 @@ class NodePeer:
 
     __slots__ = ("public_key", "rx", "tx", "pow_ok", "rx_short_id", "tx_short_id", "hello_rx", "hello_stamp",
                  "paths", "best", "created", "app_tx", "app_rx", "route", "app_header", "held",
-                 "bytes_in", "bytes_out", "unite_rx")
+                 "bytes_in", "bytes_out", "unite_rx", "unite_endpoints", "probe_not_before", "probe_tries")
 
     def __init__(self, public_key: bytes, rx: bytes | None, tx: bytes | None, short_id: bytes, now: int) -> None:
         self.public_key = public_key
@@ -192,6 +199,9 @@ class NodePeer:
         self.bytes_in = 0  # APP payload bytes received from / sent to it
         self.bytes_out = 0
         self.unite_rx = 0  # when the last UNITE about it arrived: a hole punch started (0: never)
+        self.unite_endpoints: list[Address] = []  # of the last UNITE: self-reported, then observed
+        self.probe_not_before = 0  # back-off after a failed probing session
+        self.probe_tries = 0
 
 
 class NodeCore:
@@ -224,6 +234,14 @@ class NodeCore:
         self.drops: Counter[str] = Counter()
         self._relay_queue: deque[tuple[NodePeer, bytes]] = deque()
         self._hello_endpoints = b""
+        #: Endpoints announced before the local addresses (a router's port mapping): the adapter's
+        self.advertised: list[Address] = []
+        self.mapping = MappingObserver()
+        self.probe: ProbeSession | None = None
+        self.probe_locals: set[Address] = set()  # the adapter's extra probing sockets
+        self.probe_stats: Counter[str] = Counter()
+        self._probe_wake = now
+        self._rng = Random(os.urandom(16))
         self._interval = cfg.housekeeping_interval_ms * 1000
         self._timeout = cfg.hello_timeout_ms * 1000
         self._max_age = cfg.hello_max_age_ms * 1000
@@ -240,14 +258,25 @@ class NodeCore:
     def set_local_addresses(self, locals_: list[Address]) -> None:
         """The bound UDP sockets' addresses; paths via vanished sockets are dropped."""
         self.locals = [(canonical_ip(a[0]), a[1]) for a in locals_]
-        self._hello_endpoints = encode_endpoints(self.locals[:HELLO_MAX_ENDPOINTS])
+        self._encode_hello_endpoints()
         for sp in self.super_peers.values():
             self._sync_super_peer_paths(sp)
-        alive = set(self.locals)
+        alive = set(self.locals) | self.probe_locals
         for peer in self.peers.values():
             for key in [k for k in peer.paths if k[0] not in alive]:
                 del peer.paths[key]
             peer.best = best_path(peer.paths.values(), self._path_failing, 0)
+
+    def set_advertised(self, endpoints: list[Address]) -> None:
+        """Public endpoints to announce before the local addresses in HELLOs to super peers
+        (a port mapping on the router): the super peers pass them on in UNITEs, so peers try
+        them too (drasyl-rs nodes included)."""
+        self.advertised = [(canonical_ip(a[0]), a[1]) for a in endpoints]
+        self._encode_hello_endpoints()
+
+    def _encode_hello_endpoints(self) -> None:
+        ours = list(dict.fromkeys(self.advertised + self.locals))
+        self._hello_endpoints = encode_endpoints(ours[:HELLO_MAX_ENDPOINTS])
 
     def set_super_peer_addresses(self, public_key: bytes, addresses: list[Address]) -> None:
         """Resolved UDP addresses of a super peer (kept as they are when resolution fails)."""
@@ -434,6 +463,8 @@ class NodeCore:
             peer.bytes_in += len(payload)
             self.inbox.append((peer.public_key, payload))
             return
+        if self.mapping.pending and data[:1] == b"\x01" and self.mapping.on_datagram(data, local, tuple(remote[:2])):
+            return  # a STUN answer (0x0101): a drasyl datagram starts with 0x1e
         self._receive_long(data, UDP, local, remote, now)
 
     def receive_tcp(self, public_key: bytes, data: bytes, now: int) -> bool:
@@ -560,20 +591,28 @@ class NodeCore:
         if peer is None:
             return
         peer.unite_rx = now
+        endpoints = peer.unite_endpoints = decode_endpoints(unite.endpoints)
+        if self.config.probing and self.probe is None and self.nat_role() is not None:
+            self._probe_wake = min(self._probe_wake, now + probing.START_AFTER_US)
         known = {p.remote for p in peer.paths.values()}
-        for endpoint in decode_endpoints(unite.endpoints):
+        observed = endpoints[-1] if endpoints else None  # the super peer appends what it saw
+        for endpoint in endpoints:
             if endpoint in known:
                 continue
             known.add(endpoint)
+            if is_lan(endpoint[0]):
+                origin = "lan"
+            else:
+                origin = "punch" if endpoint == observed else "mapping"
             for local in self.locals:
                 if _family(local) == _family(endpoint):
                     if len(peer.paths) >= MAX_PATHS_PER_PEER:
                         self.drops["path_limit"] += 1
                         continue
-                    self._punch(peer, local, endpoint, now)
+                    self._punch(peer, local, endpoint, now, origin)
 
-    def _punch(self, peer: NodePeer, local: Address, remote: Address, now: int) -> None:
-        path = peer.paths[(local, remote)] = Path(local, remote)
+    def _punch(self, peer: NodePeer, local: Address, remote: Address, now: int, origin: str = "punch") -> None:
+        path = peer.paths[(local, remote)] = Path(local, remote, origin)
         self._node_hello(peer, path, now)
 
     def _make_room(self, peer: NodePeer) -> bool:
@@ -598,12 +637,16 @@ class NodeCore:
         return stamp
 
     def _node_hello(self, peer: NodePeer, path: Path, now: int) -> None:
+        path.hello_sent(now, self._hello_to(peer, path.local, path.remote, now))
+
+    def _hello_to(self, peer: NodePeer, local: Address, remote: Address, now: int) -> int:
+        """Queue a HELLO to ``peer`` at ``remote`` from ``local``; its wire timestamp."""
         stamp = self._next_stamp(now)
         body = HelloNodePeer(stamp, peer.rx_short_id).encode()
         msg = encode_message(HELLO, self.network_id, peer.public_key, self.public_key,
                              self.identity.proof_of_work, body, peer.tx)
-        self.outbox.append((msg, UDP, path.local, path.remote))
-        path.hello_sent(now, stamp)
+        self.outbox.append((msg, UDP, local, remote))
+        return stamp
 
     def _from_node(self, data: bytes, header, local: Address | None, remote: Address | None, now: int) -> None:
         """A packet from another node: over UDP from ``remote``, or (None, None) relayed over TCP."""
@@ -661,7 +704,12 @@ class NodeCore:
         if path is None:
             # probably a NAT mapping the UNITE did not know: answering completes the punch
             if self._make_room(peer):
-                self._punch(peer, local, remote, now)
+                probe = self.probe
+                if probe is not None and probe.peer is peer:
+                    origin = "probe"
+                else:
+                    origin = "mapping" if self.advertised else "punch"
+                self._punch(peer, local, remote, now, origin)
         elif newer and path.median is None and now - path.rehello_at >= self._interval:
             # our HELLO on this path was never answered: after a UNITE both sides punch at
             # once, and the first HELLO reaches the other NAT before that side's own HELLO
@@ -708,9 +756,11 @@ class NodeCore:
     def _remove_peer(self, peer: NodePeer) -> None:
         del self.peers[peer.public_key]
         del self.short_ids[peer.rx_short_id]
+        if self.probe is not None and self.probe.peer is peer:
+            self._end_probe(peer.created, won=False)
 
     def _update_peer_route(self, peer: NodePeer, now: int) -> None:
-        peer.best = best_path(peer.paths.values(), self._path_failing, now)
+        peer.best = best_path(peer.paths.values(), self._path_failing, now, prefer_ipv6=True)
         if peer.best is not None:
             kind, rtt = DIRECT, peer.best.median
         else:
@@ -727,18 +777,116 @@ class NodeCore:
     # --- housekeeping ---------------------------------------------------------------------
 
     def next_timer(self) -> int:
-        return self._next_tick
+        wake = min(self._next_tick, self._probe_wake) if self.config.probing else self._next_tick
+        probe = self.probe
+        if probe is not None:
+            wake = min(wake, probe.deadline, probe.next_send() or wake)
+        return wake
 
     def handle_timer(self, now: int) -> None:
-        """Every ``housekeeping_interval``: register, fall back to TCP, keep paths alive."""
-        if now < self._next_tick:
+        """Every ``housekeeping_interval``: register, fall back to TCP, keep paths alive;
+        in between, the pacing of a probing session."""
+        if now >= self._next_tick:
+            self._next_tick = now + self._interval
+            for sp in self.super_peers.values():
+                self._super_peer_tick(sp, now)
+            self._choose_default(now)
+            for peer in list(self.peers.values()):
+                self._node_peer_tick(peer, now)
+            if self.config.probing:
+                self._probe_wake = now  # peers whose back-off ended are looked at below
+                self._close_probe_sockets()
+        if self.config.probing:
+            self._probe_step(now)
+
+    # --- probing through one symmetric NAT (drasyl.node.probing) ------------------------
+
+    def nat_role(self) -> str | None:
+        """Our NAT's mapping towards the super peers from the relaying socket: ``easy``,
+        ``hard`` or None (unknown: fewer than two STUN answers from different addresses)."""
+        local = self._probe_local()
+        return self.mapping.role(local) if local is not None else None
+
+    def _probe_local(self) -> Address | None:
+        path = self.default.best_udp
+        return path.local if path is not None and not _family(path.local) else None
+
+    def _stun_requests(self, sp: SuperPeer, now: int) -> None:
+        for path in sp.paths.values():
+            if not _family(path.local):  # IPv4: where NATs are
+                data = self.mapping.requests(now, sp.public_key, path.local, path.remote)
+                if data is not None:
+                    self.outbox.append((data, UDP, path.local, path.remote))
+                return
+
+    def _probe_step(self, now: int) -> None:
+        probe = self.probe
+        if probe is not None:
+            peer = probe.peer
+            if peer.best is not None or now >= probe.deadline:
+                self._end_probe(now, won=peer.best is not None)
+            else:
+                for local, remote in probe.due(now):
+                    self._hello_to(peer, local, remote, now)
+                    self.probe_stats["hellos"] += 1
+        if self.probe is None and now >= self._probe_wake:
+            self._probe_wake = self._next_tick
+            self._start_probe(now)
+
+    def _start_probe(self, now: int) -> None:
+        local = self._probe_local()
+        role = self.mapping.role(local) if local is not None else None
+        if role is None:
             return
-        self._next_tick = now + self._interval
-        for sp in self.super_peers.values():
-            self._super_peer_tick(sp, now)
-        self._choose_default(now)
-        for peer in list(self.peers.values()):
-            self._node_peer_tick(peer, now)
+        for peer in self.peers.values():
+            if (not peer.unite_rx or peer.best is not None or now < peer.probe_not_before
+                    or now - peer.unite_rx < probing.START_AFTER_US
+                    or now - peer.app_tx > probing.ACTIVE_US):
+                continue
+            public = [e for e in peer.unite_endpoints if not _family(e) and not is_lan(e[0])]
+            if not public:
+                continue
+            target = public[-1]
+            self.probe = ProbeSession(peer, role, target, local, now, self._rng)
+            self.probe_stats[f"sessions_{role}"] += 1
+            if role == HARD:
+                self.events.append(OpenProbeSockets(local[0], probing.HARD_SOCKETS))
+            return
+
+    def probe_sockets_opened(self, locals_: list[Address], now: int) -> None:
+        """The adapter's answer to :class:`OpenProbeSockets`: the sockets it could bind."""
+        self.probe_locals.update(locals_)
+        probe = self.probe
+        if probe is not None and probe.role == HARD and not probe.sockets:
+            probe.sockets = list(locals_)
+            probe.next_round = now
+        self._close_probe_sockets()
+
+    def _end_probe(self, now: int, won: bool) -> None:
+        probe, self.probe = self.probe, None
+        peer = probe.peer
+        if won:
+            peer.probe_tries = 0
+            self.probe_stats["won"] += 1
+        else:
+            peer.probe_tries += 1
+            peer.probe_not_before = now + probing.backoff(peer.probe_tries)
+            self.probe_stats["failed"] += 1
+        self._close_probe_sockets()
+
+    def _close_probe_sockets(self) -> None:
+        """Close the probing sockets no path uses (all but the winner once a session ends)."""
+        if not self.probe_locals:
+            return
+        keep = set(self.probe.sockets) if self.probe is not None else set()
+        for peer in self.peers.values():
+            for path in peer.paths.values():
+                if path.local in self.probe_locals:
+                    keep.add(path.local)
+        close = self.probe_locals - keep
+        if close:
+            self.probe_locals = keep & self.probe_locals
+            self.events.append(CloseProbeSockets(tuple(close)))
 
     def _super_peer_tick(self, sp: SuperPeer, now: int) -> None:
         if sp.tcp == "up" and sp.tcp_path.unanswered_for(now) >= self._path_failing:
@@ -749,6 +897,8 @@ class NodeCore:
             sp.tcp = "connecting"
             self.events.append(OpenTcp(sp.public_key, sp.url.host, sp.url.tcp_port))
         sp.best_udp = best_path(sp.paths.values(), self._path_failing, now)
+        if self.config.probing:
+            self._stun_requests(sp, now)
         stamp = self._next_stamp(now)
         hello = self._hello_for(sp, stamp)
         for path in sp.paths.values():
@@ -809,11 +959,14 @@ class NodeCore:
             rows.append(PeerInfo(sp.public_key, "super_peer", kind, None if m is None else m / 1000,
                                  path.remote if path is not None else None,
                                  silent_s=_seconds(now, oldest)))
+        probe = self.probe
         for peer in self.peers.values() if nodes else ():
             best = peer.best
             rtt = best.median / 1000 if best is not None and best.median is not None else None
             rows.append(PeerInfo(peer.public_key, "node", peer.route, rtt,
                                  best.remote if best is not None else None,
                                  peer.bytes_in, peer.bytes_out, _seconds(now, peer.app_rx),
-                                 unite_s=_seconds(now, peer.unite_rx), app_tx_s=_seconds(now, peer.app_tx)))
+                                 unite_s=_seconds(now, peer.unite_rx), app_tx_s=_seconds(now, peer.app_tx),
+                                 via=best.origin if best is not None else None,
+                                 probing=probe.role if probe is not None and probe.peer is peer else None))
         return rows

@@ -53,3 +53,21 @@ class PeerInfo:
     unite_s: float | None = None  # node peers: since the last UNITE about it (a hole punch); None: never
     app_tx_s: float | None = None  # node peers: since the last APP sent to it; None: never
     silent_s: float | None = None  # super peers: since the oldest unanswered UDP HELLO; None: answering
+    via: str | None = None  # node peers on a direct path: how it was found (punch, lan, mapping, probe)
+    probing: str | None = None  # node peers: our role while probing towards it (hard, easy)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenProbeSockets:
+    """Adapter: bind ``count`` extra UDP sockets on ``ip`` (port 0), read them like the others,
+    and report their addresses with ``probe_sockets_opened`` (see :mod:`drasyl.node.probing`)."""
+
+    ip: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseProbeSockets:
+    """Adapter: close these probing sockets (no path uses them)."""
+
+    locals: tuple
