@@ -68,6 +68,7 @@ class Row:
     direct_s: float | None = None
     relayed_bytes: int | None = None
     recovery_s: float | None = None
+    found_by: str = "-"  # how the direct path was found: punch, lan, mapping, probe
     note: str = ""
 
 
@@ -86,13 +87,13 @@ def _fmt(value: float | None) -> str:
 
 
 def summary_lines(rows: list[Row]) -> list[str]:
-    head = f"{'scenario':<34} {'super peer':<10} {'path (ab unless named)':<22} {'1st ping s':>10} {'direct s':>9} " \
-           f"{'relayed B':>10} {'recovery s':>10}  note"
+    head = f"{'scenario':<34} {'super peer':<10} {'path (ab unless named)':<22} {'found by':<9} {'1st ping s':>10} " \
+           f"{'direct s':>9} {'relayed B':>10} {'recovery s':>10}  note"
     lines = [head, "-" * len(head)]
     for r in rows:
         relayed = "-" if r.relayed_bytes is None else str(r.relayed_bytes)
-        lines.append(f"{r.scenario:<34} {r.sp:<10} {r.path:<22} {_fmt(r.first_ping_s):>10} {_fmt(r.direct_s):>9} "
-                     f"{relayed:>10} {_fmt(r.recovery_s):>10}  {r.note}")
+        lines.append(f"{r.scenario:<34} {r.sp:<10} {r.path:<22} {r.found_by:<9} {_fmt(r.first_ping_s):>10} "
+                     f"{_fmt(r.direct_s):>9} {relayed:>10} {_fmt(r.recovery_s):>10}  {r.note}")
     return lines
 
 
@@ -203,17 +204,20 @@ def connectivity(net: NatLab, a: Agent, b: Agent) -> None:
     tcp_transfer(net.lab, a, dst=b, nbytes=TRANSFER)
 
 
-def goes_direct(net: NatLab, sp: SuperPeer, a: Agent, b: Agent, row: Row, first_packet: float) -> None:
-    """Both agents report ``direct`` within :data:`DIRECT_LIMIT_S` of the first packet; then
-    ping and a TCP transfer pass while the super peer relays no APP byte between them."""
-    wait_paths(a, b, "direct", DIRECT_LIMIT_S - (time.monotonic() - first_packet))
+def goes_direct(net: NatLab, sps: SuperPeer | list[SuperPeer], a: Agent, b: Agent, row: Row, first_packet: float,
+                limit: float = DIRECT_LIMIT_S) -> None:
+    """Both agents report ``direct`` within ``limit`` s of the first packet; then ping and a
+    TCP transfer pass while no super peer relays an APP byte between them."""
+    sps = sps if isinstance(sps, list) else [sps]
+    wait_paths(a, b, "direct", limit - (time.monotonic() - first_packet))
     row.direct_s = time.monotonic() - first_packet
-    before = sp.relayed_udp(a.name, b.name), sp.metrics_relayed()
+    before = [(sp.relayed_udp(a.name, b.name), sp.metrics_relayed()) for sp in sps]
     connectivity(net, a, b)
-    after = sp.relayed_udp(a.name, b.name), sp.metrics_relayed()
-    assert after == before, f"the super peer relayed on the direct path: (nft, /metrics) {before} -> {after}"
-    row.relayed_bytes, row.path = before[0], path_text(a, b)
+    after = [(sp.relayed_udp(a.name, b.name), sp.metrics_relayed()) for sp in sps]
+    assert after == before, f"a super peer relayed on the direct path: (nft, /metrics) {before} -> {after}"
+    row.relayed_bytes, row.path = sum(b[0] for b in before), path_text(a, b)
     assert paths(a, b) == ("direct", "direct")
+    row.found_by = "/".join(sorted({str(a.peer(b).get("found_by")), str(b.peer(a).get("found_by"))}))
 
 
 def stays_relayed(net: NatLab, sp: SuperPeer, a: Agent, b: Agent, row: Row) -> None:
@@ -394,3 +398,27 @@ def test_9_ipv6_only_underlay(net):
     row.first_ping_s, first_packet = first_ping(net, a, b)
     goes_direct(net, sp, a, b, row, first_packet)
     assert a.super_peer_transport(sp) == "udp"
+
+
+PROBE_LIMIT_S = 30.0  # issue 13: direct by probing within 30 s of the first packet
+
+
+@pytest.mark.parametrize("hard", ["b", "a"])
+def test_10_cone_and_symmetric_go_direct_by_probing(net, hard):
+    """One side behind a port-restricted cone NAT, the other behind a symmetric one, two of our
+    super peers (their STUN answers tell each agent its NAT's mapping). The UNITE's punch fails
+    as in scenario 3; then the hard side opens 256 sockets towards the easy side's endpoint and
+    the easy side probes random ports of the hard side's address (drasyl.node.probing) while a
+    ping flow wants the peer: direct within 30 s of the first packet, nothing relayed after."""
+    easy = "a" if hard == "b" else "b"
+    sps, (a, b) = start(net, {easy: "cone", hard: "symmetric"}, ("py", "py"))
+    row = new_row(f"10 cone / symmetric ({hard} hard), probing", "py")
+    row.first_ping_s, first_packet = first_ping(net, a, b)
+    flow = PingFlow(net.lab, a, b.overlay_ip)  # probing runs only while traffic wants the peer
+    try:
+        goes_direct(net, sps, a, b, row, first_packet, PROBE_LIMIT_S)
+    finally:
+        flow.stop()
+    assert a.status()["nat"]["mapping"] == ("hard" if hard == "a" else "easy")
+    assert b.status()["nat"]["mapping"] == ("hard" if hard == "b" else "easy")
+    assert "probe" in row.found_by, f"found by {row.found_by}, expected probing"

@@ -76,7 +76,7 @@ from ..tun.routes import Route, underlay_routes
 from .api import DEFAULT_RUN_DIR, ApiServer, TokenFile, config_status
 from .config import AgentConfig, NetworkEntry, mask_url
 from .consent import Decision, HostFacts, Request, decide
-from .explain import NO_ANSWER, PeerPath, peer_path, punch_result, super_peer_state
+from .explain import NO_ANSWER, PeerPath, nat_status, peer_path, punch_result, super_peer_state
 from .fetch import FetchError, OnDemandSession, fetch_config_text
 from .isolate import document, parse_toml
 from .netcheck import run_netcheck
@@ -755,6 +755,7 @@ class Agent:
             elif member.error is not None:
                 net["state"] = "error"
         status["conflicts"] = list(self.decision.conflicts) + list(self.tables.conflicts)
+        status["nat"] = nat_status(node.core)
         status["routes"] = self._route_rows()
         node_rows = {r.public_key: r for r in rows if r.role == "node"}
         status["peers"] = sorted(self._member_rows(node_rows, default, relay_registered) if peers else (),
@@ -788,7 +789,8 @@ def _peer_status(pk: bytes, node: Any, network: str | None, row: Any, how: PeerP
             "rtt_ms": row.rtt_ms if row is not None else None,
             "last_rx_s": row.last_rx_s if row is not None else None,
             "rx_bytes": row.bytes_in if row is not None else 0, "tx_bytes": row.bytes_out if row is not None else 0,
-            "last_punch_s": row.unite_s if row is not None else None, "punch_result": punch_result(row)}
+            "last_punch_s": row.unite_s if row is not None else None, "punch_result": punch_result(row),
+            "found_by": row.via if row is not None else None, "probing": row.probing if row is not None else None}
 
 
 def _understand(pickled: bytes, source: str, my_pk: bytes) -> tuple[NetworkConfig, LocalState | None]:

@@ -12,8 +12,10 @@ once. Pure: no I/O, no clock (the rows carry their ages).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..node.events import DIRECT, TCP_PATH, PeerInfo
+from ..urls import format_host_port
 
 #: Why a super peer stays silent; our HELLOs cannot tell these apart (it answers none of them).
 SILENT_CAUSES = ("a wrong publicKey or networkId in super_peers, UDP to it blocked on the way, "
@@ -88,3 +90,22 @@ def punch_result(row: PeerInfo | None) -> str | None:
     if row.unite_s < PUNCH_WINDOW_S:
         return "trying"
     return "no direct path (a NAT that maps each destination differently, or UDP filtered)"
+
+
+#: Our NAT's mapping as the node learned it (:meth:`NodeCore.nat_role`), in words.
+NAT_MAPPINGS = {
+    "easy": "endpoint-independent or no NAT: hole punching works; towards a peer behind a symmetric "
+            "NAT this node probes (birthday)",
+    "hard": "endpoint-dependent (symmetric NAT): direct only to peers whose NAT is not symmetric (by "
+            "probing), or through a port mapping on either router; between two such NATs, relayed",
+    None: "unknown: fewer than two super peers on different addresses answered STUN (drasyl-rs super "
+          "peers do not), so this node does not probe",
+}
+
+
+def nat_status(core: Any) -> dict[str, Any]:
+    """``status["nat"]``: the mapping behaviour, and what probing has done so far."""
+    role = core.nat_role() if core.config.probing else None
+    return {"mapping": role, "summary": NAT_MAPPINGS[role] if core.config.probing else "probing is off",
+            "probing": core.config.probing, "probe_stats": dict(sorted(core.probe_stats.items())),
+            "advertised": [format_host_port(*e) for e in core.advertised]}
