@@ -18,6 +18,8 @@ serves many scenarios:
 - ``none``: no translation that matters and no filter: a 1:1 NAT maps the router's public
   address to the host, for every port (a host with a public address, as a cloud VM has).
 - ``udp-blocked``: as ``cone``, but UDP from the LAN to the internet is dropped (TCP passes).
+- ``cone-rebound``: as ``cone``, but new mappings take ports 20000-29999: switched to after a
+  conntrack flush, every host behind the router gets a new public port (a router that rebooted).
 
 Like home routers, they drop unsolicited packets to themselves before conntrack confirms an
 entry. IPv6 is routed without translation through a stateful filter (replies only), and
@@ -58,7 +60,7 @@ OVERLAY_NET = "10.99.0.0/24"
 PEER_TABLE_S = 2  # how often super peers print their peer table
 START_S = 20.0  # a Python process up and answering (2 shared cores)
 POLL_S = 0.2
-MODES = ("cone", "symmetric", "none", "udp-blocked")
+MODES = ("cone", "symmetric", "none", "udp-blocked", "cone-rebound")
 TCP_CHECK = str(Path(__file__).with_name("tcp_check.py"))
 
 
@@ -109,7 +111,8 @@ class Router:
 
     def ruleset(self) -> str:
         wan, lan = self.wan, self.lan
-        masquerade = "masquerade random,fully-random" if self.mode == "symmetric" else "masquerade"
+        masquerade = {"symmetric": "masquerade random,fully-random",
+                      "cone-rebound": "meta l4proto { tcp, udp } masquerade to :20000-29999"}.get(self.mode, "masquerade")
         if self.mode == "none":
             pre = f'iifname "{wan}" ip daddr {self.wan_ip} dnat to {self.host_ip}'
             post = f'oifname "{wan}" ip saddr {self.host_ip} snat to {self.wan_ip}'

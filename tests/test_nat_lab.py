@@ -422,3 +422,33 @@ def test_10_cone_and_symmetric_go_direct_by_probing(net, hard):
     assert a.status()["nat"]["mapping"] == ("hard" if hard == "a" else "easy")
     assert b.status()["nat"]["mapping"] == ("hard" if hard == "b" else "easy")
     assert "probe" in row.found_by, f"found by {row.found_by}, expected probing"
+
+
+def test_11_nat_rebinds_the_port(net):
+    """a-b direct (cone/cone) under a ping flow b -> a; a's router loses its state and maps a
+    to a new public port. b's NAT lets in nothing from that port until b sends to it, so the
+    old path dies: after two unanswered HELLO intervals both sides relay, the relayed APPs
+    make the super peer UNITE them again (at most every 5 s per pair), and the punch to the
+    new endpoint goes direct."""
+    (sp,), (a, b) = start(net, {"a": "cone", "b": "cone"})
+    row = new_row("11 a's NAT rebinds its port", "py")
+    first_ping(net, a, b)
+    wait_paths(a, b, "direct", DIRECT_LIMIT_S)
+    old = b.peer(a)["endpoint"]
+    flow = PingFlow(net.lab, b, a.overlay_ip)
+    flow.wait_reply(time.monotonic(), 5)
+    lost = time.monotonic()
+    a.router.set_mode("cone-rebound")
+    assert a.router.flush_conntrack() > 0
+    row.recovery_s = flow.outage(lost, RECOVERY_LIMIT_S)
+    wait_until("b direct to a's new endpoint", lambda: b.peer(a)["path"] == "direct" and b.peer(a)["endpoint"] != old,
+               REBIND_LIMIT_S - (time.monotonic() - lost), lambda: f"b's row for a: {b.peer(a)}")
+    wait_paths(a, b, "direct", REBIND_LIMIT_S - (time.monotonic() - lost))
+    row.direct_s = time.monotonic() - lost
+    flow.stop()
+    row.path, row.found_by = path_text(a, b), str(b.peer(a)["found_by"])
+    row.note = f"a's endpoint {old} -> {b.peer(a)['endpoint']}; direct s from the rebind"
+    connectivity(net, a, b)
+
+
+REBIND_LIMIT_S = 25.0  # two unanswered intervals (10 s), then a UNITE (≤ 5 s) and the punch

@@ -710,12 +710,14 @@ class NodeCore:
                 else:
                     origin = "mapping" if self.advertised else "punch"
                 self._punch(peer, local, remote, now, origin)
-        elif newer and path.median is None and now - path.rehello_at >= self._interval:
-            # our HELLO on this path was never answered: after a UNITE both sides punch at
-            # once, and the first HELLO reaches the other NAT before that side's own HELLO
-            # has opened it, so the NAT drops it. The peer's HELLO got through, so the way
-            # is open now: send ours again instead of waiting for the next tick (up to 5 s);
-            # once per interval, so replays of that HELLO get no more than an ACK each
+        elif newer and (path.median is None or path.unanswered_since) and now - path.rehello_at >= self._interval:
+            # our HELLO on this path is unanswered: after a UNITE both sides punch at once, and
+            # the first HELLO reaches the other NAT before that side's own HELLO has opened it,
+            # so the NAT drops it (likewise after a NAT rebound our port: the peer's NAT drops
+            # HELLOs from the new port until the peer sends to it). The peer's HELLO got
+            # through, so the way is open now: send ours again instead of waiting for the next
+            # tick (up to 5 s); once per interval, so replays of that HELLO get no more than an
+            # ACK each
             path.rehello_at = now
             self._node_hello(peer, path, now)
 
