@@ -101,6 +101,7 @@ class Router:
     host_ip: str  # the one host behind it (mode none maps the public address to it)
     mode: str = "cone"
     ipv4: bool = True
+    extra_lans: tuple[str, ...] = ()  # more LAN interfaces (another host, an inner router)
 
     def set_mode(self, mode: str, ipv4: bool = True) -> None:
         """Replace the ruleset; existing conntrack entries stay (see :meth:`flush_conntrack`)."""
@@ -152,11 +153,19 @@ table inet natlab_fw {{
         meta l4proto ipv6-icmp accept
         ct state established,related accept
         iifname "{lan}" oifname "{wan}" accept
+        {self._lan_rules()}
         {inbound}
         counter
     }}
 }}
 """
+
+    def _lan_rules(self) -> str:
+        """With more than one LAN: out to the internet, and between the LANs (no NAT there)."""
+        if not self.extra_lans:
+            return ""
+        lans = ", ".join(f'"{i}"' for i in (self.lan, *self.extra_lans))
+        return f"iifname {{ {lans} }} oifname {{ {lans}, \"{self.wan}\" }} accept"
 
     def flush_conntrack(self) -> int:
         """Forget every NAT mapping and filter state of this router (a reboot of its tables);
@@ -320,6 +329,11 @@ class Agent:
     workdir: Path
     proc: Process | None = None
     started_at: float = 0.0
+    member: str = ""  # the network member it runs as (its counters at the super peer); "" = name
+
+    @property
+    def counted_as(self) -> str:
+        return self.member or self.name
 
     @property
     def pk(self) -> str:
@@ -523,6 +537,7 @@ class NatLab:
         self.flood_ns = lab.namespace("flood")
         self._attach(self.flood_ns, "198.51.100.66", "2001:db8::66")
         self.agents: dict[str, Agent] = {}
+        self.extra: dict[str, Agent] = {}  # hosts added by same_lan/double_nat, named as they were
         for index, (name, identity) in enumerate(agent_ids.items(), 1):
             self.agents[name] = self._site(Site(name, index), identity)
         self.network_file = workdir / "network.toml"
@@ -579,9 +594,54 @@ class NatLab:
         self.super_peers.append(sp)
         return sp
 
+    def same_lan(self, name: str, behind: str, identity_of: str) -> Agent:
+        """A second host ``name`` behind agent ``behind``'s router (its own LAN there, routed to
+        the first one without NAT; no hairpin on the public address), running as the member
+        ``identity_of`` (whose agent must not run at the same time)."""
+        router = self.agents[behind].router
+        k = len(router.extra_lans) + 1
+        ns = self.lab.namespace(name)
+        octets = self.agents[behind].lan_ip.split(".")[:2]
+        gw, host = ".".join(octets + [str(k), "1"]), ".".join(octets + [str(k), "2"])
+        lan, _ = self.lab.veth(router.ns, ns, f"{gw}/24", f"{host}/24")
+        self.lab.ip(ns, "route", "add", "default", "via", gw)
+        router.extra_lans += (lan,)
+        router.set_mode(router.mode, router.ipv4)
+        return self._extra_agent(name, ns, router, identity_of, host)
+
+    def double_nat(self, name: str, behind: str, identity_of: str) -> Agent:
+        """Host ``name`` behind an inner cone NAT router (``nat-<name>``) that is itself a host
+        behind agent ``behind``'s router: a NAT behind a NAT."""
+        outer = self.agents[behind].router
+        k = len(outer.extra_lans) + 1
+        inner_ns = self.lab.namespace(f"nat-{name}")
+        octets = self.agents[behind].lan_ip.split(".")[:2]
+        gw, wan_ip = ".".join(octets + [str(k), "1"]), ".".join(octets + [str(k), "2"])
+        outer_lan, inner_wan = self.lab.veth(outer.ns, inner_ns, f"{gw}/24", f"{wan_ip}/24")
+        outer.extra_lans += (outer_lan,)
+        outer.set_mode(outer.mode, outer.ipv4)
+        self.lab.ip(inner_ns, "route", "add", "default", "via", gw)
+        self.lab.sysctl(inner_ns, "net.ipv4.ip_forward", "1")
+        ns = self.lab.namespace(name)
+        inner_lan, _ = self.lab.veth(inner_ns, ns, "10.50.0.1/24", "10.50.0.2/24")
+        self.lab.ip(ns, "route", "add", "default", "via", "10.50.0.1")
+        inner = Router(self.lab, inner_ns, inner_wan, inner_lan, wan_ip, "10.50.0.2")
+        inner.set_mode("cone")
+        return self._extra_agent(name, ns, inner, identity_of, "10.50.0.2")
+
+    def _extra_agent(self, name: str, ns: str, router: Router, identity_of: str, host: str) -> Agent:
+        member = self.agents[identity_of]
+        self.lab.etc_file(ns, "hosts", "127.0.0.1 localhost\n")
+        workdir = self.workdir / name
+        workdir.mkdir(parents=True)
+        agent = Agent(self.lab, name, ns, router, member.identity, member.overlay_ip, host, "", workdir,
+                      member=identity_of)
+        self.extra[name] = agent
+        return agent
+
     def reset(self, modes: dict[str, str], ipv4: bool = True) -> None:
         """Stop every agent and super peer, set the routers' modes, flush their conntrack."""
-        for agent in self.agents.values():
+        for agent in (*self.agents.values(), *self.extra.values()):
             agent.stop()
         for sp in self.super_peers:
             sp.stop()
@@ -593,7 +653,7 @@ class NatLab:
 
     def describe(self) -> str:
         """Every agent's status and every super peer's peer table (for failure messages)."""
-        parts = [a.describe() for a in self.agents.values() if a.proc is not None]
+        parts = [a.describe() for a in (*self.agents.values(), *self.extra.values()) if a.proc is not None]
         parts += [sp.peer_table() for sp in self.super_peers]
         parts += [f"--- router {a.router.ns}: mode {a.router.mode}, ipv4 {a.router.ipv4}" for a in self.agents.values()]
         return "\n".join(parts) + "\n--- process output:\n" + self.lab.describe()

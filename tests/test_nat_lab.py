@@ -211,9 +211,9 @@ def goes_direct(net: NatLab, sps: SuperPeer | list[SuperPeer], a: Agent, b: Agen
     sps = sps if isinstance(sps, list) else [sps]
     wait_paths(a, b, "direct", limit - (time.monotonic() - first_packet))
     row.direct_s = time.monotonic() - first_packet
-    before = [(sp.relayed_udp(a.name, b.name), sp.metrics_relayed()) for sp in sps]
+    before = [(sp.relayed_udp(a.counted_as, b.counted_as), sp.metrics_relayed()) for sp in sps]
     connectivity(net, a, b)
-    after = [(sp.relayed_udp(a.name, b.name), sp.metrics_relayed()) for sp in sps]
+    after = [(sp.relayed_udp(a.counted_as, b.counted_as), sp.metrics_relayed()) for sp in sps]
     assert after == before, f"a super peer relayed on the direct path: (nft, /metrics) {before} -> {after}"
     row.relayed_bytes, row.path = sum(b[0] for b in before), path_text(a, b)
     assert paths(a, b) == ("direct", "direct")
@@ -452,3 +452,28 @@ def test_11_nat_rebinds_the_port(net):
 
 
 REBIND_LIMIT_S = 25.0  # two unanswered intervals (10 s), then a UNITE (≤ 5 s) and the punch
+
+
+def test_12_same_nat_goes_direct_over_the_lan(net):
+    """a and a second host behind the same router (symmetric, no hairpin): the UNITE carries
+    each side's self-reported LAN endpoints and they meet there, not on the public address."""
+    (sp,), (a,) = start(net, {"a": "symmetric"}, agents="a")
+    a2 = net.extra.get("a2") or net.same_lan("a2", behind="a", identity_of="c")
+    a2.start([sp.url()], net.network_url)
+    row = new_row("12 same NAT (symmetric), hairpin off", "py")
+    row.first_ping_s, first_packet = first_ping(net, a, a2)
+    goes_direct(net, sp, a, a2, row, first_packet)
+    assert row.found_by == "lan", f"found by {row.found_by}"
+    assert a.peer(a2)["endpoint"].startswith("10.1."), a.peer(a2)
+
+
+def test_13_double_nat(net):
+    """d behind a cone NAT that sits behind a's cone router (a NAT behind a NAT) and b behind
+    its own cone NAT: both layers keep the port, so the UNITE's punch goes direct."""
+    (sp,), (b,) = start(net, {"a": "cone", "b": "cone"}, agents="b")
+    d = net.extra.get("d") or net.double_nat("d", behind="a", identity_of="c")
+    d.router.flush_conntrack()
+    d.start([sp.url()], net.network_url)
+    row = new_row("13 double NAT (cone in cone) / cone", "py")
+    row.first_ping_s, first_packet = first_ping(net, d, b)
+    goes_direct(net, sp, d, b, row, first_packet)

@@ -707,6 +707,8 @@ class NodeCore:
                 probe = self.probe
                 if probe is not None and probe.peer is peer:
                     origin = "probe"
+                elif is_lan(remote[0]):
+                    origin = "lan"
                 else:
                     origin = "mapping" if self.advertised else "punch"
                 self._punch(peer, local, remote, now, origin)
