@@ -146,6 +146,9 @@ class PortMapper:
                 continue
             failures = 0
             self.last_error = None
+            if self.mapping is not None and self.mapping.external == mapping.external:
+                log.debug("port mapping: renewed %s %s:%d for %d s", mapping.protocol, *mapping.external,
+                          mapping.lifetime_s)
             self._set(mapping)
             self._first.set()
             granted = mapping.lifetime_s or self.lifetime_s
