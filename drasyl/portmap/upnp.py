@@ -118,8 +118,14 @@ def parse_xml(data: bytes) -> ElementTree.Element:
     """Parse an untrusted document: no DTD at all, bounded size, clear errors."""
     if len(data) > MAX_XML:
         raise PortMapError(f"XML document too large ({len(data)} bytes > {MAX_XML})")
-    head = data.upper()
-    if b"<!DOCTYPE" in head or b"<!ENTITY" in head:
+    try:
+        text = data.decode("utf-8")  # what UPnP requires; also keeps expat off UTF-16 (no NULs)
+    except UnicodeDecodeError:
+        raise PortMapError("XML document is not UTF-8") from None
+    if "\0" in text:
+        raise PortMapError("XML document contains NUL bytes")
+    upper = text.upper()
+    if "<!DOCTYPE" in upper or "<!ENTITY" in upper:
         raise PortMapError("XML document with a DTD or entity declarations refused")
     try:
         return ElementTree.fromstring(data)
