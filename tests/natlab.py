@@ -20,7 +20,9 @@ serves many scenarios:
 - ``udp-blocked``: as ``cone``, but UDP from the LAN to the internet is dropped (TCP passes).
 
 Like home routers, they drop unsolicited packets to themselves before conntrack confirms an
-entry. IPv6 is routed without translation through a stateful filter (replies only), and
+entry. :meth:`Router.start_miniupnpd` runs a real UPnP-IGD/NAT-PMP/PCP daemon (miniupnpd) in a
+router; it needs the RFC 5780 STUN server of :meth:`NatLab.stun_server` (namespace ``stun``,
+198.51.100.30 and .31), created on first use. IPv6 is routed without translation through a stateful filter (replies only), and
 ``ipv4=False`` drops all IPv4 forwarding: an IPv6-only underlay.
 
 :class:`SuperPeer` runs ours (``python -m drasyl.superpeer``) or drasyl-rs' ``drasyl-sp``
