@@ -212,8 +212,9 @@ table inet filter {
         conf.write_text(
             f"ext_ifname={self.wan}\nlistening_ip={self.lan}\nport=0\n"
             f"enable_upnp={'yes' if upnp else 'no'}\nenable_natpmp={'yes' if natpmp else 'no'}\n"
-            f"secure_mode=yes\nsystem_uptime=yes\nnotify_interval=60\nclean_ruleset_interval=600\n"
+            f"secure_mode=yes\nnotify_interval=60\nclean_ruleset_interval=600\n"
             "min_lifetime=2\n"  # PCP's default is 120 s: tests renew within seconds
+            # no system_uptime: the PCP/NAT-PMP epoch is the daemon's, so a restart shows
             f"uuid=3f1bd0a6-5a8c-4c1c-9d1e-{secrets.token_hex(6)}\n"
             f"ext_perform_stun=yes\next_stun_host={stun[0]}\next_stun_port={stun[2]}\n"
             f"allow 1024-65535 {lan_net} 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n")

@@ -125,6 +125,31 @@ def test_map_reach_renew_delete(net: NatLab, router: Router, tmp_path, protocol:
     client.stop()
 
 
+@pytest.mark.parametrize("protocol", ["pcp", "natpmp"])
+def test_router_restart(net: NatLab, router: Router, tmp_path, protocol: str) -> None:
+    """miniupnpd restarts (its rules gone, epoch back to 0): the client notices the epoch
+    and maps again; the external endpoint works again."""
+    stun = net.stun_server()
+    router.start_miniupnpd(stun, upnp=False, workdir=tmp_path)
+    port = 43000
+    client = start_client(net, port, protocol)
+    assert started(client)["external"] == f"{WAN}:{port}"
+    for _ in range(2):  # the daemon's epoch grows for a while: a restart then sets it back clearly
+        client.wait_for_line(r"^log port mapping: renewed ", LIFETIME_S + 5)
+    router.stop_miniupnpd()
+    assert f"dport {port}" not in router.lab.exec(router.ns, "nft", "list", "ruleset")
+    mark = client.mark()
+    router.start_miniupnpd(stun, upnp=False, workdir=tmp_path)
+    client.wait_for_line(rf"^log port mapping: the {'PCP' if protocol == 'pcp' else 'NAT-PMP'} server restarted",
+                         LIFETIME_S + 5, since=mark)
+    wait_rule = time.monotonic() + 5
+    while f"dport {port} dnat" not in miniupnpd_rules(router):
+        assert time.monotonic() < wait_rule, f"no mapping after the restart\n{net.lab.describe()}"
+        time.sleep(0.2)
+    assert send_from_internet(net, port, "again") == f"{WAN} {port} reply:again"
+    client.stop()
+
+
 @pytest.mark.parametrize("mode", ["cone", "symmetric"])
 def test_outbound_source_port(net: NatLab, router: Router, tmp_path, mode: str) -> None:
     """A first packet from the mapped socket to a new destination: the mapped port in cone

@@ -22,6 +22,7 @@ from .net import Lan, PortMapError, find_lan, local_ip_towards
 log = logging.getLogger("drasyl.portmap")
 
 PROTOCOLS = ("pcp", "natpmp", "upnp")
+NAMES = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP"}
 DEFAULT_LIFETIME_S = 7200
 MIN_RENEW_S = 30.0  # never renew more often, whatever lifetime a router grants
 CHECK_S = 60.0
@@ -199,7 +200,8 @@ class PortMapper:
         now = time.monotonic()
         restarted = self._epoch is not None and epoch_restarted(*self._epoch, epoch, now)
         if restarted:
-            log.info("port mapping: the %s server restarted (epoch %d after %d)", protocol, epoch, self._epoch[0])
+            log.info("port mapping: the %s server restarted (epoch %d after %d)", NAMES[protocol], epoch,
+                     self._epoch[0])
         self._epoch = (epoch, now)
         return restarted
 
