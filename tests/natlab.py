@@ -22,7 +22,9 @@ serves many scenarios:
   conntrack flush, every host behind the router gets a new public port (a router that rebooted).
 
 Like home routers, they drop unsolicited packets to themselves before conntrack confirms an
-entry. IPv6 is routed without translation through a stateful filter (replies only), and
+entry. :meth:`Router.start_miniupnpd` runs a real UPnP-IGD/NAT-PMP/PCP daemon (miniupnpd) in a
+router; it needs the RFC 5780 STUN server of :meth:`NatLab.stun_server` (namespace ``stun``,
+198.51.100.30 and .31), created on first use. IPv6 is routed without translation through a stateful filter (replies only), and
 ``ipv4=False`` drops all IPv4 forwarding: an IPv6-only underlay.
 
 :class:`SuperPeer` runs ours (``python -m drasyl.superpeer``) or drasyl-rs' ``drasyl-sp``
@@ -62,6 +64,9 @@ START_S = 20.0  # a Python process up and answering (2 shared cores)
 POLL_S = 0.2
 MODES = ("cone", "symmetric", "none", "udp-blocked", "cone-rebound")
 TCP_CHECK = str(Path(__file__).with_name("tcp_check.py"))
+STUN5780 = str(Path(__file__).with_name("stun5780.py"))
+STUN_IPS = ("198.51.100.30", "198.51.100.31")
+STUN_PORT = 3478
 
 
 def wait_until(what: str, check: Callable[[], object], timeout: float, context: Callable[[], str],
@@ -102,6 +107,9 @@ class Router:
     mode: str = "cone"
     ipv4: bool = True
     extra_lans: tuple[str, ...] = ()  # more LAN interfaces (another host, an inner router)
+    #: While miniupnpd runs: the STUN server's addresses (see :meth:`start_miniupnpd`).
+    stun_ips: tuple[str, ...] = ()
+    miniupnpd: Process | None = None
 
     def set_mode(self, mode: str, ipv4: bool = True) -> None:
         """Replace the ruleset; existing conntrack entries stay (see :meth:`flush_conntrack`)."""
@@ -120,6 +128,11 @@ class Router:
             inbound = f'iifname "{wan}" oifname "{lan}" ct status dnat accept'
         else:
             pre, post, inbound = "", f'oifname "{wan}" {masquerade}', ""
+        stun_in = ""
+        if self.stun_ips:  # miniupnpd: see start_miniupnpd
+            post = f'iifname "{lan}" {post}'
+            inbound = f'iifname "{wan}" oifname "{lan}" ct status dnat accept'
+            stun_in = f'iifname "{wan}" ip saddr {{ {", ".join(self.stun_ips)} }} meta l4proto udp accept'
         udp_drop = f'iifname "{lan}" oifname "{wan}" meta l4proto udp counter drop' \
             if self.mode == "udp-blocked" else ""
         v4_drop = "" if self.ipv4 else "meta nfproto ipv4 counter drop"
@@ -144,6 +157,7 @@ table inet natlab_fw {{
         type filter hook input priority filter; policy accept;
         iifname "{wan}" meta l4proto ipv6-icmp accept
         iifname "{wan}" ct state established,related accept
+        {stun_in}
         iifname "{wan}" counter drop
     }}
     chain forward {{
@@ -166,6 +180,71 @@ table inet natlab_fw {{
             return ""
         lans = ", ".join(f'"{i}"' for i in (self.lan, *self.extra_lans))
         return f"iifname {{ {lans} }} oifname {{ {lans}, \"{self.wan}\" }} accept"
+
+    def start_miniupnpd(self, stun: tuple[str, str, int], upnp: bool = True, natpmp: bool = True,
+                        workdir: Path | None = None) -> Process:
+        """Run Debian's miniupnpd (``miniupnpd-nftables``) in the router: UPnP-IGD and/or
+        NAT-PMP with PCP (``natpmp``) for its LAN, mapping UDP and TCP 1024-65535.
+
+        miniupnpd refuses to map while its WAN address is reserved (all documentation ranges
+        are), unless ``ext_perform_stun`` finds, through an RFC 5780 server
+        (``stun`` = (ip1, ip2, port): :meth:`NatLab.stun_server`), that the address is public
+        and unfiltered. For that, while it runs, the router masquerades LAN traffic only (its
+        own keeps its ports) and accepts UDP from the STUN server; and, as a home router
+        does, it forwards what miniupnpd's DNAT rules let in. The ``inet filter`` table with
+        the chains miniupnpd fills is ours to create: the package lacks the script that
+        would (``miniupnpd_functions.sh``)."""
+        if self.miniupnpd is not None:
+            raise RuntimeError(f"{self.ns}: miniupnpd already runs")
+        self.stun_ips = stun[:2]
+        self.set_mode(self.mode, self.ipv4)
+        self.lab.nft(self.ns, """
+table inet filter
+delete table inet filter
+table inet filter {
+    chain miniupnpd { }
+    chain prerouting_miniupnpd { }
+    chain postrouting_miniupnpd { }
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        jump miniupnpd
+    }
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        jump prerouting_miniupnpd
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        jump postrouting_miniupnpd
+    }
+}
+""")
+        lan_net = self.host_ip.rsplit(".", 1)[0] + ".0/24"
+        conf = (workdir or Path("/tmp")) / f"miniupnpd-{self.ns}.conf"
+        conf.write_text(
+            f"ext_ifname={self.wan}\nlistening_ip={self.lan}\nport=0\n"
+            f"enable_upnp={'yes' if upnp else 'no'}\nenable_natpmp={'yes' if natpmp else 'no'}\n"
+            f"secure_mode=yes\nnotify_interval=60\nclean_ruleset_interval=600\n"
+            "min_lifetime=2\n"  # PCP's default is 120 s: tests renew within seconds
+            # no system_uptime: the PCP/NAT-PMP epoch is the daemon's, so a restart shows
+            f"uuid=3f1bd0a6-5a8c-4c1c-9d1e-{secrets.token_hex(6)}\n"
+            f"ext_perform_stun=yes\next_stun_host={stun[0]}\next_stun_port={stun[2]}\n"
+            f"allow 1024-65535 {lan_net} 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n")
+        pidfile = conf.with_suffix(".pid")
+        # -d logs to stderr; the shell execs it with stderr on stdout (one pid, lines to wait for)
+        self.miniupnpd = self.lab.start(self.ns, ["sh", "-c", f'exec miniupnpd -d -f "{conf}" -P "{pidfile}" 2>&1'],
+                                        f"miniupnpd-{self.ns}")
+        self.miniupnpd.wait_for_line(r"Port forwarding is now enabled", START_S)
+        return self.miniupnpd
+
+    def stop_miniupnpd(self) -> None:
+        """Stop miniupnpd (it removes its rules), drop its table, restore the plain ruleset."""
+        if self.miniupnpd is not None:
+            self.miniupnpd.stop()
+            self.miniupnpd = None
+        self.lab.exec(self.ns, "nft", "-f", "-", input="table inet filter\ndelete table inet filter\n")
+        self.stun_ips = ()
+        self.set_mode(self.mode, self.ipv4)
 
     def flush_conntrack(self) -> int:
         """Forget every NAT mapping and filter state of this router (a reboot of its tables);
@@ -544,6 +623,20 @@ class NatLab:
         self.network_file.write_text(self._network_config())
         self.network_url = f"file://{self.network_file}"
         self.super_peers: list[SuperPeer] = []
+        self._stun: tuple[str, str, int] | None = None
+
+    def stun_server(self) -> tuple[str, str, int]:
+        """An RFC 5780 STUN server (``tests/stun5780.py``) on 198.51.100.30 and .31, ports 3478
+        and 3479, started once; (ip1, ip2, port) for :meth:`Router.start_miniupnpd`."""
+        if self._stun is None:
+            ns = self.lab.namespace("stun")
+            iface = self._attach(ns, STUN_IPS[0], "2001:db8::30")
+            self.lab.ip(ns, "addr", "add", f"{STUN_IPS[1]}/24", "dev", iface)
+            proc = self.lab.start(ns, [sys.executable, STUN5780, *STUN_IPS, str(STUN_PORT), str(STUN_PORT + 1)],
+                                  "stun5780", python_env())
+            proc.wait_for_line(r"^listening$", START_S)
+            self._stun = (*STUN_IPS, STUN_PORT)
+        return self._stun
 
     def _attach(self, ns: str, ip: str, ip6: str) -> str:
         iface = self.lab.internet(ns, ip, ip6)
