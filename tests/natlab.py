@@ -409,6 +409,7 @@ class Agent:
     proc: Process | None = None
     started_at: float = 0.0
     member: str = ""  # the network member it runs as (its counters at the super peer); "" = name
+    config_extra: str = ""  # appended to config.toml (e.g. a [nat] table)
 
     @property
     def counted_as(self) -> str:
@@ -431,7 +432,8 @@ class Agent:
         self.config.write_text(
             f"super_peers = [\n{peers},\n]\n\n"
             f'[[network]]\nconfig_url = "{network_url}"\n\n'
-            f'[identity]\nsk = "{self.identity.secret_key.hex()}"\npow = {self.identity.proof_of_work}\n')
+            f'[identity]\nsk = "{self.identity.secret_key.hex()}"\npow = {self.identity.proof_of_work}\n'
+            f'{self.config_extra}')
         self.config.chmod(0o600)
 
     def start(self, super_peer_urls: list[str], network_url: str, udp_addrs: list[str] | None = None) -> None:

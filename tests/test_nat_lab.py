@@ -477,3 +477,39 @@ def test_13_double_nat(net):
     row = new_row("13 double NAT (cone in cone) / cone", "py")
     row.first_ping_s, first_packet = first_ping(net, d, b)
     goes_direct(net, sp, d, b, row, first_packet)
+
+
+@pytest.mark.parametrize("protocol", ["pcp", "natpmp", "upnp"])
+def test_14_symmetric_nats_with_a_mapping_router_go_direct(net, protocol, tmp_path):
+    """Both behind symmetric NATs (scenario 2: relayed), but a's router runs miniupnpd and a's
+    agent maps its UDP port with ``protocol``: a announces the mapped endpoint in its HELLOs,
+    the UNITE passes it to b, b's HELLO to it is let in by the router's DNAT, and a's answer
+    leaves through the same mapping."""
+    a, b = net.agents["a"], net.agents["b"]
+    net.reset({"a": "symmetric", "b": "symmetric"})
+    a.router.start_miniupnpd(net.stun_server(), upnp=protocol == "upnp", natpmp=protocol != "upnp",
+                             workdir=tmp_path)
+    try:
+        sp = net.super_peer("py", 0)
+        sp.start()
+        a.config_extra = f'\n[nat]\nport_mapping = ["{protocol}"]\n'
+        for agent in (a, b):
+            agent.start([sp.url()], net.network_url)
+        row = new_row(f"14 symmetric / symmetric, {protocol} at a", "py")
+        wait_until(f"a maps its port with {protocol}", lambda: a.status()["nat"]["port_mapping"]["external"],
+                   15, lambda: f"a's port mapping: {a.status()['nat']['port_mapping']}")
+        mapping = a.status()["nat"]["port_mapping"]
+        assert mapping["protocol"] == protocol and mapping["external"].startswith(a.router.wan_ip + ":"), mapping
+        row.first_ping_s, first_packet = first_ping(net, a, b)
+        goes_direct(net, sp, a, b, row, first_packet)
+        assert row.found_by == "mapping", f"found by {row.found_by}"
+        assert b.peer(a)["endpoint"] == mapping["external"]
+        row.note = f"a's mapping {mapping['external']}"
+        port = mapping["external"].rsplit(":", 1)[1]
+        rules = lambda: net.lab.exec(a.router.ns, "nft", "list", "chain", "inet", "filter", "prerouting_miniupnpd")
+        assert f"dport {port} " in rules()
+        a.stop()  # SIGTERM: the agent deletes its mapping on the way out
+        assert f"dport {port} " not in rules(), "the mapping outlived the agent"
+    finally:
+        a.config_extra = ""
+        a.router.stop_miniupnpd()

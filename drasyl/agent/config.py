@@ -76,7 +76,7 @@ UNARMED_MTU = 1393
 MIN_MTU = 576
 NEW_FILE_COMMENT = "drasyl-agent configuration; config.example.toml documents every key."
 
-_KNOWN_TOP = ("identity", "super_peers", "network", "mtu", "metrics", "prometheus")
+_KNOWN_TOP = ("identity", "super_peers", "network", "mtu", "metrics", "prometheus", "nat")
 _IDENTITY_KEYS = ("sk", "pow")
 #: difflib ratio from which an unknown key counts as a misspelling of a known one (``networks``
 #: 0.93, ``accept_route`` 0.96; ``owner``/``team``, keys of other tools, stay below).
@@ -114,6 +114,18 @@ class NetworkEntry:
     disabled: bool = False
     name: str | None = None
     consent: Consent = Consent()
+
+
+@dataclass(frozen=True)
+class NatSettings:
+    """``[nat]``: the ways to a direct path beyond drasyl-rs' hole punching, both on by default
+    (docs/nat-traversal.md): ask the router for a port mapping (PCP, NAT-PMP, UPnP-IGD), and
+    probe through one symmetric NAT (which needs STUN answers: our super peers give them)."""
+
+    #: The protocols to ask the router with, in this order (empty: off). In config.toml
+    #: ``true`` (all three), ``false``, or a list such as ``["pcp", "upnp"]``.
+    port_mapping: tuple[str, ...] = ("pcp", "natpmp", "upnp")
+    probing: bool = True
 
 
 @dataclass(frozen=True)
@@ -178,6 +190,7 @@ class AgentConfig:
     difficulty: int = DEFAULT_POW_DIFFICULTY
     arm_messages: bool = True
     metrics: MetricsSettings = MetricsSettings()
+    nat: NatSettings = NatSettings()
     #: Keys we do not know (kept in the file, ignored); one line each, naming file and key.
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -248,7 +261,7 @@ class AgentConfig:
             changed=tuple(n for k, n in new_nets.items() if k in old_nets and old_nets[k] != n),
             restart_needed=tuple(
                 key for key, differs in (("identity", new.identity != self.identity), ("mtu", new.mtu != self.mtu),
-                                         ("metrics", new.metrics != self.metrics))
+                                         ("metrics", new.metrics != self.metrics), ("nat", new.nat != self.nat))
                 if differs
             ),
         )
@@ -396,8 +409,9 @@ def _validate(
         raise fail("mtu", f"{mtu} is outside {MIN_MTU}..{max_mtu} (larger packets do not fit "
                           f"into one drasyl message {armed})")
     metrics = _metrics(data.get("metrics", {}), path, fail, warnings)
+    nat = _nat(data.get("nat", {}), path, fail, warnings)
     return AgentConfig(path, identity, super_peers, networks, mtu, difficulty, arm_messages,  # type: ignore[arg-type]
-                       metrics, tuple(warnings))
+                       metrics, nat, tuple(warnings))
 
 
 def _identity(table: Any, difficulty: int, fail, warnings: list[str], path: str) -> Identity:
@@ -473,6 +487,23 @@ def _networks(value: Any, fail, warnings: list[str], path: str) -> tuple[Network
             name = _typed(name, str, f"{where}.name", fail)
         entries.append(NetworkEntry(url.strip(), key, disabled, name, _consent(table, where, fail)))
     return tuple(entries)
+
+
+def _nat(value: Any, path: str, fail, warnings: list[str]) -> NatSettings:
+    table = _typed(value, dict, "nat", fail)
+    keys = ("port_mapping", "probing")
+    warnings += [f"{path}: nat.{k}: unknown key ignored" for k in table if k not in keys]
+    value = table.get("port_mapping", True)
+    all_protocols = NatSettings.port_mapping
+    if isinstance(value, bool):
+        protocols = all_protocols if value else ()
+    else:
+        names = _typed(value, list, "nat.port_mapping", fail)
+        if not names or any(n not in all_protocols for n in names) or len(set(names)) != len(names):
+            raise fail("nat.port_mapping", f"expected true, false or a list of distinct protocols out of "
+                                           f"{', '.join(all_protocols)}; got {value!r}")
+        protocols = tuple(names)
+    return NatSettings(protocols, _typed(table.get("probing", True), bool, "nat.probing", fail))
 
 
 def _metrics(value: Any, path: str, fail, warnings: list[str]) -> MetricsSettings:

@@ -85,6 +85,7 @@ from .ping import PROTO_ICMP, Pinger
 from .policy import LocalState, PolicyTables, desired_state
 
 if TYPE_CHECKING:  # imported when metrics are on: prometheus_client costs megabytes of RSS
+    from ..portmap import PortMapper
     from .metrics import AgentMetrics
 
 log = logging.getLogger("drasyl.agent")
@@ -177,6 +178,8 @@ class Agent:
         self.host: Host | None = None
         self.api: ApiServer | None = None
         self.metrics: AgentMetrics | None = None  # only with [metrics] listen
+        self.port_mapper: PortMapper | None = None  # only with [nat] port_mapping (the default)
+        self._mapping_task: asyncio.Task | None = None
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -201,13 +204,15 @@ class Agent:
         for name in IGNORED_ENV:
             if name in os.environ:
                 log.info("%s is ignored by this agent (one TUN queue, no worker threads)", name)
-        node_config = node_config_from_env()
+        node_config = replace(node_config_from_env(), probing=self.config.nat.probing)
         metrics = self.config.metrics.with_env(os.environ)
         udp_port, udp_addrs = udp_from_env()
         await self._on_host(cleanup_stale, DEFAULT_NAME)
         self.node = await Node.start(self.config.identity, self.config.super_peers, udp_port=udp_port,
                                      udp_addrs=udp_addrs, config=node_config, on_receive=self._on_receive)
         log.info("Node listening on UDP port %d", self.node.udp_port)
+        if self.config.nat.port_mapping:
+            self._start_port_mapping(self.node)
         await self._open_tun()
         # what a crashed run left: names, the forwarding table and its ip_forward (its device,
         # addresses and routes died with its process)
@@ -219,6 +224,24 @@ class Agent:
             from .metrics import AgentMetrics
             self.metrics = await AgentMetrics.start(self, metrics)
         gc.freeze()  # what start-up made (modules, the node) lives on: no collection scans it again
+
+    def _start_port_mapping(self, node: Node) -> None:
+        """Ask the router for a mapping of the node's UDP port in the background (it may take
+        seconds, or never answer) and announce the mapped endpoint in our HELLOs while it lasts."""
+        from ..portmap import PortMapper
+
+        def on_change(mapping: Any) -> None:
+            if mapping is None:
+                log.info("Port mapping: none (%s)", self.port_mapper.last_error if self.port_mapper else "stopped")
+                node.set_advertised([])
+            else:
+                log.info("Port mapping: %s maps %s to %s for %d s", mapping.protocol.upper(),
+                         format_host_port(*mapping.internal), format_host_port(*mapping.external),
+                         mapping.lifetime_s)
+                node.set_advertised([mapping.external])
+
+        self.port_mapper = PortMapper(node.udp_port, protocols=self.config.nat.port_mapping, on_change=on_change)
+        self._mapping_task = asyncio.get_running_loop().create_task(self.port_mapper.start())
 
     async def _open_tun(self) -> None:
         tun = await self._on_host(TunDevice, DEFAULT_NAME, self.config.mtu)
@@ -235,6 +258,11 @@ class Agent:
             await self._on_host(tun.close)
 
     async def _shutdown(self) -> None:
+        if self.port_mapper is not None:  # deletes the router's mapping (bounded: 3 s)
+            if self._mapping_task is not None and not self._mapping_task.done():
+                self._mapping_task.cancel()
+            await asyncio.gather(self._mapping_task, return_exceptions=True)
+            await self.port_mapper.stop()
         if self.metrics is not None:
             await self.metrics.close()
         if self.api is not None:
@@ -756,6 +784,7 @@ class Agent:
                 net["state"] = "error"
         status["conflicts"] = list(self.decision.conflicts) + list(self.tables.conflicts)
         status["nat"] = nat_status(node.core)
+        status["nat"]["port_mapping"] = self.port_mapper.status() if self.port_mapper is not None else None
         status["routes"] = self._route_rows()
         node_rows = {r.public_key: r for r in rows if r.role == "node"}
         status["peers"] = sorted(self._member_rows(node_rows, default, relay_registered) if peers else (),

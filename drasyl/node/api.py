@@ -262,6 +262,13 @@ class Node:
         self._flush()
         return dropped
 
+    def set_advertised(self, endpoints: list[Address]) -> None:
+        """Announce these public endpoints (a router's port mapping) to the super peers now and
+        in every HELLO from now on; an empty list withdraws them."""
+        if not self._closed:
+            self._core.set_advertised(endpoints, self._now())
+            self._flush()
+
     async def set_super_peers(self, super_peers: Iterable[str | SuperPeerUrl] | str) -> None:
         """Switch to another super peer set while running (a reload): resolve the new ones
         and register at once; unchanged super peers keep their paths and connections (see

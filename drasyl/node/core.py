@@ -267,12 +267,22 @@ class NodeCore:
                 del peer.paths[key]
             peer.best = best_path(peer.paths.values(), self._path_failing, 0)
 
-    def set_advertised(self, endpoints: list[Address]) -> None:
+    def set_advertised(self, endpoints: list[Address], now: int) -> None:
         """Public endpoints to announce before the local addresses in HELLOs to super peers
         (a port mapping on the router): the super peers pass them on in UNITEs, so peers try
-        them too (drasyl-rs nodes included)."""
-        self.advertised = [(canonical_ip(a[0]), a[1]) for a in endpoints]
+        them too (drasyl-rs nodes included). A change is announced at once, not at the next tick."""
+        advertised = [(canonical_ip(a[0]), a[1]) for a in endpoints]
+        if advertised == self.advertised:
+            return
+        self.advertised = advertised
         self._encode_hello_endpoints()
+        for sp in self.super_peers.values():
+            if sp.paths:
+                stamp = self._next_stamp(now)
+                hello = self._hello_for(sp, stamp)
+                for path in sp.paths.values():
+                    self.outbox.append((hello, UDP, path.local, path.remote))
+                    path.hello_sent(now, stamp)
 
     def _encode_hello_endpoints(self) -> None:
         ours = list(dict.fromkeys(self.advertised + self.locals))
