@@ -164,7 +164,23 @@ ERRORS = {
     "network_disabled_type": ('[[network]]\nconfig_url = "https://a/"\ndisabled = "no"\n', "network[0].disabled",
                               "expected a boolean, got a string 'no'"),
     "network_name_type": ('[[network]]\nconfig_url = "https://a/"\nname = 1\n', "network[0].name", "expected a string"),
+    "nat_type": ("nat = 1\n", "nat", "expected a table, got an integer"),
+    "nat_port_mapping_type": ("[nat]\nport_mapping = 1\n", "nat.port_mapping", "expected an array, got an integer"),
+    "nat_port_mapping_unknown": ('[nat]\nport_mapping = ["igd"]\n', "nat.port_mapping",
+                                 "distinct protocols out of pcp, natpmp, upnp; got ['igd']"),
+    "nat_port_mapping_empty": ("[nat]\nport_mapping = []\n", "nat.port_mapping", "expected true, false or a list"),
+    "nat_probing_type": ('[nat]\nprobing = "yes"\n', "nat.probing", "expected a boolean, got a string 'yes'"),
 }
+
+
+@pytest.mark.parametrize("text, protocols, probing", [
+    ("", ("pcp", "natpmp", "upnp"), True),
+    ("[nat]\nport_mapping = false\nprobing = false\n", (), False),
+    ('[nat]\nport_mapping = ["upnp", "pcp"]\n', ("upnp", "pcp"), True),
+])
+def test_nat_settings(tmp_path, ident, text, protocols, probing):
+    config = load(write(tmp_path, text + identity_table(ident)))
+    assert (config.nat.port_mapping, config.nat.probing) == (protocols, probing)
 
 
 @pytest.mark.parametrize("case", sorted(ERRORS))

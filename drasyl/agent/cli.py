@@ -479,7 +479,10 @@ def format_status(status: dict[str, Any]) -> str:
                 rows.append([f"  {p['reason']}"])
             if p.get("last_punch_s") is not None and p.get("path") != "direct":
                 rows.append([f"  last hole punch {_ago(p['last_punch_s'])} ago: {p.get('punch_result')}"])
+            if p.get("probing"):
+                rows.append([f"  probing through a symmetric NAT (this side {p['probing']})"])
         lines += _table(["HOSTNAME", "IP", "PUBLIC KEY", "PATH", "RTT", "LAST RX", "IN", "OUT"], rows)
+    lines += _nat_lines(status.get("nat"))
     drops = {k: v for k, v in status.get("drops", {}).items() if v}
     if drops:
         lines += ["", "Dropped packets: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))]
@@ -488,6 +491,23 @@ def format_status(status: dict[str, Any]) -> str:
     if problems:
         lines += ["", *problems]
     return "\n".join(_printable(line) for line in lines)
+
+
+def _nat_lines(nat: dict[str, Any] | None) -> list[str]:
+    """Our NAT as the node sees it, and the router's port mapping."""
+    if not nat:
+        return []
+    lines = ["", f"NAT: mapping {nat.get('mapping') or 'unknown'}: {nat.get('summary')}"]
+    pm = nat.get("port_mapping")
+    if pm is None:
+        lines.append("  port mapping: off ([nat] port_mapping = false)")
+    elif pm.get("external"):
+        expires = f", renewed before it expires in {pm['expires_in_s']} s" if pm.get("expires_in_s") is not None else ""
+        lines.append(f"  port mapping: {pm['protocol'].upper()} on {pm.get('gateway')} maps {pm['internal']} "
+                     f"to {pm['external']}{expires}")
+    else:
+        lines.append(f"  port mapping: none ({pm.get('error') or 'asking the router'})")
+    return lines
 
 
 def _printable(text: str) -> str:
@@ -500,7 +520,8 @@ def _path(peer: dict[str, Any]) -> str:
     """``direct 203.0.113.10:22527``, ``relayed via 7f588b40…``, ``tcp via …`` or ``unreachable``."""
     path = peer.get("path") or "-"
     if path == "direct" and peer.get("endpoint"):
-        return f"direct {peer['endpoint']}"
+        found = f" ({peer['found_by']})" if peer.get("found_by") not in (None, "punch") else ""
+        return f"direct {peer['endpoint']}{found}"
     if path in ("relayed", "tcp") and peer.get("via"):
         return f"{path} via {_short(peer['via'])}"
     return path

@@ -42,6 +42,12 @@ TCP :data:`TCP_TIMEOUT_S`, all in parallel, so a netcheck takes at most ~3 s.
                         "local": "10.1.0.2:41234", "mapped": ["198.51.100.21:41234", …],
                         "summary": "…"},
                   "6": {…} or null},              # null: no local address / super peer of that family
+      "port_mapping": null                         # [nat] port_mapping = false
+                    | {"mapped": {protocol, gateway, internal, external, lifetime_s, expires_in_s, error}|null,
+                       "gateway": null                # when mapped; else what the gateway answers (a probe
+                                                      # that leaves no mapping): {"gateway": ip,
+                                                      #  "pcp"|"natpmp"|"upnp": {"ok", "external_ip", "error"}}
+                      },
       "ipv6": {"global_addresses": [...], "super_peer_answered": bool, "summary": "…"},
       "direct_paths": "…",                        # what the above means for direct paths
       "duration_s": 1.52
@@ -213,8 +219,9 @@ async def run_netcheck(agent: Agent) -> dict[str, Any]:
             if address is not None:
                 targets[family][sp.public_key] = address
     tcp_jobs = [_tcp(sp.addresses[0] if sp.addresses else None, sp.url.tcp_port) for sp in sps]
-    results = await asyncio.gather(_stun_family(4, targets[4]), _stun_family(6, targets[6]), *tcp_jobs)
-    (mapping4, stun4), (mapping6, stun6), tcp_rows = results[0], results[1], results[2:]
+    results = await asyncio.gather(_port_mapping(agent), _stun_family(4, targets[4]), _stun_family(6, targets[6]),
+                                   *tcp_jobs)
+    port_mapping, (mapping4, stun4), (mapping6, stun6), tcp_rows = results[0], results[1], results[2], results[3:]
     rows = []
     now = monotonic_us()
     for sp, tcp in zip(sps, tcp_rows):
@@ -243,12 +250,27 @@ async def run_netcheck(agent: Agent) -> dict[str, Any]:
         "super_peers": rows,
         "endpoints": [format_host_port(*a[:2]) for a in core.locals[:HELLO_MAX_ENDPOINTS]],
         "mapping": {"4": mapping4, "6": mapping6},
+        "port_mapping": port_mapping,
         "ipv6": {"global_addresses": global6, "super_peer_answered": answered6,
                  "summary": _ipv6_summary(global6, answered6, bool(targets[6]))},
     }
     report["direct_paths"] = _direct_paths(report)
     report["duration_s"] = round(time.monotonic() - started, 2)
     return report
+
+
+async def _port_mapping(agent: Agent) -> dict[str, Any] | None:
+    """The agent's mapping if it has one; else which protocols the gateway answers (a probe
+    that leaves no mapping behind). None when port mapping is off."""
+    protocols = agent.config.nat.port_mapping
+    if not protocols:
+        return None
+    mapper = agent.port_mapper
+    if mapper is not None and mapper.mapping is not None:
+        return {"mapped": mapper.status(), "gateway": None}
+    from ..portmap import probe
+
+    return {"mapped": mapper.status() if mapper is not None else None, "gateway": await probe(protocols=protocols)}
 
 
 def _ipv6_summary(addresses: list[str], answered: bool, any_target: bool) -> str:
@@ -306,11 +328,29 @@ def format_report(report: dict[str, Any]) -> str:
         if mapping is not None:
             seen = ", ".join(mapping["mapped"]) or "-"
             lines.append(f"IPv{family} mapping: {mapping['summary']} (local {mapping['local']}, seen as {seen})")
+    lines += _port_mapping_lines(report.get("port_mapping"))
     lines.append(f"IPv6: {report['ipv6']['summary']}")
     lines.append(f"Direct paths: {report['direct_paths']}")
     if not report["ok"]:
         lines.append("No super peer answered.")
     return "\n".join(lines)
+
+
+def _port_mapping_lines(pm: dict[str, Any] | None) -> list[str]:
+    if pm is None:
+        return ["Port mapping: off ([nat] port_mapping = false)"]
+    mapped = pm.get("mapped") or {}
+    if mapped.get("external"):
+        return [f"Port mapping: {mapped['protocol'].upper()} on {mapped['gateway']} maps {mapped['internal']} to "
+                f"{mapped['external']}"]
+    probe = pm.get("gateway") or {}
+    lines = [f"Port mapping: none yet; the gateway {probe.get('gateway') or '(unknown)'} answers:"]
+    for name in ("pcp", "natpmp", "upnp"):
+        answer = probe.get(name)
+        if answer is not None:
+            how = f"yes (external address {answer['external_ip']})" if answer.get("ok") else f"no ({answer.get('error')})"
+            lines.append(f"  {name.upper() if name != 'natpmp' else 'NAT-PMP'}: {how}")
+    return lines
 
 
 def _ms(value: float | None) -> str:
