@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command of the README: on a fresh Debian/Ubuntu machine, as root, it installs what
-# the tests need (iproute2, nftables, ping; this package with pytest and hypothesis) and runs
+# the tests need (iproute2, nftables, ping, dig; this package with pytest and hypothesis) and runs
 # every test, including the ones in network namespaces. It needs nothing outside this repository:
 # the interop tests skip unless the drasyl-rs binaries are found (see README). Arguments go
 # to pytest.
@@ -8,14 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 missing=()
-for cmd in ip nft ping; do
+for cmd in ip nft ping dig; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing system packages (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
-    apt-get install -y --no-install-recommends iproute2 nftables iputils-ping
+    apt-get install -y --no-install-recommends iproute2 nftables iputils-ping dnsutils
 fi
 
 if [ ! -c /dev/net/tun ]; then

@@ -22,6 +22,10 @@ the states the agent may apply plus, per network, what was refused and why. Rule
   name, a name the host already has (hosts file lines drasyl does not manage), or was claimed
   by an earlier network.
 
+- the IPv6 part of a network (its ``network6`` prefix, address, IPv6 rules and names) is
+  refused, and the network stays IPv4-only, when the prefix overlaps a route of the host (its
+  ULA LAN, another VPN) or an earlier network's prefix; IPv6 names follow their IPv4 name.
+
 Earlier means listed earlier in config.toml (``add`` appends: joined first); the URL plays no
 part, so a later admin cannot win by choosing one. A refused route also loses its access
 rules, so its gateway cannot inject packets from the route's addresses either. Pure: no I/O.
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from .config import Consent
 from .netconfig import NetworkConfig
@@ -54,6 +58,8 @@ class HostFacts:
     protected: frozenset[IPv4Address] = frozenset()
     #: Names the host already resolves (own hostname, unmanaged hosts-file lines); lower case.
     names: frozenset[str] = frozenset()
+    #: Destinations of the host's own IPv6 routes (no default, no link-local).
+    routes6: tuple[IPv6Network, ...] = ()
 
     @property
     def next_hops(self) -> frozenset[IPv4Address]:
@@ -106,6 +112,7 @@ def decide(requests: Sequence[Request], facts: HostFacts) -> Decision:
     host_routes = [(_span(dest), dest, gw) for dest, gw in facts.routes if dest.prefixlen > 0]
     protected = facts.protected | facts.next_hops | {a for r in requests for a in r.server}
     claims = _Claims()
+    claims6: list[tuple[IPv6Network, str]] = []
     decision = Decision()
     conflicts: list[str] = []
     for req in requests:
@@ -154,10 +161,35 @@ def decide(requests: Sequence[Request], facts: HostFacts) -> Decision:
             rules = tuple(r for r in state.access_rules if r.source not in dropped and r.dest not in dropped)
             state = replace(state, routes=tuple(sorted(routes, key=lambda r: r.dest)), served=tuple(served),
                             hostnames=tuple(names), access_rules=rules)
+        state = _ipv6_part(req, state, facts, claims6, refused, conflicts)
         decision.states[req.key] = state
         if refused:
             decision.refused[req.key] = tuple(refused)
     return replace(decision, conflicts=tuple(conflicts))
+
+
+def _ipv6_part(req: Request, state: LocalState, facts: HostFacts, claims6: list[tuple[IPv6Network, str]],
+               refused: list[str], conflicts: list[str]) -> LocalState:
+    """``state`` with its IPv6 part if the host allows it (module docstring), else without."""
+    if state.subnet6 is None:
+        return state
+    why = None
+    overlap = next((dest for dest in facts.routes6 if dest.overlaps(state.subnet6)), None)
+    if overlap is not None:
+        why = f"overlaps the host's route {overlap} (a LAN or another VPN)"
+    owner = next(((p, o) for p, o in claims6 if p.overlaps(state.subnet6)), None)
+    if why is None and owner is not None:
+        why = f"overlaps network {owner[1]} ({owner[0]}), joined earlier"
+    if why is not None:
+        refused.append(f"IPv6 network {state.subnet6} refused (IPv4 only): {why}")
+        if owner is not None and overlap is None:
+            conflicts.append(f"{req.shown}: {refused[-1]}")
+        return replace(state, subnet6=None, ip6=None, access_rules6=(), hostnames6=())
+    claims6.append((state.subnet6, req.shown))
+    accepted = {name.lower() for _ip, name in state.hostnames}
+    if len(accepted) != len(state.hostnames6) or any(n.lower() not in accepted for _ip, n in state.hostnames6):
+        state = replace(state, hostnames6=tuple(h for h in state.hostnames6 if h[1].lower() in accepted))
+    return state
 
 
 def _around(route: KernelRoute, keep_out: list[IPv4Address]) -> list[KernelRoute]:

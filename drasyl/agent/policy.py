@@ -23,6 +23,11 @@ Deliberate differences from drasyl-rs:
   whose URL sorts first, which a later admin could choose — and the conflict is listed in
   ``PolicyTables.conflicts``, as are overlapping subnets and an overlay IP used twice
   (:mod:`drasyl.agent.consent` refuses those before they get here).
+IPv6: every member has an overlay IPv6 address too (:mod:`.netconfig`); the node-to-node
+rules are mirrored for it (``access_rules6``: ``me/128 <-> peer/128``, allowed exactly when
+the IPv4 pair is), and :meth:`PolicyTables.egress6`/:meth:`PolicyTables.ingress6_ok` check
+them with the 128-bit addresses as ints (one dict lookup per level: only /128 entries).
+Routes stay IPv4 (a ``[[route]]`` ``dest`` is IPv4 in drasyl-rs' format).
 Pure: no I/O, no logging; a lookup builds no objects (only the masked int of a routed prefix).
 """
 
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from .netconfig import ALL_GROUPS, NetworkConfig, NetworkConfigError, Node, Policy, Route
@@ -71,6 +76,10 @@ class LocalState:
     routes: tuple[KernelRoute, ...]  # by dest
     served: tuple[IPv4Network, ...]  # destinations of routes this node is the gateway of, by dest
     hostnames: tuple[tuple[IPv4Address, str], ...]  # by IP; includes this node
+    subnet6: IPv6Network | None = None
+    ip6: IPv6Address | None = None
+    access_rules6: tuple[AccessRule, ...] = ()  # me/128 <-> peer/128, OUT before IN, by address
+    hostnames6: tuple[tuple[IPv6Address, str], ...] = ()  # the names of ``hostnames``, by IPv6 address
 
 
 def allowed(cfg: NetworkConfig, a: bytes, b: bytes) -> bool:
@@ -103,6 +112,8 @@ def desired_state(cfg: NetworkConfig, my_pk: bytes) -> LocalState | None:
     routes = sorted((KernelRoute(r.dest, cfg.node(r.gw).ip) for r in cfg.routes  # type: ignore[union-attr]
                      if r.gw != my_pk and may_use(r, me)), key=lambda r: r.dest)
     hostnames = sorted(((n.ip, n.hostname) for n in cfg.nodes if n.pk in talks), key=lambda h: (int(h[0]), h[1]))
+    hostnames6 = sorted(((n.ip6, n.hostname) for n in cfg.nodes if n.pk in talks and n.ip6 is not None),
+                        key=lambda h: (int(h[0]), h[1]))
     return LocalState(
         subnet=cfg.subnet,
         ip=me.ip,
@@ -110,7 +121,23 @@ def desired_state(cfg: NetworkConfig, my_pk: bytes) -> LocalState | None:
         routes=tuple(routes),
         served=tuple(sorted(r.dest for r in cfg.routes if r.gw == my_pk)),
         hostnames=tuple(hostnames),
+        subnet6=cfg.subnet6 if me.ip6 is not None else None,
+        ip6=me.ip6,
+        access_rules6=_access_rules6(cfg, me, talks),
+        hostnames6=tuple(hostnames6),
     )
+
+
+def _access_rules6(cfg: NetworkConfig, me: Node, talks: set[bytes]) -> tuple[AccessRule, ...]:
+    """The node-to-node rules for IPv6: ``OUT me/128 -> N/128 via N`` and ``IN N/128 -> me/128
+    from N``, ALLOW iff the two may talk (routes are IPv4 only)."""
+    if me.ip6 is None:
+        return ()
+    mine = IPv6Network((me.ip6, 128))
+    others = sorted(((IPv6Network((n.ip6, 128)), n) for n in cfg.nodes if n.pk != me.pk and n.ip6 is not None),
+                    key=lambda p: int(p[0].network_address))
+    return (tuple(AccessRule(OUT, mine, net, n.pk, n.pk in talks) for net, n in others)
+            + tuple(AccessRule(IN, net, mine, n.pk, n.pk in talks) for net, n in others))
 
 
 def _access_rules(cfg: NetworkConfig, me: Node, talks: set[bytes]) -> tuple[AccessRule, ...]:
@@ -189,7 +216,7 @@ def _prefix(net: IPv4Network) -> _Prefix:
 class PolicyTables:
     """The ALLOW rules of all networks, merged, for the per-packet checks (module docstring)."""
 
-    __slots__ = ("_tx", "_rx", "_tx_hosts", "_rx_hosts", "peers", "conflicts")
+    __slots__ = ("_tx", "_rx", "_tx_hosts", "_rx_hosts", "_tx6", "_rx6", "peers", "peers6", "conflicts")
 
     def __init__(self, states: Mapping[str, LocalState] | None = None) -> None:
         """``states``: network URL (as shown to users, without password) → its LocalState, in
@@ -211,6 +238,23 @@ class PolicyTables:
                 if first[0] != rule.pk:
                     conflicts.append(f"{url}: rule {rule} conflicts with network {first[1]} "
                                      f"(peer {first[0].hex()}), which wins")
+        tx6: dict[int, dict[int, bytes]] = {}  # destination → source → peer (/128 only)
+        rx6: dict[int, dict[int, bytes]] = {}  # source → destination → expected sender
+        for url, state in ordered:
+            for rule in state.access_rules6:
+                if not rule.allow:
+                    continue
+                table, outer, inner = ((tx6, rule.dest, rule.source) if rule.direction == OUT
+                                       else (rx6, rule.source, rule.dest))
+                slot = table.setdefault(int(outer.network_address), {})
+                first = slot.setdefault(int(inner.network_address), rule.pk)
+                if first != rule.pk:
+                    conflicts.append(f"{url}: rule {rule} conflicts with an earlier network (peer {first.hex()}), "
+                                     f"which wins")
+        self._tx6 = tx6
+        self._rx6 = rx6
+        self.peers6: frozenset[bytes] = frozenset(pk for slot in tx6.values() for pk in slot.values())
+        """Peers this node may send IPv6 to (if they can take it: the daemon learns that)."""
         self._tx = _freeze(tx)
         self._rx = _freeze(rx)
         # The common case, a /32 peer address, inlined in egress/ingress_ok: one dict lookup per level.
@@ -233,6 +277,17 @@ class PolicyTables:
         return inner is not None and (inner.hosts.get(dst_ip) or inner.get(dst_ip)) == sender_pk
 
 
+    def egress6(self, src_ip: int, dst_ip: int) -> bytes | None:
+        """The peer to send an IPv6 TUN packet src → dst to (128-bit ints), or None."""
+        inner = self._tx6.get(dst_ip)
+        return inner.get(src_ip) if inner is not None else None
+
+    def ingress6_ok(self, sender_pk: bytes, src_ip: int, dst_ip: int) -> bool:
+        """May ``sender_pk`` deliver an IPv6 packet src → dst into our TUN? (Anti-spoofing.)"""
+        inner = self._rx6.get(src_ip)
+        return inner is not None and inner.get(dst_ip) == sender_pk
+
+
 def _freeze(table: Mapping[_Prefix, Mapping[_Prefix, tuple[bytes, str]]]) -> _Lpm[_Lpm[bytes]]:
     return _Lpm({outer: _Lpm({inner: pk for inner, (pk, _url) in slot.items()})
                  for outer, slot in table.items()})
@@ -244,6 +299,8 @@ def _address_conflicts(ordered: Iterable[tuple[str, LocalState]]) -> list[str]:
     seen: list[tuple[str, LocalState]] = []
     for url, state in ordered:
         for other_url, other in seen:
+            if other.ip6 is not None and other.ip6 == state.ip6:
+                out.append(f"{url}: this node's IPv6 address {state.ip6} is also its address in network {other_url}")
             if other.ip == state.ip:
                 out.append(f"{url}: this node's IP {state.ip} is also its IP in network {other_url}")
             elif other.subnet.overlaps(state.subnet):

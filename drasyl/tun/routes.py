@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import socket
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import NamedTuple
 
 from .netlink import IPRoute, NetlinkError
@@ -130,6 +130,21 @@ def underlay_routes(ifindex: int) -> tuple[tuple[IPv4Network, IPv4Address | None
             found.append((IPv4Network((msg.get("dst") or "0.0.0.0", msg["dst_len"])),
                           IPv4Address(gateway) if gateway else None))
     return tuple(sorted(found, key=lambda r: (r[0], r[1] or IPv4Address(0))))
+
+
+def underlay_routes6(ifindex: int) -> tuple[IPv6Network, ...]:
+    """The destinations of the host's own IPv6 routes (main table, unicast, not through
+    ``ifindex``), without the default route and link-local ones: what an overlay IPv6
+    prefix must not overlap."""
+    found = set()
+    with IPRoute() as ipr:
+        for msg in ipr.get_routes(family=socket.AF_INET6, table=MAIN_TABLE):
+            if msg["type"] != RTN_UNICAST or msg.get("oif") == ifindex or not msg["dst_len"]:
+                continue
+            dest = IPv6Network((msg.get("dst") or "::", msg["dst_len"]))
+            if not dest.is_link_local:
+                found.add(dest)
+    return tuple(sorted(found))
 
 
 def _route(ipr: IPRoute, op: str, route: Route, problems: list[str]) -> bool:
