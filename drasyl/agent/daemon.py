@@ -88,7 +88,7 @@ from .ipv6 import Capabilities, announcement, announcement_flags
 from .isolate import document, parse_toml
 from .netcheck import run_netcheck
 from .netconfig import NetworkConfig, NetworkConfigError, validate_network_config
-from .ping import PROTO_ICMP, Pinger
+from .ping import PROTO_ICMP, PROTO_ICMPV6, Pinger
 from .policy import LocalState, PolicyTables, desired_state
 from .resolver import Names
 
@@ -417,6 +417,8 @@ class Agent:
                 return
             if self.ipv6.learned(sender):
                 log.info("Peer %s… takes IPv6", sender.hex()[:12])
+            if payload[6] == PROTO_ICMPV6 and self.pinger.take_reply6(payload):  # drasyl-agent ping
+                return
             self.tun.write(payload)
             return
         src, dst = _unpack_addresses(payload, 12)
