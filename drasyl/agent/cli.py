@@ -653,7 +653,8 @@ def _parser() -> argparse.ArgumentParser:
                     "a line when the path changed; a summary. Exit 0 when a reply came (with "
                     "--until-direct: over a direct path), 1 otherwise or when PEER cannot be pinged "
                     "(unknown, no policy allows it, this node not in its network).", CLIENT_OPTIONS)
-    ping.add_argument("peer", metavar="PEER", help="hostname, overlay IP or public key (hex, or its first 8+ digits)")
+    ping.add_argument("peer", metavar="PEER", help="hostname, overlay IP or public key (hex, or its first 8+ digits); an overlay "
+                                                   "IPv6 address pings over IPv6")
     ping.add_argument("-c", dest="count", metavar="N", type=_bounded(int, 1, 1_000_000), default=None,
                       help=f"probes to send (default {DEFAULT_PINGS}; with --until-direct {UNTIL_DIRECT_PINGS})")
     ping.add_argument("--until-direct", action="store_true",
@@ -667,7 +668,8 @@ def _parser() -> argparse.ArgumentParser:
         "The agent checks each super peer: UDP (its registration, a STUN round trip) and TCP "
         "(a timed connect to its tcpPort) reachability and RTT; the endpoints it advertises; this "
         "host's public address mapping as the super peers see it (STUN, answered by our drasyl-sp, "
-        "not by drasyl-rs') and whether it differs per destination (a symmetric NAT); IPv6; and what "
+        "not by drasyl-rs') and whether it differs per destination (a symmetric NAT); IPv6 (also "
+        "whether the TUN carries it and how many peers take it); and what "
         "that means for direct paths. Takes up to ~3 s. Exit 0 when a super peer answered over UDP "
         "or TCP, 1 otherwise (the report is printed either way).", CLIENT_OPTIONS)
     netcheck.add_argument("--json", action="store_true",

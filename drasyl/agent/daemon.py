@@ -388,7 +388,7 @@ class Agent:
         """The handle for an IPv6 packet from the TUN, or None (counted): not drasyl's own, not
         link-local or multicast (the kernel's own chatter), allowed, and the peer takes IPv6."""
         drops = self.drops
-        if is_drasyl_control6(pkt):
+        if pkt[6] == PROTO_UDP and is_drasyl_control6(pkt):
             drops["tx_drasyl_control"] += 1
             return None
         src, dst = src_dst6(pkt)
