@@ -47,7 +47,9 @@ Deliberate differences from drasyl-rs:
   on reload is logged and the running configuration kept;
 - SIGTERM/SIGINT remove routes, addresses, the hosts block and the device, then exit 0;
 - the network ``name`` from the config is saved into config.toml whenever it differs,
-  also the first time (drasyl-rs only saves a changed name).
+  also the first time (drasyl-rs only saves a changed name);
+- the overlay carries IPv6 too ([quirk] §10.1: drasyl-rs drops it), to peers that announced
+  it (:mod:`.ipv6`), and names are also answered by an embedded resolver ([quirk] §10.7).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 One IPv4 address per network (``ip/prefixlen`` of the network's CIDR) and one IPv6 address
 (``ip6/prefixlen`` of its IPv6 prefix, added with ``nodad``: nobody else is on the link, and a
 tentative address could not be bound by the resolver yet); the kernel adds the connected
-subnet routes itself. Link-local IPv6 addresses are the kernel's and never touched. Addresses not wanted are deleted first, so that an address
+subnet routes itself. Link-local IPv6 addresses are the kernel's and never touched.
+Addresses not wanted are deleted first, so that an address
 whose prefix length changed is replaced instead of colliding. A failure does not stop the
 rest: it is returned as a message, and the next reconcile retries it (drasyl-rs panics here
 [bug]). Only the one device given is ever touched.

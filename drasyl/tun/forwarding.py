@@ -23,7 +23,8 @@ change and restored on :meth:`Forwarding.close`; the file outlives a crash, so t
 Limits, on purpose: nftables evaluates every table's forward chain, so our drops are final but
 our accepts do not override another table's drop (a host firewall still has the last word).
 No NAT is added: the served LAN must route the overlay subnet back to this gateway, or the admin
-adds a masquerade rule. IPv6 forwarding is never touched (the overlay is IPv4 only). Everything
+adds a masquerade rule. IPv6 forwarding is never touched (routes, and so gateways, are IPv4
+only; the overlay's own IPv6 needs no forwarding). Everything
 here — the sysctl, the table — belongs to the network namespace of the calling thread. The
 ``nft`` command is used (``nft -f -``, one atomic transaction per change); without it, a
 non-empty set is refused and ``ip_forward`` stays as it is (fail closed). Failures are returned
