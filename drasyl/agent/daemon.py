@@ -411,13 +411,13 @@ class Agent:
         """A received IPv6 packet or IPv6 announcement (``kind``), checked like IPv4."""
         tables, drops = self.tables, self.drops
         if kind is V6:
-            if is_drasyl_control6(payload):
+            if payload[6] == PROTO_UDP and is_drasyl_control6(payload):
                 drops["rx_drasyl_control"] += 1
                 return
             if not tables.ingress6_ok(sender, *src_dst6(payload)):
                 drops["rx_policy_denied"] += 1
                 return
-            if self.ipv6.learned(sender):
+            if sender not in self.ipv6.capable and self.ipv6.learned(sender):
                 log.info("Peer %s… takes IPv6", sender.hex()[:12])
             if payload[6] == PROTO_ICMPV6 and self.pinger.take_reply6(payload):  # drasyl-agent ping
                 return
