@@ -128,6 +128,10 @@ def test_ipv6_direct(cluster: Cluster) -> None:
     elapsed = transfer6(cluster, a, b, b6)
     print(f"{TRANSFER_BYTES >> 20} MB a → b over IPv6, direct, in {elapsed:.2f} s")
     assert _received(a.ping(OVERLAY["b"])) == 3, "IPv4 next to it"
+    pong = a.cli("ping", "-c", "2", "-i", "0.2", b6).stdout
+    assert f"pong from bob ({b6}) via direct" in pong, pong
+    check = a.cli("netcheck").stdout
+    assert f"IPv6 in the overlay: on, {ip6(cluster, 'a')}; 1 of 1 peers take IPv6" in check, check
 
 
 def test_a_spoofed_ipv6_source_is_dropped_and_counted(cluster: Cluster) -> None:
