@@ -9,7 +9,6 @@ IPv4 still reaches it and no IPv6 packet ever does.
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -151,7 +150,7 @@ hostname = "carol3"
 ip6 = "{view['c']}"
 
 {policy}''')
-        text = 'network6 = "fd80::/64"\n' + text.replace(f'hostname = "alice3"', f'hostname = "alice3"\nip6 = "{view["a"]}"')
+        text = 'network6 = "fd80::/64"\n' + text.replace('hostname = "alice3"', f'hostname = "alice3"\nip6 = "{view["a"]}"')
         text = text.replace('hostname = "bob3"', f'hostname = "bob3"\nip6 = "{view["b"]}"')
         cluster.write_net(f"net3-{name}", text)
     for agent in (a, b):
