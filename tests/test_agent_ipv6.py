@@ -19,8 +19,9 @@ from collections.abc import Iterator
 import drasyl_rs
 import pytest
 from netns import Lab, require_lab_tools
-from test_agent_e2e import (AGENT_IPS, OVERLAY, SENDER, Cluster, _identities, _received, network_config, sp_url,
-                            wait_until)
+import tomlkit
+from test_agent_e2e import (AGENT_IPS, OVERLAY, ROUTED, SENDER, Cluster, _identities, _received, net1, network_config,
+                            sp_url, wait_until)
 
 pytestmark = pytest.mark.netns
 
@@ -36,6 +37,7 @@ table inet block_direct {{
 }}
 """
 TRANSFER_BYTES = 5 * 1024 * 1024
+LAN6, LAN6_GW, LAN6_HOST = "fd99::/64", "fd99::1", "fd99::2"  # a LAN behind b, net1's route dest6
 RECEIVER6 = """
 import hashlib, socket, sys
 srv = socket.create_server((sys.argv[1], 5001), family=socket.AF_INET6)
@@ -56,6 +58,18 @@ def cluster(ids, tmp_path_factory) -> Iterator[Cluster]:
         c = Cluster(lab, tmp_path_factory.mktemp("ipv6"), _identities(ids))
         try:
             lab.nft(c.rt, BLOCK)  # relayed first
+            # net1's route to b's LAN gets an IPv6 prefix too, and b consents to serve it
+            c.write_net("net1", net1(c.ids).replace(f'dest = "{ROUTED}"', f'dest = "{ROUTED}"\ndest6 = "{LAN6}"'))
+            b = c.agents["b"]
+            doc = tomlkit.parse(b.config.read_text())
+            doc["network"][0]["serve_routes"].append(LAN6)
+            b.config.write_text(tomlkit.dumps(doc))
+            lan = lab.namespace("lan")
+            _, lan_if = lab.veth(b.ns, lan)
+            lab.ip(b.ns, "addr", "add", f"{LAN6_GW}/64", "dev", _, "nodad")
+            lab.ip(lan, "addr", "add", f"{LAN6_HOST}/64", "dev", lan_if, "nodad")
+            lab.ip(lan, "-6", "route", "add", "default", "via", LAN6_GW)
+            c.lan = lan
             for agent in c.agents.values():
                 agent.start()
             yield c
@@ -133,6 +147,22 @@ def test_ipv6_direct(cluster: Cluster) -> None:
     assert f"IPv6 in the overlay: on, {ip6(cluster, 'a')}; 1 of 1 peers take IPv6" in check, check
 
 
+def test_an_ipv6_route_through_a_gateway(cluster: Cluster) -> None:
+    """net1's route has ``dest6``: a gets the kernel route via b's overlay IPv6 address, b
+    (which consents in serve_routes) forwards into its LAN and back; ip6 forwarding on b is
+    restored at b's exit (test_sigterm_leaves_nothing)."""
+    a, b = cluster.agents["a"], cluster.agents["b"]
+    b6 = ip6(cluster, "b")
+    routes = a.exec("ip", "-6", "route", "show", LAN6).stdout
+    assert f"via {b6}" in routes and "metric 4900" in routes, routes
+    status = a.status()
+    assert {"dest": LAN6, "gateway": b6, "network": "e2e one", "state": "Applied"} in status["routes"]
+    assert b.exec("cat", "/proc/sys/net/ipv6/conf/all/forwarding").stdout.strip() == "1"
+    ping = ping6(a, LAN6_HOST)
+    assert _received(ping) == 3, f"{ping.stdout}{ping.stderr}\n{cluster.describe()}"
+    assert "ip6 daddr @served6 accept" in b.exec("nft", "list", "table", "inet", "drasyl_agent").stdout
+
+
 def test_a_spoofed_ipv6_source_is_dropped_and_counted(cluster: Cluster) -> None:
     """b's (wrong) view of a network gives b the IPv6 address that a's view gives to a third
     member c: what b sends from it reaches a with a source that is not b's, and a drops it."""
@@ -203,6 +233,9 @@ def test_sigterm_leaves_nothing(cluster: Cluster) -> None:
         assert not agent.has_device() and agent.our_lines() == []
         sockets = agent.exec("ss", "-lnup").stdout
         assert ":53 " not in sockets, sockets
+        assert "4900" not in agent.exec("ip", "-6", "route", "show").stdout
+        assert agent.exec("cat", "/proc/sys/net/ipv6/conf/all/forwarding").stdout.strip() == "0"
+        assert "drasyl" not in agent.exec("nft", "list", "tables").stdout
 
 
 # --- a drasyl-rs node in the network ----------------------------------------------------------

@@ -619,7 +619,7 @@ class Agent:
         if self.host is None:
             return
         routes, names, routes6 = await self._on_host(self._host_facts, self.host.routes.ifindex)
-        facts = HostFacts(routes, self._super_peer_addresses(), names, routes6)
+        facts = HostFacts(routes, self._super_peer_addresses(), names, routes6, self._super_peer_addresses(6))
         if (requests, facts) != self._decided:
             identity = self.config.identity if self.config.arm_messages else None
             self.decision, tables, keys = await self._on_work(_decide, requests, facts, identity,
@@ -636,8 +636,10 @@ class Agent:
             addresses=frozenset(IPv4Interface((s.ip, s.subnet.prefixlen)) for s in states.values())
             | frozenset(IPv6Interface((s.ip6, s.subnet6.prefixlen)) for s in states.values()
                         if ipv6 and s.ip6 is not None),
-            routes=frozenset(Route(r.dest, r.gw) for s in states.values() for r in s.routes),
-            served=frozenset(d for s in states.values() for d in s.served),
+            routes=frozenset(Route(r.dest, r.gw) for s in states.values() for r in s.routes)
+            | frozenset(Route(r.dest, r.gw) for s in states.values() if ipv6 for r in s.routes6),
+            served=frozenset(d for s in states.values() for d in s.served)
+            | frozenset(d for s in states.values() if ipv6 for d in s.served6),
             names=frozenset(name for s in states.values() for name in s.hostnames)
             | frozenset(name for s in states.values() if ipv6 for name in s.hostnames6),
         )
@@ -652,7 +654,7 @@ class Agent:
         return (underlay_routes(ifindex), HostsFile().foreign_names() | {hostname, hostname.partition(".")[0]},
                 underlay_routes6(ifindex))
 
-    def _super_peer_addresses(self) -> frozenset[IPv4Address]:
+    def _super_peer_addresses(self, version: int = 4) -> frozenset[Any]:
         found = set()
         for sp in self.node.core.super_peers.values():
             for host, _port in sp.addresses:
@@ -660,7 +662,7 @@ class Agent:
                     address = ipaddress.ip_address(host)
                 except ValueError:
                     continue
-                if address.version == 4:
+                if address.version == version:
                     found.add(address)
         return frozenset(found)
 
@@ -804,7 +806,7 @@ class Agent:
         for key, state in self.decision.states.items():
             member = self.memberships.get(key)
             network = (member.config.name if member and member.config else None) or mask_url(key)
-            for route in state.routes:
+            for route in state.routes + state.routes6:
                 applied = kernel.get(Route(route.dest, route.gw))
                 rows.append({"dest": str(route.dest), "gateway": str(route.gw), "network": network,
                              "state": applied.value if applied is not None else "Pending"})

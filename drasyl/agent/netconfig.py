@@ -97,6 +97,8 @@ class Route:
     gw: bytes
     groups: frozenset[str] = frozenset()
     """Empty: every node may use the route; else only members of one of these groups."""
+    dest6: IPv6Network | None = None
+    """The IPv6 prefix behind the same gateway, for the same groups (``dest6``; drasyl-rs ignores it)."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,7 @@ def _validate(doc: dict[str, Any], source: str) -> NetworkConfig:
     routes = _checked_routes(route_specs, nodes)
     warnings = _warnings(network_text, subnet, subnet_addr, nodes, routes, policies)
     subnet6, nodes = _ipv6(doc, subnet, nodes)
+    routes = _routes6(route_tables, routes)
     return NetworkConfig(subnet, name, nodes, routes, policies, warnings, source, subnet6)
 
 
@@ -227,6 +230,31 @@ def _ipv6(doc: dict[str, Any], subnet: IPv4Network, nodes: tuple[Node, ...]) -> 
         by_ip6[ip6] = i
         out.append(Node(node.pk, node.ip, node.hostname, node.groups, ip6))
     return subnet6, tuple(out)
+
+
+def _routes6(tables: list[tuple[int, dict[str, Any]]], routes: tuple[Route, ...]) -> tuple[Route, ...]:
+    """The routes with their optional ``dest6``: an IPv6 prefix (no host bits), unique."""
+    seen: dict[IPv6Network, int] = {}
+    out = []
+    for (i, table), route in zip(tables, routes):
+        where = f"[[route]] #{i}"
+        text = _get(table, "dest6", str, where, required=False)
+        if text is None:
+            out.append(route)
+            continue
+        try:
+            if "/" not in text:
+                raise ValueError(text)
+            dest6 = IPv6Network(text, strict=False)
+        except ValueError:
+            raise _Invalid(f"{where}: 'dest6' must be an IPv6 network like \"fd00:50::/64\", got {text!r}") from None
+        if IPv6Address(text.partition("/")[0]) != dest6.network_address:
+            raise _Invalid(f"{where}: invalid network address: {text} is a host address (did you mean {dest6}?)")
+        if dest6 in seen:
+            raise _Invalid(f"{where}: duplicate route destination: {dest6} (also [[route]] #{seen[dest6]})")
+        seen[dest6] = i
+        out.append(Route(route.dest, route.gw, route.groups, dest6))
+    return tuple(out)
 
 
 def _network6(text: str) -> IPv6Network:

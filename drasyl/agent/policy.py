@@ -23,11 +23,12 @@ Deliberate differences from drasyl-rs:
   whose URL sorts first, which a later admin could choose — and the conflict is listed in
   ``PolicyTables.conflicts``, as are overlapping subnets and an overlay IP used twice
   (:mod:`drasyl.agent.consent` refuses those before they get here).
-IPv6: every member has an overlay IPv6 address too (:mod:`.netconfig`); the node-to-node
-rules are mirrored for it (``access_rules6``: ``me/128 <-> peer/128``, allowed exactly when
-the IPv4 pair is), and :meth:`PolicyTables.egress6`/:meth:`PolicyTables.ingress6_ok` check
-them with the 128-bit addresses as ints (one dict lookup per level: only /128 entries).
-Routes stay IPv4 (a ``[[route]]`` ``dest`` is IPv4 in drasyl-rs' format).
+IPv6: every member has an overlay IPv6 address too (:mod:`.netconfig`); the rules are
+mirrored for it (``access_rules6``: ``me/128 <-> peer/128``, allowed exactly when the IPv4
+pair is, and for a route's ``dest6`` as for its ``dest``), with ``routes6`` (``dest6`` via the
+gateway's IPv6 address) and ``served6``; :meth:`PolicyTables.egress6` and
+:meth:`PolicyTables.ingress6_ok` check them with the 128-bit addresses as ints, the same
+two-level longest-prefix match as IPv4.
 Pure: no I/O, no logging; a lookup builds no objects (only the masked int of a routed prefix).
 """
 
@@ -80,6 +81,8 @@ class LocalState:
     ip6: IPv6Address | None = None
     access_rules6: tuple[AccessRule, ...] = ()  # me/128 <-> peer/128, OUT before IN, by address
     hostnames6: tuple[tuple[IPv6Address, str], ...] = ()  # the names of ``hostnames``, by IPv6 address
+    routes6: tuple[KernelRoute, ...] = ()  # ``dest6`` via the gateway's IPv6 address, by dest
+    served6: tuple[IPv6Network, ...] = ()  # ``dest6`` of routes this node is the gateway of
 
 
 def allowed(cfg: NetworkConfig, a: bytes, b: bytes) -> bool:
@@ -125,19 +128,40 @@ def desired_state(cfg: NetworkConfig, my_pk: bytes) -> LocalState | None:
         ip6=me.ip6,
         access_rules6=_access_rules6(cfg, me, talks),
         hostnames6=tuple(hostnames6),
+        routes6=tuple(sorted((KernelRoute(r.dest6, cfg.node(r.gw).ip6) for r in cfg.routes  # type: ignore[union-attr]
+                              if r.dest6 is not None and r.gw != my_pk and may_use(r, me)),
+                             key=lambda r: int(r.dest.network_address))) if me.ip6 is not None else (),
+        served6=tuple(sorted((r.dest6 for r in cfg.routes if r.dest6 is not None and r.gw == my_pk),
+                             key=lambda d: int(d.network_address))) if me.ip6 is not None else (),
     )
 
 
 def _access_rules6(cfg: NetworkConfig, me: Node, talks: set[bytes]) -> tuple[AccessRule, ...]:
-    """The node-to-node rules for IPv6: ``OUT me/128 -> N/128 via N`` and ``IN N/128 -> me/128
-    from N``, ALLOW iff the two may talk (routes are IPv4 only)."""
+    """:func:`_access_rules` for IPv6: nodes' /128 addresses and routes' ``dest6``."""
     if me.ip6 is None:
         return ()
     mine = IPv6Network((me.ip6, 128))
-    others = sorted(((IPv6Network((n.ip6, 128)), n) for n in cfg.nodes if n.pk != me.pk and n.ip6 is not None),
-                    key=lambda p: int(p[0].network_address))
-    return (tuple(AccessRule(OUT, mine, net, n.pk, n.pk in talks) for net, n in others)
-            + tuple(AccessRule(IN, net, mine, n.pk, n.pk in talks) for net, n in others))
+    others = [(n, IPv6Network((n.ip6, 128))) for n in cfg.nodes if n.pk != me.pk and n.ip6 is not None]
+    pairs: list[tuple[IPv6Network, IPv6Network, bytes, bool, tuple[Route | None, Node | None]]] = [
+        (mine, net, n.pk, n.pk in talks, (None, n)) for n, net in others]
+    for route in cfg.routes:
+        if route.dest6 is None:
+            continue
+        if route.gw != me.pk:
+            pairs.append((mine, route.dest6, route.gw, may_use(route, me), (route, None)))
+        else:
+            pairs += [(route.dest6, net, n.pk, may_use(route, n), (route, n)) for n, net in others]
+    rules: dict[tuple[bool, int, int, int, int], tuple[AccessRule, tuple]] = {}
+    for direction in (OUT, IN):
+        for local, remote, pk, allow, origin in pairs:
+            source, dest = (local, remote) if direction == OUT else (remote, local)
+            key = (direction == IN, int(source.network_address), source.prefixlen,
+                   int(dest.network_address), dest.prefixlen)
+            if key in rules:
+                raise NetworkConfigError(cfg.source, f"duplicate route: {direction} {source} -> {dest} comes from "
+                                                     f"{_origin(*rules[key][1])} and from {_origin(*origin)}")
+            rules[key] = (AccessRule(direction, source, dest, pk, allow), origin)
+    return tuple(rules[key][0] for key in sorted(rules))
 
 
 def _access_rules(cfg: NetworkConfig, me: Node, talks: set[bytes]) -> tuple[AccessRule, ...]:
@@ -179,21 +203,28 @@ def _origin(route: Route | None, node: Node | None) -> str:
     return f"route {route.dest} (this node is its gateway) to node {node.hostname!r}"
 
 
+def rules6_without(rules: tuple[AccessRule, ...], dropped: set[IPv6Network]) -> tuple[AccessRule, ...]:
+    """``rules`` without those of the refused IPv6 destinations ``dropped`` (consent)."""
+    return tuple(r for r in rules if r.source not in dropped and r.dest not in dropped)
+
+
 V = TypeVar("V")
 
 
 class _Lpm(Generic[V]):
-    """Longest-prefix match on int IPv4 addresses: /32 in one dict, then each shorter length."""
+    """Longest-prefix match on int addresses of ``bits`` bits (32: IPv4, 128: IPv6): host
+    entries in one dict, then each shorter length."""
 
     __slots__ = ("hosts", "routed")
 
-    def __init__(self, entries: Mapping[tuple[int, int], V]) -> None:
-        self.hosts: dict[int, V] = {net: v for (net, length), v in entries.items() if length == 32}
+    def __init__(self, entries: Mapping[tuple[int, int], V], bits: int = 32) -> None:
+        self.hosts: dict[int, V] = {net: v for (net, length), v in entries.items() if length == bits}
         by_length: dict[int, dict[int, V]] = {}
         for (net, length), value in entries.items():
-            if length < 32:
+            if length < bits:
                 by_length.setdefault(length, {})[net] = value
-        self.routed = tuple(((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF, table)
+        full = (1 << bits) - 1
+        self.routed = tuple(((full << (bits - length)) & full, table)
                             for length, table in sorted(by_length.items(), reverse=True))
 
     def get(self, addr: int) -> V | None:
@@ -209,7 +240,7 @@ class _Lpm(Generic[V]):
 _Prefix = tuple[int, int]  # (network as int, prefix length)
 
 
-def _prefix(net: IPv4Network) -> _Prefix:
+def _prefix(net: IPv4Network | IPv6Network) -> _Prefix:
     return int(net.network_address), net.prefixlen
 
 
@@ -238,22 +269,22 @@ class PolicyTables:
                 if first[0] != rule.pk:
                     conflicts.append(f"{url}: rule {rule} conflicts with network {first[1]} "
                                      f"(peer {first[0].hex()}), which wins")
-        tx6: dict[int, dict[int, bytes]] = {}  # destination → source → peer (/128 only)
-        rx6: dict[int, dict[int, bytes]] = {}  # source → destination → expected sender
+        tx6: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
+        rx6: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
         for url, state in ordered:
             for rule in state.access_rules6:
                 if not rule.allow:
                     continue
                 table, outer, inner = ((tx6, rule.dest, rule.source) if rule.direction == OUT
                                        else (rx6, rule.source, rule.dest))
-                slot = table.setdefault(int(outer.network_address), {})
-                first = slot.setdefault(int(inner.network_address), rule.pk)
-                if first != rule.pk:
-                    conflicts.append(f"{url}: rule {rule} conflicts with an earlier network (peer {first.hex()}), "
-                                     f"which wins")
-        self._tx6 = tx6
-        self._rx6 = rx6
-        self.peers6: frozenset[bytes] = frozenset(pk for slot in tx6.values() for pk in slot.values())
+                slot = table.setdefault(_prefix(outer), {})
+                first = slot.setdefault(_prefix(inner), (rule.pk, url))
+                if first[0] != rule.pk:
+                    conflicts.append(f"{url}: rule {rule} conflicts with network {first[1]} "
+                                     f"(peer {first[0].hex()}), which wins")
+        self._tx6 = _freeze(tx6, 128)
+        self._rx6 = _freeze(rx6, 128)
+        self.peers6: frozenset[bytes] = frozenset(pk for slot in tx6.values() for pk, _url in slot.values())
         """Peers this node may send IPv6 to (if they can take it: the daemon learns that)."""
         self._tx = _freeze(tx)
         self._rx = _freeze(rx)
@@ -279,18 +310,22 @@ class PolicyTables:
 
     def egress6(self, src_ip: int, dst_ip: int) -> bytes | None:
         """The peer to send an IPv6 TUN packet src → dst to (128-bit ints), or None."""
-        inner = self._tx6.get(dst_ip)
-        return inner.get(src_ip) if inner is not None else None
+        tx6 = self._tx6
+        inner = tx6.hosts.get(dst_ip) or tx6.get(dst_ip)
+        if inner is None:
+            return None
+        return inner.hosts.get(src_ip) or inner.get(src_ip)
 
     def ingress6_ok(self, sender_pk: bytes, src_ip: int, dst_ip: int) -> bool:
         """May ``sender_pk`` deliver an IPv6 packet src → dst into our TUN? (Anti-spoofing.)"""
-        inner = self._rx6.get(src_ip)
-        return inner is not None and inner.get(dst_ip) == sender_pk
+        rx6 = self._rx6
+        inner = rx6.hosts.get(src_ip) or rx6.get(src_ip)
+        return inner is not None and (inner.hosts.get(dst_ip) or inner.get(dst_ip)) == sender_pk
 
 
-def _freeze(table: Mapping[_Prefix, Mapping[_Prefix, tuple[bytes, str]]]) -> _Lpm[_Lpm[bytes]]:
-    return _Lpm({outer: _Lpm({inner: pk for inner, (pk, _url) in slot.items()})
-                 for outer, slot in table.items()})
+def _freeze(table: Mapping[_Prefix, Mapping[_Prefix, tuple[bytes, str]]], bits: int = 32) -> _Lpm[_Lpm[bytes]]:
+    return _Lpm({outer: _Lpm({inner: pk for inner, (pk, _url) in slot.items()}, bits)
+                 for outer, slot in table.items()}, bits)
 
 
 def _address_conflicts(ordered: Iterable[tuple[str, LocalState]]) -> list[str]:
