@@ -210,3 +210,62 @@ def test_resolver_listens_on_the_given_addresses_only() -> None:
     data, status = asyncio.run(run())
     assert [str(r.rdata) for r in DNSRecord.parse(data).rr] == ["10.1.0.2"]
     assert status["mode"] == "hosts+resolver" and status["resolver"] == ["127.0.0.1:0"]
+
+
+# --- IPv6 routes (dest6) -------------------------------------------------------------------------
+
+ROUTE6 = f'[[route]]\ndest = "192.168.50.0/24"\ndest6 = "fd50::/64"\ngw = "{PK2}"\n'
+ALL = '[[policy]]\nsource_groups = ["ALL"]\ndestination_groups = ["ALL"]\n'
+
+
+def test_dest6_parses_and_is_checked() -> None:
+    cfg = parse_network_config(config("", "", "") + ROUTE6, "x")
+    assert cfg.routes[0].dest6 == IPv6Network("fd50::/64")
+    for bad, message in ((ROUTE6.replace("fd50::/64", "fd50::1/64"), "is a host address (did you mean fd50::/64?)"),
+                         (ROUTE6.replace("fd50::/64", "fd50::"), "'dest6' must be an IPv6 network"),
+                         (ROUTE6 + ROUTE6.replace("192.168.50.0/24", "192.168.51.0/24"),
+                          "[[route]] #2: duplicate route destination: fd50::/64 (also [[route]] #1)")):
+        with pytest.raises(NetworkConfigError) as caught:
+            parse_network_config(config("", "", "") + bad, "x")
+        assert message in str(caught.value)
+
+
+def test_dest6_gives_routes_rules_and_gateway_rules() -> None:
+    from drasyl.agent.policy import PolicyTables, desired_state
+    cfg = parse_network_config(config("", "", "") + ROUTE6 + ALL, "x")
+    ip6 = {n.pk.hex(): n.ip6 for n in cfg.nodes}
+    me = desired_state(cfg, bytes.fromhex(PK1))
+    assert [(str(r.dest), r.gw) for r in me.routes6] == [("fd50::/64", ip6[PK2])] and me.served6 == ()
+    tables = PolicyTables({"x": me})
+    lan_host = int(IPv6Address("fd50::7"))
+    assert tables.egress6(int(ip6[PK1]), lan_host) == bytes.fromhex(PK2)
+    assert tables.ingress6_ok(bytes.fromhex(PK2), lan_host, int(ip6[PK1]))
+    assert not tables.ingress6_ok(bytes.fromhex(PK3), lan_host, int(ip6[PK1])), "only the gateway speaks for the LAN"
+    gw = desired_state(cfg, bytes.fromhex(PK2))
+    assert gw.routes6 == () and gw.served6 == (IPv6Network("fd50::/64"),)
+    gw_tables = PolicyTables({"x": gw})
+    assert gw_tables.egress6(lan_host, int(ip6[PK1])) == bytes.fromhex(PK1)
+    assert gw_tables.ingress6_ok(bytes.fromhex(PK3), int(ip6[PK3]), lan_host)
+
+
+def test_dest6_needs_consent_like_dest() -> None:
+    from drasyl.agent.config import Consent
+    from drasyl.agent.consent import HostFacts, Request, decide
+    from drasyl.agent.policy import desired_state
+    cfg = parse_network_config(config("", "", "") + ROUTE6 + ALL, "x")
+    mine = Request("k", "k", Consent(), desired_state(cfg, bytes.fromhex(PK1)), cfg)
+    assert decide([mine], HostFacts()).states["k"].routes6 == mine.state.routes6
+    lan = HostFacts(routes6=(IPv6Network("fd50::/48"),))
+    decision = decide([mine], lan)
+    assert decision.states["k"].routes6 == () and "set accept_routes = true" in decision.refused["k"][0]
+    assert not any(r.dest == IPv6Network("fd50::/64") for r in decision.states["k"].access_rules6)
+    accepting = Request("k", "k", Consent(accept_routes=True), mine.state, cfg)
+    assert decide([accepting], lan).states["k"].routes6 == mine.state.routes6
+    covered = HostFacts(protected6=frozenset({IPv6Address("fd50::10")}))
+    assert "must stay on the underlay" in decide([accepting], covered).refused["k"][0]
+    gw_state = desired_state(cfg, bytes.fromhex(PK2))
+    refused = decide([Request("k", "k", Consent(), gw_state, cfg)], HostFacts())
+    assert refused.states["k"].served6 == () and "add it to serve_routes" in refused.refused["k"][0]
+    served = decide([Request("k", "k", Consent(serve_routes=(IPv6Network("fd50::/48"),)), gw_state, cfg)], HostFacts())
+    assert served.states["k"].served6 == (IPv6Network("fd50::/64"),)
+    assert not any("fd50" in line for line in served.refused["k"]), "the IPv4 dest is not served: refused alone"

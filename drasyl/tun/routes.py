@@ -7,6 +7,7 @@ what to add and what to delete, and records the outcome per route — ``APPLIED`
 (adding failed, e.g. the gateway is not reachable yet because its network's address is not on
 the device) or ``REMOVING`` (deleting failed). Pending and removing routes are retried on the
 next reconcile, as in drasyl-rs. :class:`KernelRoutes` is the thin pyroute2 adapter around it.
+IPv6 routes (a route's ``dest6`` via the gateway's overlay IPv6 address) are handled the same way.
 
 Differences from drasyl-rs: a route counts as ours only with metric 4900 through our device
 (drasyl-rs takes any route with the same destination and gateway for its own, and later fails
