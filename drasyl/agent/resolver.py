@@ -81,6 +81,7 @@ class Names:
         self.port = port
         self._resolved_dir = resolved_dir
         self.table: dict[str, tuple[tuple[IPv4Address, ...], tuple[IPv6Address, ...]]] = {}
+        self._names: frozenset[tuple[Address, str]] = frozenset()  # what ``table`` was made from
         self._local: frozenset[str] = frozenset()  # our overlay addresses as text: local sources
         self._servers: dict[Address, asyncio.DatagramTransport] = {}
         self._bind_errors: dict[Address, str] = {}
@@ -96,12 +97,16 @@ class Names:
 
     async def apply(self, names: Iterable[tuple[Address, str]], addresses: Iterable[Address],
                     device: str) -> list[str]:
-        """Answer ``names`` on ``addresses`` (of ``device``); the problems (empty: done)."""
-        table: dict[str, tuple[list[IPv4Address], list[IPv6Address]]] = {}
-        for ip, name in names:
-            v4, v6 = table.setdefault(name.lower(), ([], []))
-            (v4 if ip.version == 4 else v6).append(ip)
-        self.table = {name: (tuple(sorted(v4)), tuple(sorted(v6))) for name, (v4, v6) in table.items()}
+        """Answer ``names`` on ``addresses`` (of ``device``); the problems (empty: done). Called
+        at every housekeeping tick: the table is only rebuilt when the names changed."""
+        names = frozenset(names)
+        if names != self._names:
+            table: dict[str, tuple[list[IPv4Address], list[IPv6Address]]] = {}
+            for ip, name in names:
+                v4, v6 = table.setdefault(name.lower(), ([], []))
+                (v4 if ip.version == 4 else v6).append(ip)
+            self.table = {name: (tuple(sorted(v4)), tuple(sorted(v6))) for name, (v4, v6) in table.items()}
+            self._names = names
         wanted = set(addresses)
         self._local = frozenset(str(a) for a in wanted)
         for address in list(self._servers.keys() - wanted):
