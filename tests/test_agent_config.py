@@ -374,7 +374,7 @@ def test_consent_keys_parse_and_are_checked(tmp_path, ident):
     assert entry.consent.exit_node == "gateway-1"
     assert [str(n) for n in entry.consent.serve_routes] == ["192.168.50.0/24", "10.9.0.0/16"]
     assert config.warnings == ()
-    for bad, message in (('serve_routes = ["192.168.50.1/24"]', r"serve_routes\[0\]: not an IPv4 prefix"),
+    for bad, message in (('serve_routes = ["192.168.50.1/24"]', r"serve_routes\[0\]: not an IPv4 or IPv6 prefix"),
                          ('exit_node = "a b"', "exit_node: 'a b' is neither"),
                          ('accept_routes = "yes"', "accept_routes: expected a boolean")):
         path.write_text(head + bad + "\n")

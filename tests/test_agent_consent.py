@@ -176,3 +176,33 @@ def test_forwarding_only_to_what_serve_routes_allows():
     assert [str(d) for d in state.served] == ["10.99.0.0/24"]
     assert refused == ("forwarding to 10.98.0.0/24 refused: this node is its gateway in the network config; "
                        "add it to serve_routes of this network in config.toml to forward",)
+
+
+def test_ipv6_part_refused_alone_when_it_overlaps_the_host_or_an_earlier_network():
+    """A network's IPv6 prefix that overlaps a route of the host (a ULA LAN) or an earlier
+    network's prefix is refused; the network stays up over IPv4, its names IPv4 only."""
+    from dataclasses import replace as _replace
+    from ipaddress import IPv6Network
+
+    first = request(config())
+    second = request(config("10.2.0.0/24", me="alice2", gw_name="gw2", peer_name="peer2"), key="https://b.example/b.toml")
+    assert first.state.subnet6 != second.state.subnet6  # derived from different IPv4 networks
+    second = _replace(second, state=_replace(second.state, subnet6=first.state.subnet6))
+    decision = decide([first, second], FACTS)
+    state, refused = only(decision, "https://b.example/b.toml")
+    assert state is not None and state.ip6 is None and state.access_rules6 == () and state.hostnames6 == ()
+    assert state.ip == second.state.ip and state.access_rules == second.state.access_rules
+    assert refused == (f"IPv6 network {first.state.subnet6} refused (IPv4 only): overlaps network "
+                       f"https://a.example/a.toml ({first.state.subnet6}), joined earlier",)
+    assert any("IPv6 network" in c for c in decision.conflicts)
+    lan6 = HostFacts(FACTS.routes, FACTS.protected, FACTS.names, routes6=(IPv6Network("fd00::/8"),))
+    state, refused = only(decide([first], lan6))
+    assert state.ip6 is None and "overlaps the host's route fd00::/8" in refused[0]
+    state, refused = only(decide([first], FACTS))
+    assert state.ip6 == first.state.ip6 and state.hostnames6 == first.state.hostnames6 and refused == ()
+
+
+def test_ipv6_names_follow_their_ipv4_name():
+    state, refused = only(decide([request(config(peer_name="printer"))], FACTS))
+    assert "printer" not in {name for _ip, name in state.hostnames6}
+    assert {name for _ip, name in state.hostnames6} == {name for _ip, name in state.hostnames}

@@ -8,7 +8,7 @@ import asyncio
 import json
 import random
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +16,8 @@ import pytest
 from drasyl.agent.api import AgentError
 from drasyl.agent.consent import Decision
 from drasyl.agent.netconfig import parse_network_config
-from drasyl.agent.ping import ECHO_REPLY, ECHO_REQUEST, PROTO_ICMP, Pinger, checksum, echo_packet, resolve
+from drasyl.agent.ping import (ECHO6_REPLY, ECHO6_REQUEST, ECHO_REPLY, ECHO_REQUEST, PROTO_ICMP, Pinger, checksum,
+                               echo6_packet, echo_packet, resolve)
 from drasyl.agent.policy import PolicyTables, desired_state
 from drasyl.node.events import PeerInfo
 
@@ -167,8 +168,9 @@ def test_a_probe_sends_an_echo_request_and_reports_the_path(agent) -> None:
     pkt = agent.node.sent[0]
     assert pkt[12:20] == SRC.packed + DST.packed and pkt[20] == ECHO_REQUEST
     assert answer["success"] and answer["reply"] and answer["rtt_ms"] >= 0
+    bob6 = str(agent.memberships["net1"].config.node(agent.bob).ip6)
     assert answer["peer"] == {"public_key": agent.bob.hex(), "hostname": "bob", "ip": "10.77.0.2",
-                              "network": "file:///net1.toml"}
+                              "network": "file:///net1.toml", "ip6": bob6, "family": 4}
     assert (answer["path"], answer["endpoint"], answer["via"]) == ("relayed", None, agent.sp.hex())
     agent.node.path = "direct"
     answer = asyncio.run(agent.pinger.ping(agent, "bob", 2.0))
@@ -254,3 +256,28 @@ def test_api_hands_the_probe_to_the_agent_and_refusals_back(tmp_path) -> None:
         assert ping({"peer": "nobody", "timeout": 2}) == (200, {"success": False, "message": "unknown peer 'nobody'"})
         for bad in ({"peer": "bob"}, {"peer": 1, "timeout": 2}, {"peer": "bob", "timeout": True}, ["bob"]):
             assert ping(bad)[0] == 422, bad
+
+
+def test_icmpv6_echo_fields_checksum_and_reply_taken() -> None:
+    src, dst = IPv6Address("fd00::1"), IPv6Address("fd00::2")
+    pkt = echo6_packet(ECHO6_REQUEST, src, dst, 0xBEEF, 7, b"tokentok")
+    assert len(pkt) == 40 + 8 + 8 and pkt[0] >> 4 == 6 and pkt[6] == 58 and pkt[7] == 64
+    assert struct.unpack_from("!H", pkt, 4)[0] == 16 and pkt[8:24] == src.packed and pkt[24:40] == dst.packed
+    pseudo = src.packed + dst.packed + struct.pack("!I3xB", 16, 58)
+    assert naive_checksum(pseudo + pkt[40:]) == 0, "RFC 4443 checksum over the pseudo-header"
+    pinger = Pinger()
+    reply = echo6_packet(ECHO6_REPLY, dst, src, pinger.ident, 3, pinger.token)
+    assert pinger.take_reply6(reply)
+    assert not pinger.take_reply6(echo6_packet(ECHO6_REQUEST, dst, src, pinger.ident, 3, pinger.token))
+    assert not pinger.take_reply6(echo6_packet(ECHO6_REPLY, dst, src, pinger.ident ^ 1, 3, pinger.token))
+
+
+def test_an_ipv6_address_pings_over_ipv6_once_the_peer_takes_it(agent) -> None:
+    bob6 = agent.memberships["net1"].config.node(agent.bob).ip6
+    agent.tun, agent.ipv6 = SimpleNamespace(ipv6=True), SimpleNamespace(capable=set())
+    with pytest.raises(AgentError, match="has not shown that it takes IPv6"):
+        resolve(agent, str(bob6))
+    agent.ipv6.capable.add(agent.bob)
+    target = resolve(agent, str(bob6).upper())
+    assert target.ip6 == bob6 and target.src6 == agent.decision.states["net1"].ip6
+    assert resolve(agent, "bob").src6 is None, "a name pings over IPv4"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 import pytest
 
@@ -39,7 +40,7 @@ def example():
 # --- §3 worked example, exactly -----------------------------------------------------------
 
 def test_worked_example_laptop_alice(example):
-    assert desired_state(example, ALICE) == LocalState(
+    assert v4_part(desired_state(example, ALICE)) == LocalState(
         subnet=net("10.1.0.0/24"),
         ip=IPv4Address("10.1.0.1"),
         access_rules=(
@@ -56,8 +57,33 @@ def test_worked_example_laptop_alice(example):
     )
 
 
+def v4_part(state: LocalState) -> LocalState:
+    """The state without its IPv6 part (checked in test_ipv6_mirrors_the_node_rules)."""
+    return replace(state, subnet6=None, ip6=None, access_rules6=(), hostnames6=())
+
+
+def test_ipv6_mirrors_the_node_rules(example):
+    """Every node has a derived IPv6 address; the node-to-node rules are mirrored for it, the
+    routes are not (IPv4 only), and the names carry both addresses."""
+    state = desired_state(example, FILESERVER)
+    ip6 = {n.pk: n.ip6 for n in example.nodes}
+    assert state.subnet6 == example.subnet6 and state.subnet6.prefixlen == 64
+    assert state.subnet6.network_address.packed[0] == 0xFD and state.ip6 == ip6[FILESERVER]
+    mine = IPv6Network((ip6[FILESERVER], 128))
+    by_pk = {r.pk: r.allow for r in state.access_rules6 if r.direction == OUT and r.source == mine}
+    assert by_pk == {ALICE: True, GW: False}
+    assert {(h[1]) for h in state.hostnames6} == {"laptop-alice", "fileserver"}
+    tables = PolicyTables({"net": state})
+    alice6, me6, gw6 = (int(ip6[k]) for k in (ALICE, FILESERVER, GW))
+    assert tables.egress6(me6, alice6) == ALICE and tables.egress6(me6, gw6) is None
+    assert tables.ingress6_ok(ALICE, alice6, me6)
+    assert not tables.ingress6_ok(GW, alice6, me6), "a peer spoofing another member's IPv6 source"
+    assert not tables.ingress6_ok(GW, gw6, me6), "no policy between servers and gateways"
+    assert tables.peers6 == {ALICE}
+
+
 def test_worked_example_fileserver(example):
-    assert desired_state(example, FILESERVER) == LocalState(
+    assert v4_part(desired_state(example, FILESERVER)) == LocalState(
         subnet=net("10.1.0.0/24"),
         ip=IPv4Address("10.1.0.2"),
         access_rules=(
@@ -75,7 +101,7 @@ def test_worked_example_fileserver(example):
 
 
 def test_worked_example_office_gw(example):
-    assert desired_state(example, GW) == LocalState(
+    assert v4_part(desired_state(example, GW)) == LocalState(
         subnet=net("10.1.0.0/24"),
         ip=IPv4Address("10.1.0.10"),
         access_rules=(

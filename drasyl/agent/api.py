@@ -54,6 +54,7 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
           "name": "Acme" | null, "disabled": false,
           "state": "active" | "disabled" | "pending" | "not a member" | "error" | "refused",
           "subnet": "10.1.0.0/24" | null, "ip": "10.1.0.1" | null,
+          "subnet6": "fd12:3456:789a::/64" | null, "ip6": "fd12:3456:789a::1" | null,  # null: no IPv6 here
           "error": "<last fetch or validation error>" | null,
           "insecure": false,                    # fetched over plain http://
           "warnings": ["[[node]] #3: IP address … is the broadcast address …"],  # accepted, rarely works
@@ -61,6 +62,8 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
       }],
       "peers": [{                               # every member of every applied network
           "public_key": "<64 hex>", "hostname": "fileserver" | null, "ip": "10.1.0.2" | null,
+          "ip6": "fd12:3456:789a::2" | null,    # its overlay IPv6 address
+          "ipv6": "yes" | "not yet" | "no",     # takes IPv6 (learned) / no announcement yet / no IPv6 rule
           "network": "Acme" | null,             # the (first) network naming it
           "path": "direct" | "relayed" | "tcp" | "unreachable",
           "via": "<super peer public key hex>" | null,   # relayed / tcp: the relaying super peer
@@ -76,7 +79,15 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
       "conflicts": ["<later network>: … joined earlier"],  # claims refused to a later network
       "routes": [{"dest": "192.168.50.0/24", "gateway": "10.1.0.10", "network": "Acme",
                   "state": "Applied" | "Pending" | "Removing"}],   # kernel routes via the TUN
-      "drops": {"<reason>": 0}                  # packets dropped by the agent, by reason
+      "drops": {"<reason>": 0},                 # packets dropped by the agent, by reason
+      "ipv6": {"device": true,                  # the TUN carries IPv6 (host has IPv6, MTU >= 1280)
+               "announcements_sent": 3, "announcements_received": 2},
+      "names": {"mode": "hosts" | "hosts+resolver" | "hosts+resolver+resolved",
+                "resolver": ["10.1.0.1:53", "[fd12:3456:789a::1]:53"],   # where the DNS resolver listens
+                "resolver_errors": {"<address>:53": "<why not>"},
+                "resolved": "registered" | "not running" | "<why not>",  # systemd-resolved
+                "queries": {"queries": 0, "answered": 0, "nxdomain": 0, "refused": 0,
+                            "malformed": 0, "rate_limited": 0}}
     }
 
 :func:`config_status` produces the parts config.toml knows; the agent fills in the rest.
@@ -197,7 +208,8 @@ def config_status(config: AgentConfig) -> dict[str, Any]:
         ],
         "networks": [
             {"config_url": mask_url(n.config_url), "name": n.name, "disabled": n.disabled,
-             "state": "disabled" if n.disabled else "pending", "subnet": None, "ip": None, "error": None,
+             "state": "disabled" if n.disabled else "pending", "subnet": None, "ip": None,
+             "subnet6": None, "ip6": None, "error": None,
              "insecure": is_insecure(n.config_url), "refused": [], "warnings": []}
             for n in config.networks
         ],

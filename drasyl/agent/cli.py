@@ -274,7 +274,8 @@ def _ping(args: argparse.Namespace) -> int:
                 raise AgentError(_printable(str(message or "the agent's API answered without a result")))
             sent += 1
             peer = answer["peer"]
-            shown = _printable(f"{peer['hostname']} ({peer['ip']})")
+            address = peer.get("ip6") if peer.get("family") == 6 else peer["ip"]
+            shown = _printable(f"{peer['hostname']} ({address})")
             now = _path_text(answer)
             if path is not None and now != path:
                 print(f"path changed: {path} -> {now}")
@@ -448,16 +449,18 @@ def format_status(status: dict[str, Any]) -> str:
     lines += ["", "Networks:" if networks else "Networks: none (drasyl-agent add URL)"]
     if networks:
         rows = []
+        v6 = any(net.get("ip6") for net in networks)  # IPv6 columns only where there is IPv6
         for net in networks:
             state = net.get("state") or "-"
             rows.append([net.get("config_url"), net.get("name") or "-",
                          f"{state} (insecure: http)" if net.get("insecure") else state,
-                         net.get("subnet") or "-", net.get("ip") or "-"])
+                         net.get("subnet") or "-", net.get("ip") or "-"]
+                        + ([net.get("subnet6") or "-", net.get("ip6") or "-"] if v6 else []))
             if net.get("error"):
                 rows.append([f"  error: {net['error']}"])
             rows += [[f"  refused: {line}"] for line in net.get("refused") or ()]
             rows += [[f"  warning: {line}"] for line in net.get("warnings") or ()]
-        lines += _table(["URL", "NAME", "STATE", "SUBNET", "IP"], rows)
+        lines += _table(["URL", "NAME", "STATE", "SUBNET", "IP"] + (["SUBNET6", "IP6"] if v6 else []), rows)
     routes = status.get("routes") or []
     if routes:
         lines += ["", "Routes:"]
@@ -471,17 +474,27 @@ def format_status(status: dict[str, Any]) -> str:
     lines += ["", "Peers:" if peers else "Peers: none"]
     if peers:
         rows = []
+        v6 = any(p.get("ip6") for p in peers)
         for p in peers:
-            rows.append([p.get("hostname") or "-", p.get("ip") or "-", _short(p.get("public_key")), _path(p),
-                         _rtt(p.get("rtt_ms")), _ago(p.get("last_rx_s")), _bytes(p.get("rx_bytes")),
-                         _bytes(p.get("tx_bytes"))])
+            rows.append([p.get("hostname") or "-", p.get("ip") or "-"] + ([_ip6(p)] if v6 else [])
+                        + [_short(p.get("public_key")), _path(p),
+                           _rtt(p.get("rtt_ms")), _ago(p.get("last_rx_s")), _bytes(p.get("rx_bytes")),
+                           _bytes(p.get("tx_bytes"))])
             if p.get("reason"):
                 rows.append([f"  {p['reason']}"])
             if p.get("last_punch_s") is not None and p.get("path") != "direct":
                 rows.append([f"  last hole punch {_ago(p['last_punch_s'])} ago: {p.get('punch_result')}"])
             if p.get("probing"):
                 rows.append([f"  probing through a symmetric NAT (this side {p['probing']})"])
-        lines += _table(["HOSTNAME", "IP", "PUBLIC KEY", "PATH", "RTT", "LAST RX", "IN", "OUT"], rows)
+        lines += _table(["HOSTNAME", "IP"] + (["IP6"] if v6 else []) + ["PUBLIC KEY", "PATH", "RTT", "LAST RX", "IN",
+                                                                      "OUT"], rows)
+    if status.get("ipv6", {}).get("device") is False:
+        lines += ["", "IPv6: off on this host (no IPv6, or the MTU is below 1280): the overlay is IPv4 only here"]
+    names = status.get("names")
+    if names:
+        served = ", ".join(names.get("resolver") or ()) or "not listening"
+        lines += ["", f"Names: {names.get('mode')} (resolver: {served}; systemd-resolved: {names.get('resolved')})"]
+        lines += [f"  resolver cannot listen on {where}: {why}" for where, why in (names.get("resolver_errors") or {}).items()]
     lines += _nat_lines(status.get("nat"))
     drops = {k: v for k, v in status.get("drops", {}).items() if v}
     if drops:
@@ -508,6 +521,13 @@ def _nat_lines(nat: dict[str, Any] | None) -> list[str]:
     else:
         lines.append(f"  port mapping: none ({pm.get('error') or 'asking the router'})")
     return lines
+
+
+def _ip6(peer: dict[str, Any]) -> str:
+    """A peer's IPv6 address, marked when it has not shown that it takes IPv6 (yet)."""
+    if not peer.get("ip6"):
+        return "-"
+    return peer["ip6"] if peer.get("ipv6") in (None, "yes") else f"{peer['ip6']} ({peer.get('ipv6')})"
 
 
 def _printable(text: str) -> str:
@@ -654,7 +674,8 @@ def _parser() -> argparse.ArgumentParser:
                     "a line when the path changed; a summary. Exit 0 when a reply came (with "
                     "--until-direct: over a direct path), 1 otherwise or when PEER cannot be pinged "
                     "(unknown, no policy allows it, this node not in its network).", CLIENT_OPTIONS)
-    ping.add_argument("peer", metavar="PEER", help="hostname, overlay IP or public key (hex, or its first 8+ digits)")
+    ping.add_argument("peer", metavar="PEER", help="hostname, overlay IP or public key (hex, or its first 8+ digits); an overlay "
+                                                   "IPv6 address pings over IPv6")
     ping.add_argument("-c", dest="count", metavar="N", type=_bounded(int, 1, 1_000_000), default=None,
                       help=f"probes to send (default {DEFAULT_PINGS}; with --until-direct {UNTIL_DIRECT_PINGS})")
     ping.add_argument("--until-direct", action="store_true",
@@ -668,7 +689,8 @@ def _parser() -> argparse.ArgumentParser:
         "The agent checks each super peer: UDP (its registration, a STUN round trip) and TCP "
         "(a timed connect to its tcpPort) reachability and RTT; the endpoints it advertises; this "
         "host's public address mapping as the super peers see it (STUN, answered by our drasyl-sp, "
-        "not by drasyl-rs') and whether it differs per destination (a symmetric NAT); IPv6; and what "
+        "not by drasyl-rs') and whether it differs per destination (a symmetric NAT); IPv6 (also "
+        "whether the TUN carries it and how many peers take it); and what "
         "that means for direct paths. Takes up to ~3 s. Exit 0 when a super peer answered over UDP "
         "or TCP, 1 otherwise (the report is printed either way).", CLIENT_OPTIONS)
     netcheck.add_argument("--json", action="store_true",

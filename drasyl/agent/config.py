@@ -40,7 +40,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import quote, unquote
 
@@ -102,7 +102,8 @@ class Consent:
     #: Public key (hex) or hostname of the member whose default or split-default route is accepted.
     exit_node: str | None = None
     #: Prefixes this host forwards to from the overlay when the network names it a gateway.
-    serve_routes: tuple[IPv4Network, ...] = ()
+    #: IPv4 and IPv6 prefixes (a route's ``dest`` and ``dest6``).
+    serve_routes: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -544,9 +545,10 @@ def _consent(table: dict[str, Any], where: str, fail) -> Consent:
     for i, text in enumerate(_typed(table.get("serve_routes", []), list, f"{where}.serve_routes", fail)):
         key = f"{where}.serve_routes[{i}]"
         try:
-            served.append(IPv4Network(_typed(text, str, key, fail)))
+            served.append(ip_network(_typed(text, str, key, fail)))
         except ValueError as exc:
-            raise fail(key, f"not an IPv4 prefix like \"192.168.50.0/24\": {exc}") from None
+            raise fail(key, f"not an IPv4 or IPv6 prefix like \"192.168.50.0/24\" or \"fd00:50::/64\": "
+                            f"{exc}") from None
     return Consent(accept, exit_node, tuple(served))
 
 

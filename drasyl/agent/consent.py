@@ -22,6 +22,14 @@ the states the agent may apply plus, per network, what was refused and why. Rule
   name, a name the host already has (hosts file lines drasyl does not manage), or was claimed
   by an earlier network.
 
+- the IPv6 part of a network (its ``network6`` prefix, address, IPv6 rules, routes and names)
+  is refused, and the network stays IPv4-only, when the prefix overlaps a route of the host
+  (its ULA LAN, another VPN) or an earlier network's prefix; IPv6 names follow their IPv4
+  name; a route's ``dest6`` is refused like a ``dest``: when shorter than /16 (no IPv6 exit
+  node), covering a super peer's IPv6 address, overlapping a host route without
+  ``accept_routes``, or lying inside an earlier network's IPv6 prefix or route; forwarding to
+  it needs it in ``serve_routes``.
+
 Earlier means listed earlier in config.toml (``add`` appends: joined first); the URL plays no
 part, so a later admin cannot win by choosing one. A refused route also loses its access
 rules, so its gateway cannot inject packets from the route's addresses either. Pure: no I/O.
@@ -31,14 +39,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from .config import Consent
 from .netconfig import NetworkConfig
-from .policy import KernelRoute, LocalState
+from .policy import KernelRoute, LocalState, rules6_without
 
 #: Prefixes shorter than this are default or split-default routes (0/0, 0/1 + 128/1, …).
 MIN_PREFIX = 8
+#: IPv6 routes shorter than this are refused (2000::/3 and the like: no IPv6 exit node).
+MIN_PREFIX6 = 16
 #: Names no network may claim: they already mean something on every host.
 RESERVED_NAMES = frozenset({"localhost", "localdomain", "wpad", "broadcasthost", "ip6-localhost",
                             "ip6-loopback", "ip6-allnodes", "ip6-allrouters", "isatap"})
@@ -54,6 +64,10 @@ class HostFacts:
     protected: frozenset[IPv4Address] = frozenset()
     #: Names the host already resolves (own hostname, unmanaged hosts-file lines); lower case.
     names: frozenset[str] = frozenset()
+    #: Destinations of the host's own IPv6 routes (no default, no link-local).
+    routes6: tuple[IPv6Network, ...] = ()
+    #: IPv6 addresses that must stay on the underlay (super peers).
+    protected6: frozenset[IPv6Address] = frozenset()
 
     @property
     def next_hops(self) -> frozenset[IPv4Address]:
@@ -106,6 +120,7 @@ def decide(requests: Sequence[Request], facts: HostFacts) -> Decision:
     host_routes = [(_span(dest), dest, gw) for dest, gw in facts.routes if dest.prefixlen > 0]
     protected = facts.protected | facts.next_hops | {a for r in requests for a in r.server}
     claims = _Claims()
+    claims6: list[tuple[IPv6Network, str]] = []
     decision = Decision()
     conflicts: list[str] = []
     for req in requests:
@@ -132,7 +147,7 @@ def decide(requests: Sequence[Request], facts: HostFacts) -> Decision:
                 conflicts.append(f"{req.shown}: {refused[-1]}")
         served = []
         for dest in req.state.served:
-            if any(dest.subnet_of(allowed) for allowed in req.consent.serve_routes):
+            if any(allowed.version == 4 and dest.subnet_of(allowed) for allowed in req.consent.serve_routes):
                 served.append(dest)
             else:
                 dropped.add(dest)
@@ -154,10 +169,76 @@ def decide(requests: Sequence[Request], facts: HostFacts) -> Decision:
             rules = tuple(r for r in state.access_rules if r.source not in dropped and r.dest not in dropped)
             state = replace(state, routes=tuple(sorted(routes, key=lambda r: r.dest)), served=tuple(served),
                             hostnames=tuple(names), access_rules=rules)
+        state = _ipv6_part(req, state, facts, claims6, refused, conflicts)
         decision.states[req.key] = state
         if refused:
             decision.refused[req.key] = tuple(refused)
     return replace(decision, conflicts=tuple(conflicts))
+
+
+def _ipv6_part(req: Request, state: LocalState, facts: HostFacts, claims6: list[tuple[IPv6Network, str]],
+               refused: list[str], conflicts: list[str]) -> LocalState:
+    """``state`` with its IPv6 part if the host allows it (module docstring), else without."""
+    if state.subnet6 is None:
+        return state
+    why = None
+    overlap = next((dest for dest in facts.routes6 if dest.overlaps(state.subnet6)), None)
+    if overlap is not None:
+        why = f"overlaps the host's route {overlap} (a LAN or another VPN)"
+    owner = next(((p, o) for p, o in claims6 if p.overlaps(state.subnet6)), None)
+    if why is None and owner is not None:
+        why = f"overlaps network {owner[1]} ({owner[0]}), joined earlier"
+    if why is not None:
+        refused.append(f"IPv6 network {state.subnet6} refused (IPv4 only): {why}")
+        if owner is not None and overlap is None:
+            conflicts.append(f"{req.shown}: {refused[-1]}")
+        return replace(state, subnet6=None, ip6=None, access_rules6=(), hostnames6=())
+    claims6.append((state.subnet6, req.shown))
+    accepted = {name.lower() for _ip, name in state.hostnames}
+    if len(accepted) != len(state.hostnames6) or any(n.lower() not in accepted for _ip, n in state.hostnames6):
+        state = replace(state, hostnames6=tuple(h for h in state.hostnames6 if h[1].lower() in accepted))
+    dropped: set[IPv6Network] = set()
+    routes6 = []
+    for route in state.routes6:
+        why = _route6_refusal(route.dest, req, facts, claims6)
+        if why is None:
+            routes6.append(route)
+            claims6.append((route.dest, req.shown))
+            continue
+        dropped.add(route.dest)
+        refused.append(f"route {route.dest} via {route.gw} refused: {why}")
+        if "joined earlier" in why:
+            conflicts.append(f"{req.shown}: {refused[-1]}")
+    served6 = []
+    for dest in state.served6:
+        if any(allowed.version == 6 and dest.subnet_of(allowed) for allowed in req.consent.serve_routes):
+            served6.append(dest)
+        else:
+            dropped.add(dest)
+            refused.append(f"forwarding to {dest} refused: this node is its gateway in the network config; "
+                           f"add it to serve_routes of this network in config.toml to forward")
+    if dropped:
+        state = replace(state, routes6=tuple(routes6), served6=tuple(served6),
+                        access_rules6=rules6_without(state.access_rules6, dropped))
+    return state
+
+
+def _route6_refusal(dest: IPv6Network, req: Request, facts: HostFacts,
+                    claims6: list[tuple[IPv6Network, str]]) -> str | None:
+    if dest.prefixlen < MIN_PREFIX6:
+        return f"shorter than /{MIN_PREFIX6}: IPv6 default or exit routes are not accepted"
+    covered = sorted(a for a in facts.protected6 if a in dest)
+    if covered:
+        return f"it covers {covered[0]}, which must stay on the underlay (a super peer)"
+    if not req.consent.accept_routes:
+        overlap = next((r for r in facts.routes6 if r.overlaps(dest)), None)
+        if overlap is not None:
+            return (f"it overlaps the host's route {overlap}; set accept_routes = true for this network "
+                    f"in config.toml to allow that")
+    owner = next(((p, o) for p, o in claims6 if dest.subnet_of(p)), None)
+    if owner is not None:
+        return f"it lies inside {owner[0]} of network {owner[1]}, joined earlier"
+    return None
 
 
 def _around(route: KernelRoute, keep_out: list[IPv4Address]) -> list[KernelRoute]:

@@ -24,6 +24,12 @@ belongs to) and written to the TUN; echo replies to ``drasyl-agent ping`` (:mod:
 taken off there instead. Drops are counted by reason (``status`` shows them),
 never logged per packet.
 
+IPv6 takes a branch off the IPv4 path (one test per packet on it): the same checks with the
+IPv6 tables, and an IPv6 packet goes only to a peer known to take IPv6 (:mod:`.ipv6`: learned
+from announcements, so a drasyl-rs agent never gets one; else ``tx_ipv6_not_capable``).
+Names are in the hosts file and answered by the embedded resolver (:mod:`.resolver`) on the
+overlay addresses, registered with systemd-resolved for ``drasyl.network`` where it runs.
+
 Deliberate differences from drasyl-rs:
 
 - reconciliation computes the whole host state from every network's state and lets
@@ -41,7 +47,9 @@ Deliberate differences from drasyl-rs:
   on reload is logged and the running configuration kept;
 - SIGTERM/SIGINT remove routes, addresses, the hosts block and the device, then exit 0;
 - the network ``name`` from the config is saved into config.toml whenever it differs,
-  also the first time (drasyl-rs only saves a changed name).
+  also the first time (drasyl-rs only saves a changed name);
+- the overlay carries IPv6 too ([quirk] §10.1: drasyl-rs drops it), to peers that announced
+  it (:mod:`.ipv6`), and names are also answered by an embedded resolver ([quirk] §10.7).
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 from urllib.parse import urlsplit
 
@@ -71,18 +79,20 @@ from ..urls import format_host_port
 from ..tun import Forwarding, Host, HostState, TunDevice, cleanup_stale
 from ..tun.device import DEFAULT_NAME
 from ..tun.hosts import HostsFile
-from ..tun.packet import ADDRESSES, PROTO_UDP, is_drasyl_control, is_ipv4
-from ..tun.routes import Route, underlay_routes
+from ..tun.packet import ADDRESSES, PROTO_UDP, is_drasyl_control, is_drasyl_control6, is_ipv4, is_ipv6, src_dst6
+from ..tun.routes import Route, underlay_routes, underlay_routes6
 from .api import DEFAULT_RUN_DIR, ApiServer, TokenFile, config_status
 from .config import AgentConfig, NetworkEntry, mask_url
 from .consent import Decision, HostFacts, Request, decide
 from .explain import NO_ANSWER, PeerPath, nat_status, peer_path, punch_result, super_peer_state
 from .fetch import FetchError, OnDemandSession, fetch_config_text
+from .ipv6 import Capabilities, announcement, announcement_flags
 from .isolate import document, parse_toml
 from .netcheck import run_netcheck
 from .netconfig import NetworkConfig, NetworkConfigError, validate_network_config
-from .ping import PROTO_ICMP, Pinger
+from .ping import PROTO_ICMP, PROTO_ICMPV6, Pinger
 from .policy import LocalState, PolicyTables, desired_state
+from .resolver import Names
 
 if TYPE_CHECKING:  # imported when metrics are on: prometheus_client costs megabytes of RSS
     from ..portmap import PortMapper
@@ -111,10 +121,14 @@ WATCH_S = 2.0
 NEWS_S = 5.0
 #: Above this many peers, per-peer state changes are not logged (status still shows them).
 MAX_WATCHED_PEERS = 1000
-#: Drop reasons of the screening both directions share (not IPv4, drasyl's own traffic).
+#: Drop reasons of the screening both directions share (neither IPv4 nor IPv6 — the name is
+#: older than IPv6 support —, drasyl's own traffic).
 TX_REASONS = ("tx_not_ipv4", "tx_drasyl_control")
 RX_REASONS = ("rx_not_ipv4", "rx_drasyl_control")
 _unpack_addresses = ADDRESSES.unpack_from
+#: :func:`_addresses`' answers besides (src, dst) and None: an IPv6 packet, an announcement (:mod:`.ipv6`).
+V6: tuple = ()
+ANNOUNCE = (0,)
 #: Variables drasyl-rs reads that have no meaning here (one queue, no worker threads).
 IGNORED_ENV = ("DRASYL_UDP_SOCKETS", "DRASYL_RECV_BUF_CAP", "DRASYL_CHANNEL_CAP", "DRASYL_TUN_THREADS",
                "DRASYL_C2D_THREADS")
@@ -162,6 +176,11 @@ class Agent:
         self._faults = FaultLog(self.drops)
         #: ``drasyl-agent ping``: its echo requests and the replies it takes off the receive path.
         self.pinger = Pinger()
+        #: Which peers take IPv6 (:mod:`.ipv6`), and where to announce to them: peer → (our IPv4, theirs).
+        self.ipv6 = Capabilities()
+        self._announce_to: dict[bytes, tuple[int, int]] = {}
+        #: The hosts file's names, also answered by the embedded resolver (:mod:`.resolver`).
+        self.names = Names()
         self._tx_batch: list[tuple[NodePeer, memoryview]] = []
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -220,6 +239,7 @@ class Agent:
             log.warning("Cleanup after a previous run: %s", problem)
         self.api = ApiServer(self, TokenFile(self._token_path), self._listen, self._run_dir)
         await self.api.start()  # logs where it listens
+        await self.names.start()
         if metrics.listen is not None:
             from .metrics import AgentMetrics
             self.metrics = await AgentMetrics.start(self, metrics)
@@ -267,6 +287,7 @@ class Agent:
             await self.metrics.close()
         if self.api is not None:
             await self.api.close()
+        await self.names.close()
         if self.tun is not None:
             asyncio.get_running_loop().remove_reader(self.tun.fileno())
         if self._recreating is not None:
@@ -377,12 +398,14 @@ class Agent:
             for i in range(n):
                 pkt = slots[i][:lengths[i]]
                 addresses = _addresses(pkt, drops, TX_REASONS)
-                if addresses is None:
-                    continue
-                handle = handles.get(egress(*addresses))
-                if handle is None:
-                    drops["tx_policy_denied"] += 1
-                    continue
+                if not addresses:  # None or V6
+                    if addresses is None or (handle := self._egress6(pkt)) is None:
+                        continue
+                else:
+                    handle = handles.get(egress(*addresses))
+                    if handle is None:
+                        drops["tx_policy_denied"] += 1
+                        continue
                 batch.append((handle, pkt))
             if batch:
                 self.node.send_batch(batch)
@@ -390,6 +413,69 @@ class Agent:
             self._faults.report("sending packets from the TUN")
         finally:
             batch.clear()
+
+    def _egress6(self, pkt) -> NodePeer | None:
+        """The handle for an IPv6 packet from the TUN, or None (counted): not drasyl's own, not
+        link-local or multicast (the kernel's own chatter), allowed, and the peer takes IPv6."""
+        drops = self.drops
+        if pkt[6] == PROTO_UDP and is_drasyl_control6(pkt):
+            drops["tx_drasyl_control"] += 1
+            return None
+        src, dst = src_dst6(pkt)
+        if dst >> 120 == 0xFF or src >> 118 == 0x3FA or dst >> 118 == 0x3FA:  # ff00::/8, fe80::/10
+            drops["tx_ipv6_link_local"] += 1
+            return None
+        pk = self.tables.egress6(src, dst)
+        handle = self.handles.get(pk) if pk is not None else None
+        if handle is None:
+            drops["tx_policy_denied"] += 1
+            return None
+        if pk not in self.ipv6.capable:
+            drops["tx_ipv6_not_capable"] += 1
+            return None
+        return handle
+
+    def _receive_other(self, sender: bytes, payload, kind: tuple) -> None:
+        """A received IPv6 packet or IPv6 announcement (``kind``), checked like IPv4."""
+        tables, drops = self.tables, self.drops
+        if kind is V6:
+            if payload[6] == PROTO_UDP and is_drasyl_control6(payload):
+                drops["rx_drasyl_control"] += 1
+                return
+            if not tables.ingress6_ok(sender, *src_dst6(payload)):
+                drops["rx_policy_denied"] += 1
+                return
+            if sender not in self.ipv6.capable and self.ipv6.learned(sender):
+                log.info("Peer %s… takes IPv6", sender.hex()[:12])
+            if payload[6] == PROTO_ICMPV6 and self.pinger.take_reply6(payload):  # drasyl-agent ping
+                return
+            self.tun.write(payload)
+            return
+        src, dst = _unpack_addresses(payload, 12)
+        if not tables.ingress_ok(sender, src, dst):
+            drops["rx_policy_denied"] += 1
+            return
+        self.ipv6.received += 1
+        if sender not in tables.peers6 or not self.tun.ipv6:
+            return
+        if self.ipv6.learned(sender):
+            log.info("Peer %s… takes IPv6", sender.hex()[:12])
+        flags = announcement_flags(payload)
+        if flags and self.ipv6.should_answer(sender, asyncio.get_running_loop().time()):
+            asyncio.get_running_loop().call_soon(self._announce, [sender], False)
+
+    def _announce(self, peers: list[bytes], ask: bool = True) -> None:
+        """Send an IPv6 announcement (:mod:`.ipv6`) to each of ``peers`` we know a path for."""
+        if self.tun is None or not self.tun.ipv6:
+            return
+        batch = []
+        for pk in peers:
+            addresses, handle = self._announce_to.get(pk), self.handles.get(pk)
+            if addresses is not None and handle is not None:
+                batch.append((handle, announcement(*addresses, ask)))
+        if batch:
+            self.ipv6.sent += len(batch)
+            self.node.send_batch(batch)
 
     def _on_receive(self, batch: list[tuple[bytes, bytes | bytearray]]) -> None:
         """Received APPs: each must fit the MTU, be IPv4, not drasyl's own, and come from the
@@ -405,8 +491,11 @@ class Agent:
                 if len(payload) > mtu:
                     drops["rx_oversize"] += 1
                     continue
-                addresses = _addresses(payload, drops, RX_REASONS)
+                addresses = _addresses(payload, drops, RX_REASONS, True)
                 if addresses is None:
+                    continue
+                if len(addresses) != 2:  # V6 or ANNOUNCE
+                    self._receive_other(sender, payload, addresses)
                     continue
                 if not ingress_ok(sender, *addresses):
                     drops["rx_policy_denied"] += 1
@@ -428,6 +517,7 @@ class Agent:
                               if (m := self.memberships.get(k)) is not None and m.config is not None)
                 known = len(self.node.core.peers)  # also peers released but not yet expired
                 self._tell_changes(self.status(peers=max(members, known) <= MAX_WATCHED_PEERS))
+                self._announce(self.ipv6.due(asyncio.get_running_loop().time()))
             except Exception:  # a bug must not stop the agent
                 self._faults.report("watching peer states")
 
@@ -446,6 +536,8 @@ class Agent:
         for p in peers:
             name = f"{p['hostname'] or p['public_key'][:12] + '…'} ({p['ip'] or p['public_key'][:12] + '…'})"
             state = f"{p['path']} {p['cause']}"
+            if self._told.get(f"peer {p['public_key']}", state) != state:
+                self.ipv6.again(bytes.fromhex(p["public_key"]))  # it came up (or moved): tell it about IPv6 now
             self._tell(f"peer {p['public_key']}", state, f"Peer {name}: {_describe_path(p)}")
             punch, last = p["last_punch_s"], self._punches.get(p["public_key"])
             if punch is not None and (last is None or punch < last):  # a new UNITE since the last look
@@ -554,8 +646,8 @@ class Agent:
                          and m.state is not None and m.config is not None)
         if self.host is None:
             return
-        routes, names = await self._on_host(self._host_facts, self.host.routes.ifindex)
-        facts = HostFacts(routes, self._super_peer_addresses(), names)
+        routes, names, routes6 = await self._on_host(self._host_facts, self.host.routes.ifindex)
+        facts = HostFacts(routes, self._super_peer_addresses(), names, routes6, self._super_peer_addresses(6))
         if (requests, facts) != self._decided:
             identity = self.config.identity if self.config.arm_messages else None
             self.decision, tables, keys = await self._on_work(_decide, requests, facts, identity,
@@ -567,21 +659,30 @@ class Agent:
                                                     for line in self.decision.refused.get(req.key, ())],
                              logging.WARNING)
         states = self.decision.states
+        ipv6 = self.tun is not None and self.tun.ipv6
         host_state = HostState(
-            addresses=frozenset(IPv4Interface((s.ip, s.subnet.prefixlen)) for s in states.values()),
-            routes=frozenset(Route(r.dest, r.gw) for s in states.values() for r in s.routes),
-            served=frozenset(d for s in states.values() for d in s.served),
-            names=frozenset(name for s in states.values() for name in s.hostnames),
+            addresses=frozenset(IPv4Interface((s.ip, s.subnet.prefixlen)) for s in states.values())
+            | frozenset(IPv6Interface((s.ip6, s.subnet6.prefixlen)) for s in states.values()
+                        if ipv6 and s.ip6 is not None),
+            routes=frozenset(Route(r.dest, r.gw) for s in states.values() for r in s.routes)
+            | frozenset(Route(r.dest, r.gw) for s in states.values() if ipv6 for r in s.routes6),
+            served=frozenset(d for s in states.values() for d in s.served)
+            | frozenset(d for s in states.values() if ipv6 for d in s.served6),
+            names=frozenset(name for s in states.values() for name in s.hostnames)
+            | frozenset(name for s in states.values() if ipv6 for name in s.hostnames6),
         )
         self._report("host", await self._on_host(self.host.apply, host_state), logging.WARNING)
+        self._report("names", await self.names.apply(host_state.names, [a.ip for a in host_state.addresses],
+                                                     DEFAULT_NAME), logging.WARNING)
 
     @staticmethod
-    def _host_facts(ifindex: int) -> tuple[tuple, frozenset[str]]:
-        """(the host's own routes, the names it has without us): in the host thread."""
+    def _host_facts(ifindex: int) -> tuple[tuple, frozenset[str], tuple]:
+        """(the host's own routes, the names it has without us, its own IPv6 routes): in the host thread."""
         hostname = socket.gethostname().lower()
-        return underlay_routes(ifindex), HostsFile().foreign_names() | {hostname, hostname.partition(".")[0]}
+        return (underlay_routes(ifindex), HostsFile().foreign_names() | {hostname, hostname.partition(".")[0]},
+                underlay_routes6(ifindex))
 
-    def _super_peer_addresses(self) -> frozenset[IPv4Address]:
+    def _super_peer_addresses(self, version: int = 4) -> frozenset[Any]:
         found = set()
         for sp in self.node.core.super_peers.values():
             for host, _port in sp.addresses:
@@ -589,7 +690,7 @@ class Agent:
                     address = ipaddress.ip_address(host)
                 except ValueError:
                     continue
-                if address.version == 4:
+                if address.version == version:
                     found.add(address)
         return frozenset(found)
 
@@ -614,10 +715,28 @@ class Agent:
         self._report("handles", refused, logging.WARNING)
         # the new tables only name peers that have handles now; swap before releasing the rest
         self.tables = tables
+        self._announce_to = self._announce_addresses(tables)
+        self.ipv6.keep(tables.peers6)
+        self._announce(self.ipv6.due(asyncio.get_running_loop().time()))
         for pk in self.handles.keys() - tables.peers:
             node.release(self.handles.pop(pk))
         self._report("conflicts", list(tables.conflicts), logging.WARNING)
         log.info("Policy tables: %d network(s), %d peer(s)", len(self.decision.states), len(tables.peers))
+
+    def _announce_addresses(self, tables: PolicyTables) -> dict[bytes, tuple[int, int]]:
+        """Per IPv6 peer, our IPv4 address and its own in the first network where we may talk:
+        where an announcement passes the peer's IPv4 anti-spoofing check."""
+        out: dict[bytes, tuple[int, int]] = {}
+        for key, state in self.decision.states.items():
+            member = self.memberships.get(key)
+            if member is None or member.config is None or state.ip6 is None:
+                continue
+            for rule in state.access_rules6:
+                if rule.allow and rule.direction == "OUT" and rule.pk in tables.peers6 and rule.pk not in out:
+                    node = member.config.node(rule.pk)
+                    if node is not None:
+                        out[rule.pk] = (int(state.ip), int(node.ip))
+        return out
 
     def _report(self, topic: str, messages: list[str], level: int) -> None:
         """Log ``messages`` only when they differ from what was logged last for ``topic``."""
@@ -715,7 +834,7 @@ class Agent:
         for key, state in self.decision.states.items():
             member = self.memberships.get(key)
             network = (member.config.name if member and member.config else None) or mask_url(key)
-            for route in state.routes:
+            for route in state.routes + state.routes6:
                 applied = kernel.get(Route(route.dest, route.gw))
                 rows.append({"dest": str(route.dest), "gateway": str(route.gw), "network": network,
                              "state": applied.value if applied is not None else "Pending"})
@@ -737,7 +856,7 @@ class Agent:
                 seen.add(n.pk)
                 row = node_rows.get(n.pk)
                 how = peer_path(row, n.pk in self.tables.peers, relay, relay_registered, self._handle_errors.get(n.pk))
-                yield _peer_status(n.pk, n, shown, row, how)
+                yield _peer_status(n.pk, n, shown, row, how, self._ipv6_of(n.pk))
         for pk, row in node_rows.items():
             if pk not in seen and row.last_rx_s is not None:  # it sent to us without being in our networks
                 yield _peer_status(pk, None, None, row, peer_path(row, True, relay, relay_registered))
@@ -778,6 +897,9 @@ class Agent:
                 net["state"], net["subnet"], net["ip"] = "refused", str(member.state.subnet), str(member.state.ip)
             elif member.state is not None:
                 net["state"], net["subnet"], net["ip"] = "active", str(member.state.subnet), str(member.state.ip)
+                applied = self.decision.states.get(entry.key)
+                if applied is not None and applied.ip6 is not None and self.tun is not None and self.tun.ipv6:
+                    net["subnet6"], net["ip6"] = str(applied.subnet6), str(applied.ip6)
             elif member.config is not None:
                 net["state"] = "not a member"
             elif member.error is not None:
@@ -794,7 +916,17 @@ class Agent:
             drops.update(self.tun.drops)
         drops.update({k: v for k, v in node.stats().items() if k != "relay_queued"})
         status["drops"] = dict(sorted(drops.items()))
+        status["ipv6"] = {"device": self.tun is not None and self.tun.ipv6,
+                          "announcements_sent": self.ipv6.sent, "announcements_received": self.ipv6.received}
+        status["names"] = self.names.status()
         return status
+
+    def _ipv6_of(self, pk: bytes) -> str:
+        """A member's IPv6 state: ``yes`` (it takes IPv6), ``not yet`` (no announcement from it:
+        an older or drasyl-rs agent, or not up), ``no`` (no IPv6 rule towards it)."""
+        if pk not in self.tables.peers6:
+            return "no"
+        return "yes" if pk in self.ipv6.capable else "not yet"
 
 
 def _describe_path(p: dict[str, Any]) -> str:
@@ -809,10 +941,12 @@ def _describe_path(p: dict[str, Any]) -> str:
     return f"unreachable: {p['reason']}"
 
 
-def _peer_status(pk: bytes, node: Any, network: str | None, row: Any, how: PeerPath) -> dict[str, Any]:
+def _peer_status(pk: bytes, node: Any, network: str | None, row: Any, how: PeerPath,
+                 ipv6: str = "no") -> dict[str, Any]:
     """One ``status`` peer row (schema in :mod:`drasyl.agent.api`)."""
     return {"public_key": pk.hex(), "hostname": node.hostname if node else None,
             "ip": str(node.ip) if node else None, "network": network,
+            "ip6": str(node.ip6) if node is not None and node.ip6 is not None else None, "ipv6": ipv6,
             "path": how.state, "via": how.via, "cause": how.cause, "reason": how.reason,
             "endpoint": format_host_port(*row.remote[:2]) if row is not None and row.remote else None,
             "rtt_ms": row.rtt_ms if row is not None else None,
@@ -866,12 +1000,17 @@ async def _server_addresses(url: str) -> frozenset[IPv4Address]:
     return frozenset(IPv4Address(info[4][0]) for info in infos)
 
 
-def _addresses(pkt, drops: Counter[str], reasons: tuple[str, str]) -> tuple[int, int] | None:
-    """(src, dst) of an IPv4 packet that is not drasyl's own traffic; None, counted, otherwise."""
+def _addresses(pkt, drops: Counter[str], reasons: tuple[str, str], rx: bool = False) -> tuple[int, ...] | None:
+    """(src, dst) of an IPv4 packet that is not drasyl's own traffic; :data:`V6` for an IPv6
+    packet; with ``rx``, :data:`ANNOUNCE` for an IPv6 announcement; None, counted, otherwise."""
     if not is_ipv4(pkt):
+        if is_ipv6(pkt):
+            return V6
         drops[reasons[0]] += 1
         return None
     if pkt[9] == PROTO_UDP and is_drasyl_control(pkt):
+        if rx and announcement_flags(pkt) is not None:
+            return ANNOUNCE
         drops[reasons[1]] += 1
         return None
     return _unpack_addresses(pkt, 12)

@@ -38,6 +38,8 @@ TCP :data:`TCP_TIMEOUT_S`, all in parallel, so a netcheck takes at most ~3 s.
           "note": "…"|null,                       # e.g. mapping unknown (does not answer STUN)
       }],
       "endpoints": ["10.1.0.2:22527", …],         # advertised in HELLOs (what peers try first)
+      (also "ipv6": {…, "overlay": {"device": bool, "addresses": ["fd…"], "peers": 2, "capable": 1,
+                                    "summary": "on, fd…; 1 of 2 peers take IPv6 …"}}: IPv6 in the TUN)
       "mapping": {"4": {"verdict": "endpoint-independent"|"endpoint-dependent"|"none"|"unknown",
                         "local": "10.1.0.2:41234", "mapped": ["198.51.100.21:41234", …],
                         "summary": "…"},
@@ -252,7 +254,8 @@ async def run_netcheck(agent: Agent) -> dict[str, Any]:
         "mapping": {"4": mapping4, "6": mapping6},
         "port_mapping": port_mapping,
         "ipv6": {"global_addresses": global6, "super_peer_answered": answered6,
-                 "summary": _ipv6_summary(global6, answered6, bool(targets[6]))},
+                 "summary": _ipv6_summary(global6, answered6, bool(targets[6])),
+                 "overlay": _overlay6(agent)},
     }
     report["direct_paths"] = _direct_paths(report)
     report["duration_s"] = round(time.monotonic() - started, 2)
@@ -271,6 +274,22 @@ async def _port_mapping(agent: Agent) -> dict[str, Any] | None:
     from ..portmap import probe
 
     return {"mapped": mapper.status() if mapper is not None else None, "gateway": await probe(protocols=protocols)}
+
+
+def _overlay6(agent: Agent) -> dict[str, Any]:
+    """IPv6 inside the overlay (not the underlay above): does the TUN carry it, this node's
+    overlay IPv6 addresses, and how many peers have shown that they take IPv6."""
+    tun = agent.tun
+    device = tun is not None and tun.ipv6
+    addresses = sorted(str(s.ip6) for s in agent.decision.states.values() if s.ip6 is not None) if device else []
+    peers6 = agent.tables.peers6
+    capable = len(peers6 & agent.ipv6.capable)
+    if not device:
+        summary = "off: the TUN carries IPv4 only on this host (no IPv6, or the MTU is below 1280)"
+    else:
+        summary = (f"on, {', '.join(addresses) or 'no address yet'}; {capable} of {len(peers6)} peers take IPv6"
+                   + (" (the others: drasyl-rs or older agents, or not up)" if capable < len(peers6) else ""))
+    return {"device": device, "addresses": addresses, "peers": len(peers6), "capable": capable, "summary": summary}
 
 
 def _ipv6_summary(addresses: list[str], answered: bool, any_target: bool) -> str:
@@ -330,6 +349,8 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"IPv{family} mapping: {mapping['summary']} (local {mapping['local']}, seen as {seen})")
     lines += _port_mapping_lines(report.get("port_mapping"))
     lines.append(f"IPv6: {report['ipv6']['summary']}")
+    if report["ipv6"].get("overlay"):
+        lines.append(f"IPv6 in the overlay: {report['ipv6']['overlay']['summary']}")
     lines.append(f"Direct paths: {report['direct_paths']}")
     if not report["ok"]:
         lines.append("No super peer answered.")

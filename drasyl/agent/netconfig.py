@@ -21,16 +21,28 @@ Deliberate differences (every config drasyl-rs loads still loads, except the las
   :data:`MAX_GROUP_LEN` characters, and a ``name`` of at most :data:`MAX_NAME_LEN` printable
   characters; the counts are checked before any entry is validated. Any failure of the TOML
   parser, a ``RecursionError`` from absurdly nested arrays included, is this config's error.
+IPv6 (our addition; drasyl-rs ignores the two keys, so a shared config keeps working there):
+every member also gets an overlay IPv6 address. An optional top-level ``network6`` (a ULA
+prefix inside ``fc00::/7``, /48 to /120) and per-node ``ip6`` assign them; without
+``network6`` the network gets the /64 :func:`derived_network6` (``fd`` + 40 bits of
+SHA-256 over the IPv4 ``network`` as normalised CIDR, subnet id 0, RFC 4193), and every node
+without ``ip6`` gets :func:`derived_ip6`: the prefix plus the leading bits of SHA-256 over its
+public key as interface id. So every agent computes the same addresses from the config alone
+and no admin has to assign them. The name is not hashed: renaming a network must not
+renumber it. ``ip6`` is checked like ``ip`` (inside ``network6``, unique, not the network
+address); a derived address that collides (only likely in a long ``network6`` prefix) is an
+error asking for an explicit ``ip6``.
 Pure: no I/O here (fetching is :mod:`drasyl.agent.fetch`, semantics :mod:`drasyl.agent.policy`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from ..errors import ConfigError, CryptoError
@@ -48,6 +60,9 @@ MAX_GROUP_LEN = 64
 MAX_NAME_LEN = 64
 
 _CIDR = re.compile(r"([0-9.]+)/([0-9]{1,2})")
+#: ``network6`` must be a unique local prefix (RFC 4193): the overlay never claims global addresses.
+ULA = IPv6Network("fc00::/7")
+MIN_PREFIX6, MAX_PREFIX6 = 48, 120
 _HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _HOSTNAME_RULE = "1-63 letters, digits or '-', not starting or ending with '-'"
 
@@ -71,6 +86,9 @@ class Node:
     ip: IPv4Address
     hostname: str
     groups: frozenset[str] = frozenset()
+    #: Set for every node of a validated config (derived if not written). Not compared: a
+    #: node is equal by its drasyl-rs fields (its address follows from them or from ``ip6``).
+    ip6: IPv6Address | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,8 @@ class Route:
     gw: bytes
     groups: frozenset[str] = frozenset()
     """Empty: every node may use the route; else only members of one of these groups."""
+    dest6: IPv6Network | None = None
+    """The IPv6 prefix behind the same gateway, for the same groups (``dest6``; drasyl-rs ignores it)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +116,7 @@ class NetworkConfig:
     policies: tuple[Policy, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
     source: str = field(default="", compare=False)
+    subnet6: IPv6Network | None = None  # ``network6``, or derived from ``network``
 
     @cached_property
     def _by_pk(self) -> dict[bytes, Node]:
@@ -159,7 +180,96 @@ def _validate(doc: dict[str, Any], source: str) -> NetworkConfig:
     _check_nodes(nodes, subnet)
     routes = _checked_routes(route_specs, nodes)
     warnings = _warnings(network_text, subnet, subnet_addr, nodes, routes, policies)
-    return NetworkConfig(subnet, name, nodes, routes, policies, warnings, source)
+    subnet6, nodes = _ipv6(doc, subnet, nodes)
+    routes = _routes6(route_tables, routes)
+    return NetworkConfig(subnet, name, nodes, routes, policies, warnings, source, subnet6)
+
+
+def derived_network6(subnet: IPv4Network) -> IPv6Network:
+    """The /64 ULA prefix of a network without ``network6``: ``fd`` + 40 bits of
+    SHA-256("drasyl network6\n" + the IPv4 network as normalised CIDR) + subnet id 0."""
+    global_id = hashlib.sha256(b"drasyl network6\n" + str(subnet).encode()).digest()[:5]
+    return IPv6Network((int.from_bytes(b"\xfd" + global_id + b"\0\0") << 64, 64))
+
+
+def derived_ip6(subnet6: IPv6Network, pk: bytes) -> IPv6Address:
+    """A node's address in ``subnet6`` without ``ip6``: the prefix plus the leading host bits
+    of SHA-256("drasyl ip6\n" + public key) (for a /64: the 64-bit interface id)."""
+    host_bits = 128 - subnet6.prefixlen
+    iid = int.from_bytes(hashlib.sha256(b"drasyl ip6\n" + pk).digest()[:16]) >> (128 - host_bits)
+    return IPv6Address(int(subnet6.network_address) | iid)
+
+
+def _ipv6(doc: dict[str, Any], subnet: IPv4Network, nodes: tuple[Node, ...]) -> tuple[IPv6Network, tuple[Node, ...]]:
+    """``network6`` (or the derived prefix) and the nodes with their ``ip6`` (written or derived)."""
+    text = _get(doc, "network6", str, "top level", required=False)
+    subnet6 = derived_network6(subnet) if text is None else _network6(text)
+    by_ip6: dict[IPv6Address, int] = {}
+    out = []
+    for i, (node, table) in enumerate(zip(nodes, _tables(doc, "node", MAX_NODES)), 1):
+        where = f"[[node]] #{i}"
+        written = _get(table[1], "ip6", str, where, required=False)
+        if written is None:
+            ip6 = derived_ip6(subnet6, node.pk)
+        else:
+            if text is None:
+                raise _Invalid(f"{where}: 'ip6' needs 'network6' at the top level (the prefix it is in)")
+            try:
+                ip6 = IPv6Address(written)
+            except ValueError:
+                raise _Invalid(f"{where}: 'ip6' is not an IPv6 address like \"fd00:1::1\": {written!r}") from None
+            if ip6 not in subnet6:
+                raise _Invalid(f"{where}: IPv6 address {ip6} is not in network6 {subnet6}")
+        if ip6 == subnet6.network_address:
+            raise _Invalid(f"{where}: IPv6 address {ip6} is the network address of {subnet6} "
+                           f"(subnet-router anycast); {'choose another ip6' if written else 'set ip6'}")
+        if ip6 in by_ip6:
+            how = "duplicate IPv6 address" if written else "derived IPv6 address collides"
+            hint = "" if written else "; set 'ip6' for one of them"
+            raise _Invalid(f"{where}: {how}: {ip6} (also [[node]] #{by_ip6[ip6]}){hint}")
+        by_ip6[ip6] = i
+        out.append(Node(node.pk, node.ip, node.hostname, node.groups, ip6))
+    return subnet6, tuple(out)
+
+
+def _routes6(tables: list[tuple[int, dict[str, Any]]], routes: tuple[Route, ...]) -> tuple[Route, ...]:
+    """The routes with their optional ``dest6``: an IPv6 prefix (no host bits), unique."""
+    seen: dict[IPv6Network, int] = {}
+    out = []
+    for (i, table), route in zip(tables, routes):
+        where = f"[[route]] #{i}"
+        text = _get(table, "dest6", str, where, required=False)
+        if text is None:
+            out.append(route)
+            continue
+        try:
+            if "/" not in text:
+                raise ValueError(text)
+            dest6 = IPv6Network(text, strict=False)
+        except ValueError:
+            raise _Invalid(f"{where}: 'dest6' must be an IPv6 network like \"fd00:50::/64\", got {text!r}") from None
+        if IPv6Address(text.partition("/")[0]) != dest6.network_address:
+            raise _Invalid(f"{where}: invalid network address: {text} is a host address (did you mean {dest6}?)")
+        if dest6 in seen:
+            raise _Invalid(f"{where}: duplicate route destination: {dest6} (also [[route]] #{seen[dest6]})")
+        seen[dest6] = i
+        out.append(Route(route.dest, route.gw, route.groups, dest6))
+    return tuple(out)
+
+
+def _network6(text: str) -> IPv6Network:
+    try:
+        net = IPv6Network(text, strict=False)
+        if "/" not in text:
+            raise ValueError(text)
+    except ValueError:
+        raise _Invalid(f"'network6' must be an IPv6 network like \"fd12:3456:789a::/64\", got {text!r}") from None
+    if not net.subnet_of(ULA) or not MIN_PREFIX6 <= net.prefixlen <= MAX_PREFIX6:
+        raise _Invalid(f"'network6' must be a unique local prefix (inside {ULA}) from /{MIN_PREFIX6} to "
+                       f"/{MAX_PREFIX6}, got {text!r}")
+    if IPv6Address(text.partition("/")[0]) != net.network_address:
+        raise _Invalid(f"'network6' {text} has host bits set (did you mean {net}?)")
+    return net
 
 
 def _check_nodes(nodes: tuple[Node, ...], subnet: IPv4Network) -> None:

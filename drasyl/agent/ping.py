@@ -21,10 +21,16 @@ protocol ICMP to :meth:`Pinger.take_reply` (one byte compare for all other traff
 consumes echo replies with our identifier and token, instead of writing them to the TUN,
 and wakes the waiting probe if the source is the pinged address.
 
+PEER given as an overlay IPv6 address pings over IPv6 (an ICMPv6 echo request from this
+node's overlay IPv6 address, taken off the receive path the same way), if the peer has shown
+that it takes IPv6 (:mod:`.ipv6`); a name or key pings over IPv4. The answer's ``peer``
+carries both addresses and ``family`` (4 or 6).
+
 The answer (JSON of ``POST /ping``)::
 
     {"success": true, "seq": 7, "reply": true, "rtt_ms": 0.61,   # measured here, send → reply
-     "peer": {"public_key": "<64 hex>", "hostname": "bob", "ip": "10.77.0.2", "network": "<url>"},
+     "peer": {"public_key": "<64 hex>", "hostname": "bob", "ip": "10.77.0.2", "network": "<url>",
+              "ip6": "fd6e:90bb:803a:0:626f:4f19:203b:1c2c" | null, "family": 4 | 6},
      "path": "direct" | "relayed" | "tcp",                       # the node's peer table at reply
      "endpoint": "203.0.113.10:22527" | null,                    # (or timeout) time: the path
      "via": "<super peer public key hex>" | null}                # our packets take to the peer
@@ -41,7 +47,7 @@ import secrets
 import struct
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any
 
 from ..urls import format_host_port
@@ -55,6 +61,8 @@ if TYPE_CHECKING:
 
 PROTO_ICMP = 1
 ECHO_REPLY, ECHO_REQUEST = 0, 8
+PROTO_ICMPV6 = 58
+ECHO6_REQUEST, ECHO6_REPLY = 128, 129
 MIN_KEY_PREFIX = 8
 #: A probe's wait is bounded below the CLI's 10 s request timeout.
 MAX_TIMEOUT_S = 8.0
@@ -87,15 +95,29 @@ def echo_packet(kind: int, src: IPv4Address, dst: IPv4Address, ident: int, seq: 
     return bytes(header + icmp)
 
 
+_IPV6 = struct.Struct("!IHBB16s16s")
+
+
+def echo6_packet(kind: int, src: IPv6Address, dst: IPv6Address, ident: int, seq: int, payload: bytes) -> bytes:
+    """An IPv6 packet (hop limit 64) with an ICMPv6 echo request or reply (RFC 4443)."""
+    icmp = bytearray(_ICMP_ECHO.pack(kind, 0, 0, ident, seq) + payload)
+    pseudo = src.packed + dst.packed + struct.pack("!I3xB", len(icmp), PROTO_ICMPV6)
+    _U16.pack_into(icmp, 2, checksum(pseudo + icmp))
+    return _IPV6.pack(6 << 28, len(icmp), PROTO_ICMPV6, TTL, src.packed, dst.packed) + bytes(icmp)
+
+
 @dataclass(frozen=True)
 class Target:
-    """A peer to ping and from where: ``src`` is this node's overlay IP in ``network``."""
+    """A peer to ping and from where: ``src`` is this node's overlay IP in ``network``;
+    ``ip6``/``src6`` set when the ping goes over IPv6."""
 
     pk: bytes
     ip: IPv4Address
     src: IPv4Address
     hostname: str
     network: str  # the config URL as shown (password masked)
+    ip6: IPv6Address | None = None  # the peer's overlay IPv6 address
+    src6: IPv6Address | None = None  # ours, when the ping goes over IPv6
 
 
 def resolve(agent: Agent, peer: str) -> Target:
@@ -108,6 +130,10 @@ def resolve(agent: Agent, peer: str) -> Target:
         ip: IPv4Address | None = IPv4Address(text)
     except ValueError:
         ip = None
+    try:
+        ip6: IPv6Address | None = IPv6Address(text)
+    except ValueError:
+        ip6 = None
     prefix = text if MIN_KEY_PREFIX <= len(text) <= 64 and all(c in "0123456789abcdef" for c in text) else None
     found: list[tuple[str, str, NetworkConfig, Node]] = []  # (network key, shown URL, config, node)
     for entry in agent.config.networks:
@@ -115,7 +141,7 @@ def resolve(agent: Agent, peer: str) -> Target:
         if entry.disabled or member is None or member.config is None:
             continue
         found += [(entry.key, mask_url(entry.config_url), member.config, node) for node in member.config.nodes
-                  if node.hostname.lower() == name or node.ip == ip
+                  if node.hostname.lower() == name or node.ip == ip or (ip6 is not None and node.ip6 == ip6)
                   or (prefix is not None and node.pk.hex().startswith(prefix))]
     if not found:
         raise AgentError(f"unknown peer {peer!r}: no hostname, overlay IP or public key (at least "
@@ -123,10 +149,13 @@ def resolve(agent: Agent, peer: str) -> Target:
     keys = {node.pk for *_, node in found}
     if prefix is not None and len(keys) > 1:
         raise AgentError(f"{peer!r} is ambiguous: it begins the keys " + ", ".join(sorted(k.hex() for k in keys)))
-    reasons = [_unusable(agent, *match) for match in found]
+    reasons = [_unusable(agent, *match) or (_unusable6(agent, key, node) if ip6 is not None else "")
+               for match in found for key, node in [(match[0], match[3])]]
     for (key, shown, _cfg, node), why in zip(found, reasons):
         if not why:
-            return Target(node.pk, node.ip, agent.decision.states[key].ip, node.hostname, shown)
+            state = agent.decision.states[key]
+            return Target(node.pk, node.ip, state.ip, node.hostname, shown, node.ip6,
+                          state.ip6 if ip6 is not None else None)
     node = found[0][3]
     raise AgentError(f"cannot ping {node.hostname} ({node.ip}): {reasons[0]}")
 
@@ -150,6 +179,19 @@ def _unusable(agent: Agent, key: str, shown: str, cfg: NetworkConfig, node: Node
         return f"packets to {node.ip} go to another peer: an earlier network claims that address"
     if node.pk not in agent.handles:
         return "the node cannot send to it (see the agent's log)"
+    return ""
+
+
+def _unusable6(agent: Agent, key: str, node: Node) -> str:
+    """Why ``node`` cannot be pinged over IPv6 (it can over IPv4); empty when it can."""
+    state = agent.decision.states[key]
+    if state.ip6 is None or agent.tun is None or not agent.tun.ipv6:
+        return "IPv6 is off for this network on this host (see status)"
+    if agent.tables.egress6(int(state.ip6), int(node.ip6)) != node.pk:
+        return f"IPv6 packets to {node.ip6} go to another peer: an earlier network claims that address"
+    if node.pk not in agent.ipv6.capable:
+        return ("it has not shown that it takes IPv6 (a drasyl-rs or older agent, or not up yet); "
+                f"ping it by name or {node.ip} for IPv4")
     return ""
 
 
@@ -179,6 +221,18 @@ class Pinger:
             waiting[1].set_result(time.monotonic())
         return True
 
+    def take_reply6(self, pkt: bytes | bytearray) -> bool:
+        """:meth:`take_reply` for an IPv6/ICMPv6 packet (no extension headers)."""
+        at = 40
+        if (pkt[6] != PROTO_ICMPV6 or len(pkt) < at + _ICMP_ECHO.size + TOKEN_BYTES or pkt[at] != ECHO6_REPLY
+                or _U16.unpack_from(pkt, at + 4)[0] != self.ident
+                or pkt[at + _ICMP_ECHO.size:at + _ICMP_ECHO.size + TOKEN_BYTES] != self.token):
+            return False
+        waiting = self._waiting.get(_U16.unpack_from(pkt, at + 6)[0])
+        if waiting is not None and waiting[0] == int.from_bytes(pkt[8:24], "big") and not waiting[1].done():
+            waiting[1].set_result(time.monotonic())
+        return True
+
     async def ping(self, agent: Agent, peer: str, timeout: float) -> dict[str, Any]:
         """One probe to ``peer``, waiting up to ``timeout`` seconds (module docstring)."""
         if not 0 < timeout <= MAX_TIMEOUT_S:
@@ -186,11 +240,13 @@ class Pinger:
         target = resolve(agent, peer)
         self._seq = seq = (self._seq + 1) & 0xFFFF
         reply: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiting[seq] = (int(target.ip), reply)
+        v6 = target.src6 is not None
+        self._waiting[seq] = (int(target.ip6 if v6 else target.ip), reply)
         try:
             sent = time.monotonic()
-            agent.node.send_batch([(agent.handles[target.pk], echo_packet(
-                ECHO_REQUEST, target.src, target.ip, self.ident, seq, self.token))])
+            packet = (echo6_packet(ECHO6_REQUEST, target.src6, target.ip6, self.ident, seq, self.token) if v6
+                      else echo_packet(ECHO_REQUEST, target.src, target.ip, self.ident, seq, self.token))
+            agent.node.send_batch([(agent.handles[target.pk], packet)])
             try:
                 rtt_ms: float | None = (await asyncio.wait_for(reply, timeout) - sent) * 1000
             except TimeoutError:
@@ -200,7 +256,8 @@ class Pinger:
         return {"success": True, "seq": seq, "reply": rtt_ms is not None,
                 "rtt_ms": None if rtt_ms is None else round(rtt_ms, 3),
                 "peer": {"public_key": target.pk.hex(), "hostname": target.hostname, "ip": str(target.ip),
-                         "network": target.network},
+                         "network": target.network, "ip6": str(target.ip6) if target.ip6 else None,
+                         "family": 6 if v6 else 4},
                 **_path(agent, target.pk)}
 
 

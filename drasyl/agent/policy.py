@@ -23,6 +23,12 @@ Deliberate differences from drasyl-rs:
   whose URL sorts first, which a later admin could choose — and the conflict is listed in
   ``PolicyTables.conflicts``, as are overlapping subnets and an overlay IP used twice
   (:mod:`drasyl.agent.consent` refuses those before they get here).
+IPv6: every member has an overlay IPv6 address too (:mod:`.netconfig`); the rules are
+mirrored for it (``access_rules6``: ``me/128 <-> peer/128``, allowed exactly when the IPv4
+pair is, and for a route's ``dest6`` as for its ``dest``), with ``routes6`` (``dest6`` via the
+gateway's IPv6 address) and ``served6``; :meth:`PolicyTables.egress6` and
+:meth:`PolicyTables.ingress6_ok` check them with the 128-bit addresses as ints, the same
+two-level longest-prefix match as IPv4.
 Pure: no I/O, no logging; a lookup builds no objects (only the masked int of a routed prefix).
 """
 
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from .netconfig import ALL_GROUPS, NetworkConfig, NetworkConfigError, Node, Policy, Route
@@ -71,6 +77,12 @@ class LocalState:
     routes: tuple[KernelRoute, ...]  # by dest
     served: tuple[IPv4Network, ...]  # destinations of routes this node is the gateway of, by dest
     hostnames: tuple[tuple[IPv4Address, str], ...]  # by IP; includes this node
+    subnet6: IPv6Network | None = None
+    ip6: IPv6Address | None = None
+    access_rules6: tuple[AccessRule, ...] = ()  # me/128 <-> peer/128, OUT before IN, by address
+    hostnames6: tuple[tuple[IPv6Address, str], ...] = ()  # the names of ``hostnames``, by IPv6 address
+    routes6: tuple[KernelRoute, ...] = ()  # ``dest6`` via the gateway's IPv6 address, by dest
+    served6: tuple[IPv6Network, ...] = ()  # ``dest6`` of routes this node is the gateway of
 
 
 def allowed(cfg: NetworkConfig, a: bytes, b: bytes) -> bool:
@@ -103,6 +115,8 @@ def desired_state(cfg: NetworkConfig, my_pk: bytes) -> LocalState | None:
     routes = sorted((KernelRoute(r.dest, cfg.node(r.gw).ip) for r in cfg.routes  # type: ignore[union-attr]
                      if r.gw != my_pk and may_use(r, me)), key=lambda r: r.dest)
     hostnames = sorted(((n.ip, n.hostname) for n in cfg.nodes if n.pk in talks), key=lambda h: (int(h[0]), h[1]))
+    hostnames6 = sorted(((n.ip6, n.hostname) for n in cfg.nodes if n.pk in talks and n.ip6 is not None),
+                        key=lambda h: (int(h[0]), h[1]))
     return LocalState(
         subnet=cfg.subnet,
         ip=me.ip,
@@ -110,7 +124,44 @@ def desired_state(cfg: NetworkConfig, my_pk: bytes) -> LocalState | None:
         routes=tuple(routes),
         served=tuple(sorted(r.dest for r in cfg.routes if r.gw == my_pk)),
         hostnames=tuple(hostnames),
+        subnet6=cfg.subnet6 if me.ip6 is not None else None,
+        ip6=me.ip6,
+        access_rules6=_access_rules6(cfg, me, talks),
+        hostnames6=tuple(hostnames6),
+        routes6=tuple(sorted((KernelRoute(r.dest6, cfg.node(r.gw).ip6) for r in cfg.routes  # type: ignore[union-attr]
+                              if r.dest6 is not None and r.gw != my_pk and may_use(r, me)),
+                             key=lambda r: int(r.dest.network_address))) if me.ip6 is not None else (),
+        served6=tuple(sorted((r.dest6 for r in cfg.routes if r.dest6 is not None and r.gw == my_pk),
+                             key=lambda d: int(d.network_address))) if me.ip6 is not None else (),
     )
+
+
+def _access_rules6(cfg: NetworkConfig, me: Node, talks: set[bytes]) -> tuple[AccessRule, ...]:
+    """:func:`_access_rules` for IPv6: nodes' /128 addresses and routes' ``dest6``."""
+    if me.ip6 is None:
+        return ()
+    mine = IPv6Network((me.ip6, 128))
+    others = [(n, IPv6Network((n.ip6, 128))) for n in cfg.nodes if n.pk != me.pk and n.ip6 is not None]
+    pairs: list[tuple[IPv6Network, IPv6Network, bytes, bool, tuple[Route | None, Node | None]]] = [
+        (mine, net, n.pk, n.pk in talks, (None, n)) for n, net in others]
+    for route in cfg.routes:
+        if route.dest6 is None:
+            continue
+        if route.gw != me.pk:
+            pairs.append((mine, route.dest6, route.gw, may_use(route, me), (route, None)))
+        else:
+            pairs += [(route.dest6, net, n.pk, may_use(route, n), (route, n)) for n, net in others]
+    rules: dict[tuple[bool, int, int, int, int], tuple[AccessRule, tuple]] = {}
+    for direction in (OUT, IN):
+        for local, remote, pk, allow, origin in pairs:
+            source, dest = (local, remote) if direction == OUT else (remote, local)
+            key = (direction == IN, int(source.network_address), source.prefixlen,
+                   int(dest.network_address), dest.prefixlen)
+            if key in rules:
+                raise NetworkConfigError(cfg.source, f"duplicate route: {direction} {source} -> {dest} comes from "
+                                                     f"{_origin(*rules[key][1])} and from {_origin(*origin)}")
+            rules[key] = (AccessRule(direction, source, dest, pk, allow), origin)
+    return tuple(rules[key][0] for key in sorted(rules))
 
 
 def _access_rules(cfg: NetworkConfig, me: Node, talks: set[bytes]) -> tuple[AccessRule, ...]:
@@ -152,21 +203,28 @@ def _origin(route: Route | None, node: Node | None) -> str:
     return f"route {route.dest} (this node is its gateway) to node {node.hostname!r}"
 
 
+def rules6_without(rules: tuple[AccessRule, ...], dropped: set[IPv6Network]) -> tuple[AccessRule, ...]:
+    """``rules`` without those of the refused IPv6 destinations ``dropped`` (consent)."""
+    return tuple(r for r in rules if r.source not in dropped and r.dest not in dropped)
+
+
 V = TypeVar("V")
 
 
 class _Lpm(Generic[V]):
-    """Longest-prefix match on int IPv4 addresses: /32 in one dict, then each shorter length."""
+    """Longest-prefix match on int addresses of ``bits`` bits (32: IPv4, 128: IPv6): host
+    entries in one dict, then each shorter length."""
 
     __slots__ = ("hosts", "routed")
 
-    def __init__(self, entries: Mapping[tuple[int, int], V]) -> None:
-        self.hosts: dict[int, V] = {net: v for (net, length), v in entries.items() if length == 32}
+    def __init__(self, entries: Mapping[tuple[int, int], V], bits: int = 32) -> None:
+        self.hosts: dict[int, V] = {net: v for (net, length), v in entries.items() if length == bits}
         by_length: dict[int, dict[int, V]] = {}
         for (net, length), value in entries.items():
-            if length < 32:
+            if length < bits:
                 by_length.setdefault(length, {})[net] = value
-        self.routed = tuple(((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF, table)
+        full = (1 << bits) - 1
+        self.routed = tuple(((full << (bits - length)) & full, table)
                             for length, table in sorted(by_length.items(), reverse=True))
 
     def get(self, addr: int) -> V | None:
@@ -182,14 +240,14 @@ class _Lpm(Generic[V]):
 _Prefix = tuple[int, int]  # (network as int, prefix length)
 
 
-def _prefix(net: IPv4Network) -> _Prefix:
+def _prefix(net: IPv4Network | IPv6Network) -> _Prefix:
     return int(net.network_address), net.prefixlen
 
 
 class PolicyTables:
     """The ALLOW rules of all networks, merged, for the per-packet checks (module docstring)."""
 
-    __slots__ = ("_tx", "_rx", "_tx_hosts", "_rx_hosts", "peers", "conflicts")
+    __slots__ = ("_tx", "_rx", "_tx_hosts", "_rx_hosts", "_tx6", "_rx6", "peers", "peers6", "conflicts")
 
     def __init__(self, states: Mapping[str, LocalState] | None = None) -> None:
         """``states``: network URL (as shown to users, without password) → its LocalState, in
@@ -211,6 +269,23 @@ class PolicyTables:
                 if first[0] != rule.pk:
                     conflicts.append(f"{url}: rule {rule} conflicts with network {first[1]} "
                                      f"(peer {first[0].hex()}), which wins")
+        tx6: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
+        rx6: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
+        for url, state in ordered:
+            for rule in state.access_rules6:
+                if not rule.allow:
+                    continue
+                table, outer, inner = ((tx6, rule.dest, rule.source) if rule.direction == OUT
+                                       else (rx6, rule.source, rule.dest))
+                slot = table.setdefault(_prefix(outer), {})
+                first = slot.setdefault(_prefix(inner), (rule.pk, url))
+                if first[0] != rule.pk:
+                    conflicts.append(f"{url}: rule {rule} conflicts with network {first[1]} "
+                                     f"(peer {first[0].hex()}), which wins")
+        self._tx6 = _freeze(tx6, 128)
+        self._rx6 = _freeze(rx6, 128)
+        self.peers6: frozenset[bytes] = frozenset(pk for slot in tx6.values() for pk, _url in slot.values())
+        """Peers this node may send IPv6 to (if they can take it: the daemon learns that)."""
         self._tx = _freeze(tx)
         self._rx = _freeze(rx)
         # The common case, a /32 peer address, inlined in egress/ingress_ok: one dict lookup per level.
@@ -233,9 +308,24 @@ class PolicyTables:
         return inner is not None and (inner.hosts.get(dst_ip) or inner.get(dst_ip)) == sender_pk
 
 
-def _freeze(table: Mapping[_Prefix, Mapping[_Prefix, tuple[bytes, str]]]) -> _Lpm[_Lpm[bytes]]:
-    return _Lpm({outer: _Lpm({inner: pk for inner, (pk, _url) in slot.items()})
-                 for outer, slot in table.items()})
+    def egress6(self, src_ip: int, dst_ip: int) -> bytes | None:
+        """The peer to send an IPv6 TUN packet src → dst to (128-bit ints), or None."""
+        tx6 = self._tx6
+        inner = tx6.hosts.get(dst_ip) or tx6.get(dst_ip)
+        if inner is None:
+            return None
+        return inner.hosts.get(src_ip) or inner.get(src_ip)
+
+    def ingress6_ok(self, sender_pk: bytes, src_ip: int, dst_ip: int) -> bool:
+        """May ``sender_pk`` deliver an IPv6 packet src → dst into our TUN? (Anti-spoofing.)"""
+        rx6 = self._rx6
+        inner = rx6.hosts.get(src_ip) or rx6.get(src_ip)
+        return inner is not None and (inner.hosts.get(dst_ip) or inner.get(dst_ip)) == sender_pk
+
+
+def _freeze(table: Mapping[_Prefix, Mapping[_Prefix, tuple[bytes, str]]], bits: int = 32) -> _Lpm[_Lpm[bytes]]:
+    return _Lpm({outer: _Lpm({inner: pk for inner, (pk, _url) in slot.items()}, bits)
+                 for outer, slot in table.items()}, bits)
 
 
 def _address_conflicts(ordered: Iterable[tuple[str, LocalState]]) -> list[str]:
@@ -244,6 +334,8 @@ def _address_conflicts(ordered: Iterable[tuple[str, LocalState]]) -> list[str]:
     seen: list[tuple[str, LocalState]] = []
     for url, state in ordered:
         for other_url, other in seen:
+            if other.ip6 is not None and other.ip6 == state.ip6:
+                out.append(f"{url}: this node's IPv6 address {state.ip6} is also its address in network {other_url}")
             if other.ip == state.ip:
                 out.append(f"{url}: this node's IP {state.ip} is also its IP in network {other_url}")
             elif other.subnet.overlaps(state.subnet):

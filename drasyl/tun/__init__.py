@@ -1,7 +1,7 @@
 """The agent's side of the host: the TUN device and what the kernel must know about the overlay.
 
 :mod:`.device` opens the TUN and moves packets in batches, :mod:`.packet` reads the few IPv4
-header fields the data path needs without building objects. The host adapters bring the
+and IPv6 header fields the data path needs without building objects. The host adapters bring the
 device's addresses (:mod:`.addresses`), the kernel routes (:mod:`.routes`), forwarding to
 the prefixes this node serves as a gateway (:mod:`.forwarding`: ``ip_forward`` and an nftables
 table) and the hosts-file names (:mod:`.hosts`) to a desired state given as plain

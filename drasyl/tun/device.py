@@ -158,6 +158,9 @@ class TunDevice:
             raise TunError("a TUN device needs at least one queue and a batch of at least one")
         self.name = name
         self.mtu = mtu
+        #: IPv6 works on the device: the host has IPv6, the MTU is at least 1280 (RFC 8200)
+        #: and the sysctls below could be set; False: the overlay is IPv4-only on this host.
+        self.ipv6 = False
         self.drops: Counter[str] = Counter()
         self.queues: list[TunQueue] = []
         self.index = 0
@@ -174,10 +177,14 @@ class TunDevice:
                 self.queues.append(TunQueue(fd, mtu, batch, self.drops))
             with IPRoute() as ipr:
                 self.index = ipr.link_lookup(ifname=name)[0]
+                self.ipv6 = _enable_ipv6(name)
                 try:
                     ipr.link("set", index=self.index, mtu=mtu, txqlen=txqueuelen, state="up")
                 except NetlinkError as exc:
                     raise TunError(f"cannot set MTU {mtu} and bring up {name!r}: {exc.args[-1]}") from None
+            if self.ipv6 and mtu < IPV6_MIN_MTU:
+                log.warning("IPv6 is off on %s: MTU %d is below IPv6's minimum of %d", name, mtu, IPV6_MIN_MTU)
+                self.ipv6 = False
         except BaseException:
             self.close()
             raise
@@ -238,6 +245,27 @@ def _attach(name: str, flags: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+IPV6_MIN_MTU = 1280
+_IPV6_CONF = "/proc/sys/net/ipv6/conf/{}/{}"
+#: The device carries the overlay's IPv6: switched on even where the host disables IPv6 for new
+#: devices; no link-local address (``addr_gen_mode`` 1: nothing on a TUN uses it, and then the
+#: kernel sends no router or multicast listener chatter into the overlay), no router adverts.
+_IPV6_SYSCTLS = (("addr_gen_mode", "1"), ("accept_ra", "0"), ("disable_ipv6", "0"))
+
+
+def _enable_ipv6(name: str) -> bool:
+    """Switch IPv6 on for the (still down) device; False when the host has no IPv6 at all."""
+    for key, value in _IPV6_SYSCTLS:
+        try:
+            with open(_IPV6_CONF.format(name, key), "w") as f:
+                f.write(value)
+        except OSError as exc:
+            log.warning("IPv6 is off on %s: cannot set net.ipv6.conf.%s.%s=%s (%s)", name, name, key, value,
+                        exc.strerror)
+            return False
+    return True
 
 
 def _hint(code: int | None) -> str:

@@ -23,7 +23,11 @@ change and restored on :meth:`Forwarding.close`; the file outlives a crash, so t
 Limits, on purpose: nftables evaluates every table's forward chain, so our drops are final but
 our accepts do not override another table's drop (a host firewall still has the last word).
 No NAT is added: the served LAN must route the overlay subnet back to this gateway, or the admin
-adds a masquerade rule. IPv6 forwarding is never touched (the overlay is IPv4 only). Everything
+adds a masquerade rule. IPv6 prefixes (a route's ``dest6``) are served the same way: a set
+``served6`` in the same table, and ``net.ipv6.conf.all.forwarding`` switched on, saved to
+``<state_dir>/ip6_forward`` and restored like ``ip_forward`` (only when an IPv6 prefix is served;
+note that the kernel then ignores router advertisements on interfaces with ``accept_ra`` 1, so
+a gateway that configures its own IPv6 by SLAAC needs ``accept_ra`` 2 there). Everything
 here — the sysctl, the table — belongs to the network namespace of the calling thread. The
 ``nft`` command is used (``nft -f -``, one atomic transaction per change); without it, a
 non-empty set is refused and ``ip_forward`` stays as it is (fail closed). Failures are returned
@@ -35,23 +39,27 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from ipaddress import IPv4Network, collapse_addresses
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+IP6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding"
 STATE_DIR = "/run/drasyl"
 TABLE = "drasyl_agent"
 NFT_TIMEOUT = 10.0
 
 
 class Forwarding:
-    """IPv4 forwarding from the TUN device to the prefixes this host serves as a gateway."""
+    """IPv4 (and IPv6) forwarding from the TUN device to the prefixes this host serves as a gateway."""
 
     def __init__(self, device: str = "drasyl", state_dir: str = STATE_DIR,
-                 ip_forward_path: str = IP_FORWARD, table: str = TABLE) -> None:
+                 ip_forward_path: str = IP_FORWARD, table: str = TABLE, ip6_forward_path: str = IP6_FORWARD) -> None:
         self.device = device
         self.state_dir = state_dir
         self.state_path = os.path.join(state_dir, "ip_forward")
         self.ip_forward_path = ip_forward_path
+        self.state6_path = os.path.join(state_dir, "ip6_forward")
+        self.ip6_forward_path = ip6_forward_path
+        self._previous6: str | None = None  # IPv6 forwarding before we switched it on; None: untouched
         self.table = table
         self._previous: str | None = None  # ip_forward before we switched it on; None: untouched
         self._served: frozenset[IPv4Network] = frozenset()  # what the kernel has now
@@ -66,13 +74,25 @@ class Forwarding:
         except OSError as exc:
             return [f"forwarding: cannot read {self.state_path}: {exc.strerror}"]
         problems = [] if previous is None else self._write_ip_forward(previous)
+        problems += self._recover6()
         if shutil.which("nft"):
             problems += self._delete_table()
         if problems or previous is None:
             return problems
         return self._remove_state()
 
-    def apply(self, served: frozenset[IPv4Network]) -> list[str]:
+    def _recover6(self) -> list[str]:
+        """The IPv6 part of :meth:`recover`: restore and forget a saved IPv6 forwarding value."""
+        try:
+            with open(self.state6_path) as saved:
+                previous = saved.read().strip()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            return [f"forwarding: cannot read {self.state6_path}: {exc.strerror}"]
+        return self._write_sysctl(self.ip6_forward_path, previous) or self._remove(self.state6_path)
+
+    def apply(self, served: frozenset[IPv4Network | IPv6Network]) -> list[str]:
         """Forward from the device to ``served`` only (empty: not at all, ``ip_forward`` as it
         was); no-op when ``served`` is what was applied last."""
         if not served:
@@ -85,10 +105,18 @@ class Forwarding:
             problems = self._save_previous()
             if problems:
                 return problems
+        served6 = frozenset(p for p in served if p.version == 6)
+        if served6 and self._previous6 is None:
+            previous6, problems = self._saved(self.state6_path, self.ip6_forward_path)
+            if problems:
+                return problems
+            self._previous6 = previous6
         problems = self._nft(self._ruleset(served))
         if problems:
             return problems
         problems = self._write_ip_forward("1")
+        if self._previous6 is not None:
+            problems += self._write_sysctl(self.ip6_forward_path, "1" if served6 else self._previous6)
         if not problems:
             self._served = served
         return problems
@@ -98,27 +126,42 @@ class Forwarding:
         if self._previous is None:
             return []
         problems = self._write_ip_forward(self._previous)  # first: no unfiltered moment
+        if self._previous6 is not None:
+            problems += self._write_sysctl(self.ip6_forward_path, self._previous6)
         problems += self._delete_table()
         if problems:
             return problems
         self._previous = None
         self._served = frozenset()
-        return self._remove_state()
+        if self._previous6 is not None:
+            self._previous6 = None
+            problems = self._remove(self.state6_path)
+        return problems + self._remove_state()
 
     # --- the ruleset ------------------------------------------------------------------------
 
-    def _ruleset(self, served: frozenset[IPv4Network]) -> str:
+    def _ruleset(self, served: frozenset[IPv4Network | IPv6Network]) -> str:
         """Replace our table in one transaction: create it if missing, delete, define anew."""
-        prefixes = ", ".join(str(p) for p in collapse_addresses(served))  # no overlaps in a set
+        served4 = [p for p in served if p.version == 4]
+        served6 = [p for p in served if p.version == 6]
         others = "meta nfproto ipv4 drop" if self._previous == "0" else ""
+        if self._previous6 == "0":
+            others += "\n    meta nfproto ipv6 drop"
         dev = f'"{self.device}"'
+        sets, accepts = "", ""
+        for name, kind, match, prefixes in (("served", "ipv4_addr", "ip", served4),
+                                            ("served6", "ipv6_addr", "ip6", served6)):
+            if prefixes:  # no overlaps in a set; an empty set is not written
+                elements = ", ".join(str(p) for p in collapse_addresses(prefixes))
+                sets += f"  set {name} {{ type {kind}; flags interval; elements = {{ {elements} }}; }}\n"
+                accepts += f"    iifname {dev} {match} daddr @{name} accept\n"
         return (f"table inet {self.table}\n"
                 f"delete table inet {self.table}\n"
                 f"table inet {self.table} {{\n"
-                f"  set served {{ type ipv4_addr; flags interval; elements = {{ {prefixes} }}; }}\n"
+                f"{sets}"
                 f"  chain forward {{\n"
                 f"    type filter hook forward priority filter; policy accept;\n"
-                f"    iifname {dev} ip daddr @served accept\n"
+                f"{accepts}"
                 f"    iifname {dev} drop\n"
                 f"    oifname {dev} ct state established,related accept\n"
                 f"    oifname {dev} drop\n"
@@ -168,6 +211,48 @@ class Forwarding:
         except OSError as exc:
             return [f"forwarding refused: cannot save ip_forward to {self.state_path}: {exc.strerror}"]
         self._previous = previous
+        return []
+
+    def _saved(self, state_path: str, sysctl_path: str) -> tuple[str | None, list[str]]:
+        """:meth:`_save_previous` for another sysctl: (its value before us, problems)."""
+        try:
+            with open(state_path) as saved:
+                return saved.read().strip(), []
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return None, [f"forwarding refused: cannot read {state_path}: {exc.strerror}"]
+        try:
+            with open(sysctl_path) as sysctl:
+                previous = sysctl.read().strip()
+            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
+            tmp = f"{state_path}.tmp"
+            with open(tmp, "w") as out:
+                out.write(previous + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, state_path)
+        except OSError as exc:
+            return None, [f"forwarding refused: cannot save {sysctl_path} to {state_path}: {exc.strerror}"]
+        return previous, []
+
+    @staticmethod
+    def _write_sysctl(path: str, value: str) -> list[str]:
+        try:
+            with open(path, "w") as sysctl:
+                sysctl.write(value + "\n")
+        except OSError as exc:
+            return [f"forwarding: cannot write {value} to {path}: {exc.strerror}"]
+        return []
+
+    @staticmethod
+    def _remove(path: str) -> list[str]:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return [f"forwarding: cannot remove {path}: {exc.strerror}"]
         return []
 
     def _write_ip_forward(self, value: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 Every line containing ``# managed by drasyl`` belongs to us; a rewrite keeps all other lines
 as they are and appends one line per (ip, hostname), in drasyl-rs' exact format, so files
-written by either implementation are cleaned by the other. Lines are ordered by address so
+written by either implementation are cleaned by the other. IPv6 addresses get lines of their
+own in the same format (after the IPv4 lines), so a name resolves to both. Lines are ordered by address so
 that an unchanged set of names leaves the file untouched (nothing is written then).
 
 Writing is atomic where it can be (:func:`drasyl.files.write_atomic`): a temporary file in the
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from ..files import write_atomic
 from .device import TunError
@@ -32,7 +33,7 @@ DOMAIN = "drasyl.network"
 _FORBIDDEN = frozenset(" \t\r\n#")
 
 
-def host_line(ip: IPv4Address, hostname: str) -> str:
+def host_line(ip: IPv4Address | IPv6Address, hostname: str) -> str:
     return f"{str(ip):<15} {hostname} {hostname}.{DOMAIN}   {MARKER}"
 
 
@@ -50,8 +51,8 @@ def render(text: str, entries: Iterable[tuple[IPv4Address, str]]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _by_address(entry: tuple[IPv4Address, str]) -> tuple[int, str]:
-    return int(entry[0]), entry[1]  # ints compare in C: a network may name 16 384 peers
+def _by_address(entry: tuple[IPv4Address | IPv6Address, str]) -> tuple[int, int, str]:
+    return entry[0].version, int(entry[0]), entry[1]  # ints compare in C: a network may name 16 384 peers
 
 
 class HostsFile:

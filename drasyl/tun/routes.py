@@ -7,6 +7,7 @@ what to add and what to delete, and records the outcome per route — ``APPLIED`
 (adding failed, e.g. the gateway is not reachable yet because its network's address is not on
 the device) or ``REMOVING`` (deleting failed). Pending and removing routes are retried on the
 next reconcile, as in drasyl-rs. :class:`KernelRoutes` is the thin pyroute2 adapter around it.
+IPv6 routes (a route's ``dest6`` via the gateway's overlay IPv6 address) are handled the same way.
 
 Differences from drasyl-rs: a route counts as ours only with metric 4900 through our device
 (drasyl-rs takes any route with the same destination and gateway for its own, and later fails
@@ -19,7 +20,7 @@ from __future__ import annotations
 import enum
 import socket
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import NamedTuple
 
 from .netlink import IPRoute, NetlinkError
@@ -29,8 +30,8 @@ MAIN_TABLE = 254
 
 
 class Route(NamedTuple):
-    dest: IPv4Network
-    gateway: IPv4Address
+    dest: IPv4Network | IPv6Network  # both of one family
+    gateway: IPv4Address | IPv6Address
 
     def __str__(self) -> str:
         return f"{self.dest} via {self.gateway}"
@@ -55,13 +56,13 @@ class RouteStates:
         kernel. Wanted routes already present are marked applied; unwanted ones that are
         gone are forgotten."""
         to_add = []
-        for route in sorted(wanted):
+        for route in sorted(wanted, key=_order):
             if route in present:
                 self.states[route] = RouteState.APPLIED
             else:
                 to_add.append(route)
         to_delete = []
-        for route in sorted(self.states.keys() - wanted):
+        for route in sorted(self.states.keys() - wanted, key=_order):
             if route in present:
                 to_delete.append(route)
             else:
@@ -93,10 +94,11 @@ class KernelRoutes:
     def present(self, ipr: IPRoute) -> set[Route]:
         """Routes in the main table with our metric, a gateway, and our device."""
         found = set()
-        for msg in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-            gateway = msg.get("gateway")
-            if gateway and msg.get("priority") == METRIC and msg.get("oif") == self.ifindex:
-                found.add(Route(IPv4Network((msg.get("dst") or "0.0.0.0", msg["dst_len"])), IPv4Address(gateway)))
+        for family, default in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            for msg in ipr.get_routes(family=family, table=MAIN_TABLE):
+                gateway = msg.get("gateway")
+                if gateway and msg.get("priority") == METRIC and msg.get("oif") == self.ifindex:
+                    found.add(Route(ip_network((msg.get("dst") or default, msg["dst_len"])), ip_address(gateway)))
         return found
 
     def reconcile(self, wanted: Iterable[Route]) -> list[str]:
@@ -118,6 +120,11 @@ class KernelRoutes:
 RTN_UNICAST = 1
 
 
+def _order(route: Route) -> tuple:
+    """IPv4 routes before IPv6 ones (addresses of two families do not compare)."""
+    return route.dest.version, route.dest, route.gateway
+
+
 def underlay_routes(ifindex: int) -> tuple[tuple[IPv4Network, IPv4Address | None], ...]:
     """The host's own IPv4 routes (main table, unicast, through any device but ``ifindex``):
     (destination, gateway or None), for what a network config must not override."""
@@ -132,9 +139,25 @@ def underlay_routes(ifindex: int) -> tuple[tuple[IPv4Network, IPv4Address | None
     return tuple(sorted(found, key=lambda r: (r[0], r[1] or IPv4Address(0))))
 
 
+def underlay_routes6(ifindex: int) -> tuple[IPv6Network, ...]:
+    """The destinations of the host's own IPv6 routes (main table, unicast, not through
+    ``ifindex``), without the default route and link-local ones: what an overlay IPv6
+    prefix must not overlap."""
+    found = set()
+    with IPRoute() as ipr:
+        for msg in ipr.get_routes(family=socket.AF_INET6, table=MAIN_TABLE):
+            if msg["type"] != RTN_UNICAST or msg.get("oif") == ifindex or not msg["dst_len"]:
+                continue
+            dest = IPv6Network((msg.get("dst") or "::", msg["dst_len"]))
+            if not dest.is_link_local:
+                found.add(dest)
+    return tuple(sorted(found))
+
+
 def _route(ipr: IPRoute, op: str, route: Route, problems: list[str]) -> bool:
     try:
-        ipr.route(op, dst=str(route.dest.network_address), dst_len=route.dest.prefixlen,
+        family = socket.AF_INET if route.dest.version == 4 else socket.AF_INET6
+        ipr.route(op, dst=str(route.dest.network_address), dst_len=route.dest.prefixlen, family=family,
                   gateway=str(route.gateway), priority=METRIC, table=MAIN_TABLE)
         return True
     except NetlinkError as exc:

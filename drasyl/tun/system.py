@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
 
 from .addresses import DeviceAddresses
 from .device import TunError
@@ -32,10 +32,10 @@ from .routes import KernelRoutes, Route
 class HostState:
     """What the host should look like for all networks together."""
 
-    addresses: frozenset[IPv4Interface] = frozenset()
+    addresses: frozenset[IPv4Interface | IPv6Interface] = frozenset()
     routes: frozenset[Route] = frozenset()
     served: frozenset[IPv4Network] = frozenset()  # destinations we forward to from the device
-    names: frozenset[tuple[IPv4Address, str]] = frozenset()
+    names: frozenset[tuple[IPv4Address | IPv6Address, str]] = frozenset()
 
 
 class Host:
