@@ -92,7 +92,7 @@ from ..urls import SuperPeerUrl, canonical_ip
 from . import probing
 from .events import (DIRECT, RELAYED, TCP_PATH, CloseProbeSockets, CloseTcp, OpenProbeSockets, OpenTcp,
                      PathChanged, PeerInfo)
-from .probing import EASY, HARD, MappingObserver, ProbeSession, is_lan
+from .probing import HARD, MappingObserver, ProbeSession, is_lan
 
 
 #: Paths per node peer. A UNITE names up to 15 endpoints (spec §6.2.5), tried from every local
