@@ -5,8 +5,8 @@ Wall-clock and CPU-time numbers on this shared 2-vCPU machine move by 10-30 % be
 instruction counts move by < 0.5 %. The script runs itself under ``valgrind --tool=callgrind``
 twice per operation, with ``--n`` and ``3 × --n`` operations after the same setup, and prints
 the difference per operation (setup, interpreter start and imports cancel out). ``--path
-server`` also counts the daemon's receive loop (``SuperPeerServer._on_datagrams``) and
-``send_transmits`` with a socket that drops what it is given (no syscalls).
+server`` also counts the daemon's sending of the outbox per batch of 64
+(``SuperPeerServer._send_outbox``) into a socket that drops what it is given (no syscalls).
 
     python3 bench/sp_instructions.py [--peers 500] [--n 3000] [--path core|server]
 """
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +51,7 @@ def workload(op: str, peers: int, n: int, path: str) -> None:
         packets = [(app_for(nodes[i], nodes[i ^ 1], bytes(1200)), srcs[i]) for i in range(peers)]
     batches = [packets[i:i + 64] for i in range(0, len(packets), 64)]
     if path == "server":
-        from drasyl.net.udp import send_transmits
+        from drasyl.superpeer import server
 
         class Sink:
             def send_batch(self, batch):
@@ -59,14 +60,15 @@ def workload(op: str, peers: int, n: int, path: str) -> None:
             def send_segments(self, datagrams, size, addr):
                 pass
 
-        sockets = {local: Sink()}
+        srv = server.SuperPeerServer.__new__(server.SuperPeerServer)  # only what sending needs
+        srv.core, srv._udp, srv.drops = core, {local: Sink()}, Counter()
+        srv._faults = server.FaultLog(srv.drops)
         done = 0
         while done < n:
             for batch in batches:
                 for data, src in batch:
                     core.receive(data, UDP, local, src, now)
-                out, core.outbox = core.outbox, []
-                send_transmits(out, sockets, None)
+                srv._send_outbox()
                 done += len(batch)
                 if done >= n:
                     break

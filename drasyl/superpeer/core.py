@@ -356,7 +356,7 @@ class SuperPeerCore:
             self._hold(recipient, data, "unknown_recipient", now if since is None else since)
             return True
         packet = bytearray(data)
-        packet[HOP_COUNT_OFFSET] += 1
+        packet[HOP_COUNT_OFFSET] = hop + 1
         self.outbox.append((packet, dst.proto, dst.local, dst.src))
         src.app_rx += 1
         dst.app_tx += 1
@@ -364,8 +364,15 @@ class SuperPeerCore:
         if relayed is None:
             relayed = src.relayed_bytes = {}
         relayed[recipient] = relayed.get(recipient, 0) + len(data)
-        if self._unite_us >= 0:
-            self._unite(src, dst, now)
+        window = self._unite_us
+        if window > 0:  # at most one UNITE pair per ``send_unites`` (checked here: once per APP)
+            key = (sender, recipient) if sender < recipient else (recipient, sender)
+            last = self._unites.get(key)
+            if last is None or now - last >= window:
+                self._unites[key] = now
+                self._unite(src, dst)
+        elif window == 0:
+            self._unite(src, dst)
         return True
 
     # --- APPs waiting for a registration ----------------------------------------------------
@@ -415,14 +422,8 @@ class SuperPeerCore:
 
     # --- UNITE -----------------------------------------------------------------------------
 
-    def _unite(self, a: Peer, b: Peer, now: int) -> None:
-        """Introduce a and b to each other, at most once per ``send_unites`` per pair."""
-        if self._unite_us > 0:
-            key = (a.public_key, b.public_key) if a.public_key < b.public_key else (b.public_key, a.public_key)
-            last = self._unites.get(key)
-            if last is not None and now - last < self._unite_us:
-                return
-            self._unites[key] = now
+    def _unite(self, a: Peer, b: Peer) -> None:
+        """Introduce a and b to each other (the caller applied the ``send_unites`` limit)."""
         cfg = self.config
         for to, about in ((a, b), (b, a)):
             body = Unite(about.public_key, about.contact_candidates()).encode()
