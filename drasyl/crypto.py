@@ -158,8 +158,9 @@ class Scratch:
     __slots__ = ("size", "_in", "_plain", "plain", "_out", "_in_r", "_in_tag", "_in_ct", "_in_ad",
                  "_out_r", "_out_tag", "_out_ct", "_out_ad", "_plain_p", "out")
 
-    #: Header length and AD start of a long header (79 and 5, :mod:`drasyl.messages`).
-    HEADER, AD_START = 79, 5
+    #: Header length and AD start of a long header (as in :mod:`drasyl.messages`).
+    HEADER = 79
+    AD_START = 5
 
     def __init__(self, size: int = 2048) -> None:
         self.size = size

@@ -277,6 +277,7 @@ class SuperPeerCore:
             rx = keys[0]
         # the HELLO body (spec §4.4): time ‖ child_time ‖ endpoints, disarmed into scratch
         scratch = self._scratch
+        body: bytes | bytearray
         if armed:
             if rx is None:
                 raise MalformedMessage("armed message but no session key")
@@ -297,10 +298,12 @@ class SuperPeerCore:
         if now + self.wall_offset - time > self._max_age_us:  # future timestamps are accepted
             self.drops["hello_too_old"] += 1
             return False
-        current = peer is not None and now - peer.hello_time <= self._timeout_us
-        if current and time < peer.hello_stamp and (proto != peer.proto or remote != peer.src):
-            self.drops["hello_replayed"] += 1  # may not move the registration, gets no ACK
-            return False
+        current = False
+        if peer is not None and now - peer.hello_time <= self._timeout_us:
+            current = True
+            if time < peer.hello_stamp and (proto != peer.proto or remote != peer.src):
+                self.drops["hello_replayed"] += 1  # may not move the registration, gets no ACK
+                return False
         if peer is None:
             if len(self.peers) >= cfg.max_peers:
                 self.drops["max_peers"] += 1
@@ -320,9 +323,10 @@ class SuperPeerCore:
         peer.hello_rx += 1
         peer.ack_tx += 1
         # the ACK echoes the HELLO's time: the body's first 8 bytes, armed from where they are
+        ack: bytes | bytearray
         if armed:
             scratch.out[_RECIPIENT] = sender
-            ack = scratch.seal_long(8, peer.tx)
+            ack = scratch.seal_long(8, peer.tx)  # type: ignore[arg-type]  # armed: keys exist
         else:
             ack = encode_long_header(ACK, cfg.network_id, sender, self.public_key, self.identity.proof_of_work,
                                      False) + _U64.pack(time)
