@@ -170,7 +170,8 @@ class Scratch:
         h, a = self.HEADER, self.AD_START
         pin, pplain, pout = _from_buffer(self._in), _from_buffer(self.plain), _from_buffer(self._out)
         self._plain_p = pplain
-        self._in_ad, self._in_r, self._in_tag, self._in_ct = pin + a, pin + h, pin + h + RANDOM_LEN, pin + h + ARM_OVERHEAD
+        self._in_ad, self._in_r = pin + a, pin + h
+        self._in_tag, self._in_ct = pin + h + RANDOM_LEN, pin + h + ARM_OVERHEAD
         self._out_ad, self._out_r = pout + a, pout + h
         self._out_tag, self._out_ct = pout + h + RANDOM_LEN, pout + h + ARM_OVERHEAD
 
