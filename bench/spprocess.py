@@ -79,7 +79,9 @@ class SuperPeerProcess:
             env.pop("RUST_LOG", None)  # errors only
             cmd = [str(drasyl_rs_binary())]
         env.update(extra_env or {})
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # cwd: not the caller's, which `python -m` would put first on sys.path, before PYTHONPATH
+        self.proc = subprocess.Popen(cmd, env=env, cwd=self.dir.name, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
         self.output: deque[str] = deque(maxlen=50)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

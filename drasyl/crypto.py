@@ -140,3 +140,71 @@ def _disarm(data: bytes, body_offset: int, ad, ad_len: int, rx_key: bytes) -> by
     if _decrypt(_from_buffer(out), r + ARM_OVERHEAD, n, r + RANDOM_LEN, TAG_LEN, ad, ad_len, rx_key, r):
         raise DisarmError("armed body failed authentication")
     return out
+
+
+class Scratch:
+    """Preallocated buffers and C pointers for a hot path that disarms and arms small
+    long-header messages (a super peer's HELLO → ACK): no buffer, no cffi pointer object and
+    no copy beyond one ``memcpy`` in and one out per message.
+
+    :meth:`open_long` copies the datagram into a fixed buffer whose pointers (AD, R, tag,
+    ciphertext) were computed once, and disarms into :attr:`plain`. :meth:`seal_long` arms
+    ``plain[:n]`` (e.g. the first 8 bytes of the HELLO just opened: an ACK's body) behind the
+    79-byte header the caller wrote to ``out[:79]`` (once, and per message only what changes)
+    and returns a copy of the message. Same bytes as
+    :func:`disarm_after_header` and :func:`arm_into`; one instance per thread.
+    """
+
+    __slots__ = ("size", "_in", "_plain", "plain", "_out", "_in_r", "_in_tag", "_in_ct", "_in_ad",
+                 "_out_r", "_out_tag", "_out_ct", "_out_ad", "_plain_p", "out")
+
+    #: Header length and AD start of a long header (as in :mod:`drasyl.messages`).
+    HEADER = 79
+    AD_START = 5
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._in = bytearray(size)
+        self.plain = bytearray(size)
+        self._out = self.out = bytearray(size)
+        h, a = self.HEADER, self.AD_START
+        pin, pplain, pout = _from_buffer(self._in), _from_buffer(self.plain), _from_buffer(self._out)
+        self._plain_p = pplain
+        self._in_ad, self._in_r = pin + a, pin + h
+        self._in_tag, self._in_ct = pin + h + RANDOM_LEN, pin + h + ARM_OVERHEAD
+        self._out_ad, self._out_r = pout + a, pout + h
+        self._out_tag, self._out_ct = pout + h + RANDOM_LEN, pout + h + ARM_OVERHEAD
+
+    def open_long(self, data: bytes, rx_key: bytes) -> int:
+        """Disarm the body of a long-header message into :attr:`plain`; returns its length.
+
+        DisarmError as :func:`disarm_after_header`; a message longer than ``size`` goes
+        through that function (and is copied into :attr:`plain` if it fits there)."""
+        size = len(data)
+        n = size - self.HEADER - ARM_OVERHEAD
+        if n < 0:
+            raise DisarmError("armed body shorter than 48 bytes")
+        if size > self.size:
+            body = disarm_after_header(data, self.AD_START, self.HEADER, rx_key)
+            n = min(n, self.size)
+            self.plain[:n] = body[:n]
+            return n
+        self._in[:size] = data
+        if _decrypt(self._plain_p, self._in_ct, n, self._in_tag, TAG_LEN, self._in_ad, self.HEADER - self.AD_START,
+                    rx_key, self._in_r):
+            raise DisarmError("armed body failed authentication")
+        return n
+
+    def seal_long(self, n: int, tx_key: bytes) -> bytearray:
+        """``out[:79] ‖ R ‖ tag ‖ ciphertext`` of ``plain[:n]`` (``n`` ≤ size − 127)."""
+        global _pool, _pool_at
+        out = self._out
+        at = _pool_at
+        if at >= len(_pool):
+            _pool = _urandom(RANDOM_POOL)
+            at = 0
+        _pool_at = at + RANDOM_LEN
+        out[self.HEADER:self.HEADER + RANDOM_LEN] = _pool[at:at + RANDOM_LEN]
+        _encrypt(self._out_ct, self._out_tag, TAG_LEN, self._plain_p, n, self._out_ad, self.HEADER - self.AD_START,
+                 tx_key, self._out_r)
+        return out[:self.HEADER + ARM_OVERHEAD + n]

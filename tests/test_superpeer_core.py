@@ -687,3 +687,60 @@ def test_relayed_bytes_forget_recipients_that_left_the_table(sp_id, a, b, ids):
         sp.handle_timer(T0 + t * S)
     assert b.public_key not in sp.peers
     assert set(sp.peers[a.public_key].relayed_bytes) == {c.public_key}
+
+
+# --- per-packet shortcuts (issue 14) must not change what is stored or sent ------------------
+
+
+def test_changed_endpoints_replace_the_stored_ones_and_port_zero_is_still_left_out(sp_id, a):
+    sp = make_sp(sp_id)
+    register(sp, a, A_SRC, T0, A_LAN)
+    assert decode_endpoints(sp.peers[a.public_key].endpoints) == A_LAN
+    register(sp, a, A_SRC, T0 + S, A_LAN)  # unchanged: kept
+    assert decode_endpoints(sp.peers[a.public_key].endpoints) == A_LAN
+    register(sp, a, A_SRC, T0 + 2 * S, [("10.0.0.9", 0), ("10.0.0.2", 1002)])
+    assert decode_endpoints(sp.peers[a.public_key].endpoints) == [("10.0.0.2", 1002)]
+    register(sp, a, A_SRC, T0 + 3 * S, [("10.0.0.9", 0), ("10.0.0.2", 1002)])  # same bytes again
+    assert decode_endpoints(sp.peers[a.public_key].endpoints) == [("10.0.0.2", 1002)]
+    register(sp, a, A_SRC, T0 + 4 * S)  # none now
+    assert sp.peers[a.public_key].endpoints == b""
+    register(sp, a, A_SRC, T0 + 5 * S, A_LAN)
+    assert decode_endpoints(sp.peers[a.public_key].endpoints) == A_LAN
+
+
+def test_acks_to_different_nodes_in_one_batch_are_independent_messages(sp_id, a, b):
+    """The ACK is built in a reused buffer: each one in the outbox must keep its own bytes."""
+    sp = make_sp(sp_id)
+    assert sp.receive(hello(a, sp, T0 - 1), UDP, SP_UDP, A_SRC, T0)
+    assert sp.receive(hello(b, sp, T0 - 2), UDP, SP_UDP, B_SRC, T0)
+    assert sp.receive(hello(a, sp, T0 - 3), UDP, SP_UDP, A_SRC, T0)
+    times = []
+    for (data, _, _, _), node in zip(sp.outbox, (a, b, a)):
+        header, body = opened(data, node, sp)
+        assert header.recipient == node.public_key and header.sender == sp.public_key
+        times.append(Ack.parse(body).time)
+    assert times == [T0 - 1, T0 - 2, T0 - 3]
+    assert len({bytes(t[0][79:111]) for t in sp.outbox}) == 3  # a fresh R each
+
+
+def test_scratch_opens_and_seals_exactly_as_the_codec(sp_id, a):
+    from drasyl.crypto import Scratch, arm_into, disarm_after_header
+
+    key = os.urandom(32)
+    scratch = Scratch()
+    for n in (0, 8, 16 + 18 * 15, 1345, 2048 - 127, 2048):  # the last one past the buffer
+        body = os.urandom(n)
+        packet = bytearray(79 + 48 + n)
+        packet[:79] = os.urandom(79)
+        arm_into(packet, 79, body, key, 5)
+        assert scratch.plain[:scratch.open_long(bytes(packet), key)] == body[:scratch.size]
+        if n <= scratch.size - 127:
+            scratch.out[:79] = packet[:79]
+            sealed = scratch.seal_long(n, key)
+            assert sealed[:79] == packet[:79] and sealed[79:111] != packet[79:111]
+            assert disarm_after_header(bytes(sealed), 5, 79, key) == body
+        packet[-1] ^= 1
+        with pytest.raises(DisarmError):
+            scratch.open_long(bytes(packet), key)
+    with pytest.raises(DisarmError):
+        scratch.open_long(bytes(79 + 47), key)

@@ -23,6 +23,7 @@ from drasyl.net.tcp import frame
 from drasyl.superpeer import server as server_module
 from drasyl.superpeer.config import DaemonConfig, ListenAddress
 from drasyl.superpeer.server import SuperPeerServer, connections_per_source
+from drasyl.transmit import TCP, UDP
 
 WAIT_S = 5.0
 HOUR_NS = 3600 * 10**9
@@ -307,3 +308,16 @@ def test_write_backlogs_are_bounded_across_all_connections(ids, monkeypatch):
             conn.close()
 
     asyncio.run(running(config(), sp, scenario))
+
+
+def test_one_socket_batch_only_for_udp_from_one_socket_without_runs_to_one_address():
+    """The shortcut past send_transmits: anything it cannot send as one sendmmsg batch
+    (TCP, a second socket, two in a row to one address: a GSO run) goes the general way."""
+    one_socket_batch = server_module._one_socket_batch
+    local, other = ("192.0.2.1", 22527), ("2001:db8::1", 22527)
+    a, b = ("198.51.100.1", 1), ("198.51.100.2", 2)
+    assert one_socket_batch([(b"x", UDP, local, a), (b"y", UDP, local, b), (b"z", UDP, local, a)]) == (
+        local, [(b"x", a), (b"y", b), (b"z", a)])
+    assert one_socket_batch([(b"x", UDP, local, a), (b"y", UDP, local, a)]) is None
+    assert one_socket_batch([(b"x", UDP, local, a), (b"y", UDP, other, b)]) is None
+    assert one_socket_batch([(b"x", UDP, local, a), (b"y", TCP, None, b)]) is None

@@ -39,29 +39,38 @@ Same bytes on the wire as drasyl-rs, with these deliberate differences:
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from dataclasses import dataclass
 
-from ..crypto import session_keys
-from ..errors import CryptoError, DrasylError
+from ..crypto import Scratch, session_keys
+from ..errors import CryptoError, DrasylError, MalformedMessage
 from ..identity import DEFAULT_POW_DIFFICULTY, Identity, pow_is_valid
 from ..messages import (
+    _HEADER,
     ACK,
     APP,
+    FLAG_ARMED,
     HELLO,
+    HELLO_SUPER_PEER_MAX,
+    HELLO_SUPER_PEER_MIN,
     HOP_COUNT_OFFSET,
+    LONG_HEADER_LEN,
+    MAGIC,
     MAX_HOP_COUNT,
     UNITE,
-    Ack,
-    HelloSuperPeer,
     Unite,
+    _without_port_zero,
     encode_endpoint,
+    encode_long_header,
     encode_message,
-    open_body,
-    parse_long_header,
 )
 from ..stun import MAX_GROWTH, MAX_REQUEST_LEN, binding_response, is_binding_request, parse_binding_request
 from ..transmit import UDP, Address, Transmit
+
+_HELLO_TIME = struct.Struct(">QQ")  # a HELLO body's time and child_time
+_U64 = struct.Struct(">Q")
+_RECIPIENT = slice(10, 42)  # where a long header holds the recipient's public key
 
 HOUSEKEEPING_INTERVAL_MS = 5_000
 HOLD_PER_PEER = 32
@@ -94,6 +103,7 @@ class Peer:
     __slots__ = (
         "public_key", "rx", "tx", "hello_time", "proto", "local", "src", "endpoints",
         "hello_rx", "ack_tx", "app_rx", "app_tx", "unite_tx", "relayed_bytes", "hello_stamp",
+        "hello_endpoints",
     )
 
     def __init__(self, public_key: bytes, rx: bytes | None, tx: bytes | None) -> None:
@@ -105,7 +115,8 @@ class Peer:
         self.proto = UDP
         self.local: Address | None = None
         self.src: Address = ()
-        self.endpoints = b""
+        self.endpoints = b""  # reported endpoints, those with port 0 left out
+        self.hello_endpoints = b""  # as the last HELLO had them: spares the filter when unchanged
         self.hello_rx = self.ack_tx = self.app_rx = self.app_tx = self.unite_tx = 0
         self.relayed_bytes: dict[bytes, int] | None = None  # recipient -> bytes, lazily
 
@@ -143,24 +154,42 @@ class SuperPeerCore:
         #: STUN Binding requests answered (see the module docstring).
         self.stun_answered = 0
         self._stun_sources: dict[str, int] = {}  # source IP -> answers this interval
+        self._network_id = cfg.network_id
+        self._armed = FLAG_ARMED if cfg.arm_messages else 0
+        #: buffers for HELLO -> ACK; ``out`` holds the ACK header but for its recipient
+        self._scratch = scratch = Scratch()
+        scratch.out[:LONG_HEADER_LEN] = encode_long_header(
+            ACK, cfg.network_id, bytes(32), self.public_key, identity.proof_of_work, cfg.arm_messages)
 
     # --- input -------------------------------------------------------------------------
 
     def receive(self, data: bytes, proto: int, local: Address | None, remote: Address, now: int) -> bool:
         """Handle one datagram/frame. False means invalid input (a TCP stream should close)."""
-        if proto == UDP and is_binding_request(data):
-            return self._on_stun(data, local, remote)
         try:
-            header = parse_long_header(data)
-            if header.network_id != self.config.network_id:
+            if len(data) < LONG_HEADER_LEN:
+                return self._not_drasyl(data, proto, local, remote)
+            # the long header (spec §4.2), unpacked once and passed on as values
+            magic, hop, flags, network_id, recipient, sender, pow_, mtype = _HEADER.unpack_from(data)
+            if magic != MAGIC:
+                return self._not_drasyl(data, proto, local, remote)
+            if mtype > 3:
+                raise MalformedMessage(f"unknown message type {mtype}")
+            if network_id != self._network_id:
                 self.drops["network_id"] += 1
                 return False
-            if header.recipient == self.public_key:
-                return self._on_hello(data, header, proto, local, remote, now)
-            return self._relay(data, header, now)
+            if recipient == self.public_key:
+                return self._on_hello(data, flags, sender, pow_, mtype, proto, local, remote, now)
+            return self._relay(data, hop, mtype, sender, recipient, now)
         except DrasylError:
             self.drops["malformed"] += 1
             return False
+
+    def _not_drasyl(self, data: bytes, proto: int, local: Address | None, remote: Address) -> bool:
+        """Too short for a long header, or a wrong magic number: a STUN request, or malformed."""
+        if proto == UDP and is_binding_request(data):
+            return self._on_stun(data, local, remote)
+        self.drops["malformed"] += 1
+        return False
 
     def handle_timer(self, now: int) -> None:
         """Housekeeping: expire peers, held APPs and UNITE records, forget unregistered keys."""
@@ -220,56 +249,87 @@ class SuperPeerCore:
 
     # --- HELLO -> ACK ------------------------------------------------------------------
 
-    def _on_hello(self, data: bytes, header, proto: int, local, remote, now: int) -> bool:
-        cfg = self.config
-        if header.armed != cfg.arm_messages:
+    def _on_hello(self, data: bytes, flags: int, sender: bytes, pow_: int, mtype: int, proto: int, local,
+                  remote, now: int) -> bool:
+        armed = flags & FLAG_ARMED
+        if armed != self._armed:
             self.drops["armed_mismatch"] += 1
             return False
-        if header.message_type != HELLO:
+        if mtype != HELLO:
             self.drops["unexpected_type"] += 1
             return False
-        sender = header.sender
+        cfg = self.config
         peer = self.peers.get(sender)
         if peer is not None:
             rx = peer.rx
         else:
             keys = self._keys.get(sender)
             if keys is None:
-                if not pow_is_valid(sender, header.proof_of_work, cfg.min_pow_difficulty):
+                if not pow_is_valid(sender, pow_, cfg.min_pow_difficulty):
                     self.drops["pow_invalid"] += 1
                     return False
                 try:
-                    keys = session_keys(self.identity, sender) if cfg.arm_messages else (None, None)
+                    keys = session_keys(self.identity, sender) if armed else (None, None)
                 except CryptoError:
                     self.drops["bad_key"] += 1
                     return False
                 self._keys[sender] = keys
             rx = keys[0]
-        hello = HelloSuperPeer.parse(open_body(data, header, rx))
-        if now + self.wall_offset - hello.time > self._max_age_us:  # future timestamps are accepted
+        # the HELLO body (spec §4.4): time ‖ child_time ‖ endpoints, disarmed into scratch
+        scratch = self._scratch
+        body: bytes | bytearray
+        if armed:
+            if rx is None:
+                raise MalformedMessage("armed message but no session key")
+            n = scratch.open_long(data, rx)
+            body = scratch.plain
+        else:
+            body = data[LONG_HEADER_LEN:]
+            n = len(body)
+        if n < HELLO_SUPER_PEER_MIN:
+            raise MalformedMessage("HELLO body shorter than 16 bytes")
+        if n > HELLO_SUPER_PEER_MAX:  # cut, not rejected: Java senders may send more
+            n = HELLO_SUPER_PEER_MAX
+        if (n - HELLO_SUPER_PEER_MIN) % 18:
+            raise MalformedMessage("HELLO endpoints are not a multiple of 18 bytes")
+        time, child_time = _HELLO_TIME.unpack_from(body)
+        if child_time == 0:
+            raise MalformedMessage("HELLO child_time is 0")
+        if now + self.wall_offset - time > self._max_age_us:  # future timestamps are accepted
             self.drops["hello_too_old"] += 1
             return False
-        current = peer is not None and now - peer.hello_time <= self._timeout_us
-        if current and hello.time < peer.hello_stamp and (proto != peer.proto or remote != peer.src):
-            self.drops["hello_replayed"] += 1  # may not move the registration, gets no ACK
-            return False
+        current = False
+        if peer is not None and now - peer.hello_time <= self._timeout_us:
+            current = True
+            if time < peer.hello_stamp and (proto != peer.proto or remote != peer.src):
+                self.drops["hello_replayed"] += 1  # may not move the registration, gets no ACK
+                return False
         if peer is None:
             if len(self.peers) >= cfg.max_peers:
                 self.drops["max_peers"] += 1
                 return False
             rx, tx = self._keys.pop(sender)
             peer = self.peers[sender] = Peer(sender, rx, tx)
-        if hello.time > peer.hello_stamp or not current:
-            peer.hello_stamp = hello.time
+        if time > peer.hello_stamp or not current:
+            peer.hello_stamp = time
         peer.hello_time = now
         peer.proto = proto
         peer.local = local
         peer.src = remote
-        peer.endpoints = hello.endpoints
+        sent = peer.hello_endpoints  # as the last HELLO had them: mostly unchanged, then not copied
+        if n - HELLO_SUPER_PEER_MIN != len(sent) or not body.startswith(sent, HELLO_SUPER_PEER_MIN):
+            peer.hello_endpoints = sent = bytes(body[HELLO_SUPER_PEER_MIN:n])
+            peer.endpoints = _without_port_zero(sent)
         peer.hello_rx += 1
         peer.ack_tx += 1
-        ack = encode_message(ACK, cfg.network_id, sender, self.public_key, self.identity.proof_of_work,
-                             Ack(hello.time).encode(), peer.tx)
+        # the ACK echoes the HELLO's time: the body's first 8 bytes, armed from where they are
+        ack: bytes | bytearray
+        if armed:
+            scratch.out[_RECIPIENT] = sender
+            ack = scratch.seal_long(8, peer.tx)  # type: ignore[arg-type]  # armed: keys exist
+        else:
+            ack = encode_long_header(ACK, cfg.network_id, sender, self.public_key, self.identity.proof_of_work,
+                                     False) + _U64.pack(time)
         self.outbox.append((ack, proto, local, remote))
         if self._held:
             held = self._held.pop(sender, None)
@@ -279,15 +339,15 @@ class SuperPeerCore:
 
     # --- relay and UNITE ---------------------------------------------------------------
 
-    def _relay(self, data: bytes, header, now: int, since: int | None = None) -> bool:
-        if header.message_type != APP:
+    def _relay(self, data: bytes, hop: int, mtype: int, sender: bytes, recipient: bytes, now: int,
+               since: int | None = None) -> bool:
+        if mtype != APP:
             self.drops["unexpected_type"] += 1
             return False
-        sender, recipient = header.sender, header.recipient
         if sender == recipient:
             self.drops["loopback"] += 1
             return False
-        if header.hop_count > MAX_HOP_COUNT:
+        if hop > MAX_HOP_COUNT:
             self.drops["hop_limit"] += 1
             return True
         timeout = self._timeout_us
@@ -300,7 +360,7 @@ class SuperPeerCore:
             self._hold(recipient, data, "unknown_recipient", now if since is None else since)
             return True
         packet = bytearray(data)
-        packet[HOP_COUNT_OFFSET] += 1
+        packet[HOP_COUNT_OFFSET] = hop + 1
         self.outbox.append((packet, dst.proto, dst.local, dst.src))
         src.app_rx += 1
         dst.app_tx += 1
@@ -308,8 +368,15 @@ class SuperPeerCore:
         if relayed is None:
             relayed = src.relayed_bytes = {}
         relayed[recipient] = relayed.get(recipient, 0) + len(data)
-        if self._unite_us >= 0:
-            self._unite(src, dst, now)
+        window = self._unite_us
+        if window > 0:  # at most one UNITE pair per ``send_unites`` (checked here: once per APP)
+            key = (sender, recipient) if sender < recipient else (recipient, sender)
+            last = self._unites.get(key)
+            if last is None or now - last >= window:
+                self._unites[key] = now
+                self._unite(src, dst)
+        elif window == 0:
+            self._unite(src, dst)
         return True
 
     # --- APPs waiting for a registration ----------------------------------------------------
@@ -336,7 +403,8 @@ class SuperPeerCore:
             if now - since >= window:
                 self.drops[reason] += 1
             else:
-                self._relay(data, parse_long_header(data), now, since)
+                _, hop, _, _, recipient, sender, _, mtype = _HEADER.unpack_from(data)
+                self._relay(data, hop, mtype, sender, recipient, now, since)
 
     def _expire_held(self, now: int) -> None:
         """Drop (and count) held APPs that waited one housekeeping interval."""
@@ -358,14 +426,8 @@ class SuperPeerCore:
 
     # --- UNITE -----------------------------------------------------------------------------
 
-    def _unite(self, a: Peer, b: Peer, now: int) -> None:
-        """Introduce a and b to each other, at most once per ``send_unites`` per pair."""
-        if self._unite_us > 0:
-            key = (a.public_key, b.public_key) if a.public_key < b.public_key else (b.public_key, a.public_key)
-            last = self._unites.get(key)
-            if last is not None and now - last < self._unite_us:
-                return
-            self._unites[key] = now
+    def _unite(self, a: Peer, b: Peer) -> None:
+        """Introduce a and b to each other (the caller applied the ``send_unites`` limit)."""
         cfg = self.config
         for to, about in ((a, b), (b, a)):
             body = Unite(about.public_key, about.contact_candidates()).encode()

@@ -306,6 +306,14 @@ class SuperPeerServer:
             return
         core.outbox = []
         try:
+            plain = _one_socket_batch(outbox)
+            if plain is not None:
+                sock = self._udp.get(plain[0])
+                if sock is None:
+                    self.drops["udp_socket_gone"] += len(outbox)
+                else:
+                    sock.send_batch(plain[1])
+                return
             gone = send_transmits(outbox, self._udp, self._send_tcp)
             if gone:
                 self.drops["udp_socket_gone"] += gone
@@ -362,6 +370,24 @@ class SuperPeerServer:
             if client.last_activity < deadline:
                 client.abort()  # not close(): that would wait for a client that does not read
         self._backlog = backlog
+
+
+def _one_socket_batch(outbox: list) -> tuple[Address, list[tuple[bytes | bytearray, Address]]] | None:
+    """The outbox as one ``sendmmsg`` batch: when every transmit is UDP from one socket and no
+    two in a row go to the same address (a super peer's usual outbox, answers to many nodes).
+    Otherwise None, and :func:`send_transmits` sends it (TCP, several sockets, or runs to one
+    address that it sends with UDP GSO). One pass, no syscall; addresses are compared by
+    identity (the socket layer hands out one tuple per address), which can only miss a run."""
+    local = outbox[0][2]
+    batch = []
+    append = batch.append
+    prev = None
+    for data, proto, source, remote in outbox:
+        if proto != UDP or source is not local or remote is prev:
+            return None
+        append((data, remote))
+        prev = remote
+    return local, batch
 
 
 @contextmanager
