@@ -575,7 +575,8 @@ def test_ping_through_drasyl_rs_super_peer(ids, tmp_path) -> None:
 
 RECEIVER = """
 import hashlib, socket, sys
-srv = socket.create_server((sys.argv[1], 5001))
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+srv = socket.create_server((sys.argv[1], 5001), family=family)
 print("listening", flush=True)
 conn, _ = srv.accept()
 digest, total = hashlib.sha256(), 0

@@ -20,7 +20,7 @@ import drasyl_rs
 import pytest
 from netns import Lab, require_lab_tools
 import tomlkit
-from test_agent_e2e import (AGENT_IPS, OVERLAY, ROUTED, SENDER, Cluster, _identities, _received, net1, network_config,
+from test_agent_e2e import (AGENT_IPS, OVERLAY, RECEIVER, ROUTED, SENDER, Cluster, _identities, _received, net1, network_config,
                             sp_url, wait_until)
 
 pytestmark = pytest.mark.netns
@@ -38,17 +38,6 @@ table inet block_direct {{
 """
 TRANSFER_BYTES = 5 * 1024 * 1024
 LAN6, LAN6_GW, LAN6_HOST = "fd99::/64", "fd99::1", "fd99::2"  # a LAN behind b, net1's route dest6
-RECEIVER6 = """
-import hashlib, socket, sys
-srv = socket.create_server((sys.argv[1], 5001), family=socket.AF_INET6)
-print("listening", flush=True)
-conn, _ = srv.accept()
-digest, total = hashlib.sha256(), 0
-while chunk := conn.recv(1 << 16):
-    digest.update(chunk)
-    total += len(chunk)
-print(f"received {total} {digest.hexdigest()}", flush=True)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +84,7 @@ def ping6(agent, address: str, count: int = 3, **kw) -> subprocess.CompletedProc
 
 
 def transfer6(cluster: Cluster, src, dst, address: str) -> float:
-    receiver = cluster.lab.start(dst.ns, [sys.executable, "-c", RECEIVER6, address], f"receiver6-{time.monotonic()}")
+    receiver = cluster.lab.start(dst.ns, [sys.executable, "-c", RECEIVER, address], f"receiver6-{time.monotonic()}")
     receiver.wait_for_line(r"^listening$", 10)
     started = time.monotonic()
     sent = src.exec(sys.executable, "-c", SENDER, address, str(TRANSFER_BYTES), timeout=90)

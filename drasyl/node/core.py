@@ -278,11 +278,7 @@ class NodeCore:
         self._encode_hello_endpoints()
         for sp in self.super_peers.values():
             if sp.paths:
-                stamp = self._next_stamp(now)
-                hello = self._hello_for(sp, stamp)
-                for path in sp.paths.values():
-                    self.outbox.append((hello, UDP, path.local, path.remote))
-                    path.hello_sent(now, stamp)
+                self._udp_hellos(sp, now)
 
     def _encode_hello_endpoints(self) -> None:
         ours = list(dict.fromkeys(self.advertised + self.locals))
@@ -913,14 +909,19 @@ class NodeCore:
         sp.best_udp = best_path(sp.paths.values(), self._path_failing, now)
         if self.config.probing:
             self._stun_requests(sp, now)
+        stamp, hello = self._udp_hellos(sp, now)
+        if sp.tcp == "up":
+            self.outbox.append((hello, TCP, None, sp.public_key))
+            sp.tcp_path.hello_sent(now, stamp)
+
+    def _udp_hellos(self, sp: SuperPeer, now: int) -> tuple[int, bytes]:
+        """One HELLO to a super peer on each of its UDP paths; (its stamp, the HELLO)."""
         stamp = self._next_stamp(now)
         hello = self._hello_for(sp, stamp)
         for path in sp.paths.values():
             self.outbox.append((hello, UDP, path.local, path.remote))
             path.hello_sent(now, stamp)
-        if sp.tcp == "up":
-            self.outbox.append((hello, TCP, None, sp.public_key))
-            sp.tcp_path.hello_sent(now, stamp)
+        return stamp, hello
 
     def _udp_failing(self, sp: SuperPeer, now: int) -> bool:
         """No UDP path, or none answered within one interval (start) / hello_timeout (later)."""
