@@ -117,6 +117,7 @@ ENVIRONMENT = (
     ("DRASYL_HOUSEKEEPING_INTERVAL", "ms between the node's HELLO rounds (default 5000)"),
     ("DRASYL_PROCESS_UNITES", "false: no hole punching, always relayed (default true). A value that does not "
                               "parse is an error naming the variable"),
+    ("DRASYL_EVENT_LOOP", "auto|uvloop|asyncio: the event loop of 'run' (default auto: uvloop where installed)"),
 )
 SIGNALS = ("run: SIGHUP reloads super_peers and the [[network]]s of --config without dropping the TUN device "
            "(identity, mtu and [metrics] need a restart; a broken file is logged and the running configuration kept); "

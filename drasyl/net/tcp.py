@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Callable
+from typing import Callable, cast
 
 MAX_FRAME = 0xFFFF
 
@@ -59,8 +59,7 @@ class FramedProtocol(asyncio.Protocol):
         self.last_activity = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
         self.peername = transport.get_extra_info("peername") or ()
         sock = transport.get_extra_info("socket")
         if sock is not None:

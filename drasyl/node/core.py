@@ -964,8 +964,10 @@ class NodeCore:
         UDP has gone unanswered."""
         rows: list[PeerInfo] = []
         for sp in self.super_peers.values():
-            if sp.tcp == "up":
+            if sp.tcp == "up" and sp.tcp_path.median is not None:  # connected is not yet answered
                 kind, path = TCP_PATH, None
+            elif sp.tcp == "up":
+                kind, path = "none", None
             else:
                 path = sp.best_udp
                 kind = "udp" if path is not None else "none"
