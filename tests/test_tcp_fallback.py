@@ -81,12 +81,12 @@ class Internet:
             self.ids[name].save(path)
         return str(path)
 
-    def node(self, ns: str, name: str, identity: str) -> Process:
+    def node(self, ns: str, name: str, identity: str, **env: str) -> Process:
         """An example node in ``ns`` with default timers, bound to its interface addresses."""
         return self.lab.start_python(
             ns, "drasyl.node", name,
             DRASYL_IDENTITY_FILE=self._identity_file(identity), DRASYL_SUPER_PEERS=self.url,
-            DRASYL_LOG_LEVEL="info",
+            DRASYL_LOG_LEVEL="info", **env,
         )
 
     def sp_row(self, identity: str, proto: str = "udp|tcp") -> str:
@@ -147,18 +147,19 @@ def test_node_without_udp_to_super_peer_falls_back_to_tcp_fast_and_returns_to_ud
     assert row.match.group(1) == "udp", f"A still registers over TCP\n{net.lab.describe()}"
 
 
-def test_nodes_without_any_udp_talk_through_the_super_peer_over_tcp(internet, ids):
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])  # the default, and the loop without uvloop
+def test_nodes_without_any_udp_talk_through_the_super_peer_over_tcp(internet, ids, loop):
     net = internet
     a, b = ids["id_2"], ids["id_3"]
     net.lab.nft(net.a_ns, BLOCK_ALL_UDP)
     net.lab.nft(net.b_ns, BLOCK_ALL_UDP)
     start = net.sp.mark()
 
-    node_b = net.node(net.b_ns, "node-b", "id_3")
+    node_b = net.node(net.b_ns, "node-b", "id_3", DRASYL_EVENT_LOOP=loop)
     node_b.wait_for_line(r"^I am ", START_S)
     net.sp.wait_for_line(net.sp_row("id_3", "tcp"), FALLBACK_LIMIT_S, since=start)
     started = time.monotonic()
-    node_a = net.node(net.a_ns, "node-a", "id_2")
+    node_a = net.node(net.a_ns, "node-a", "id_2", DRASYL_EVENT_LOOP=loop)
     node_a.write(b.public_key_hex, "A to B over TCP")
     delivered = node_b.wait_for_line(_received(a, "A to B over TCP"), 2 * FALLBACK_LIMIT_S)
     print(f"TCP relay: first message delivered {delivered.at - started:.2f} s after A started")

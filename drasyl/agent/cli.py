@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .. import eventloop
 from ..env import TRACE, env_bool, env_int, log_level
 from ..errors import DrasylError
 from ..identity import DEFAULT_POW_DIFFICULTY, mode_warning
@@ -174,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
     from . import daemon  # here: the client commands need neither the node nor the TUN code
 
     args.listen = _listen(args)
+    eventloop.choice()  # a bad DRASYL_EVENT_LOOP fails before anything is created
     _configure_logging(args)
     args.agent_config = load_config(args.config)
     return daemon.run(args)

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 
+from .. import eventloop
 from ..env import env_str, log_level
 from ..errors import DrasylError
 from ..identity import load_or_generate
@@ -52,6 +53,7 @@ Environment (defaults in brackets):
   DRASYL_PROCESS_UNITES       hole punching on UNITE (true/false) [true]
   DRASYL_ENFORCE_TCP          always use TCP to super peers (true/false) [false]
   DRASYL_LOG_LEVEL            error, warn, info, debug, off; or RUST_LOG [warn]
+  DRASYL_EVENT_LOOP           auto, uvloop or asyncio [auto: uvloop where installed]
 
 Default super peers: {DEFAULT_SUPER_PEERS}
 """
@@ -142,7 +144,7 @@ def main() -> int:
     try:
         level = log_level(os.environ, default=logging.WARNING)
         logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return asyncio.run(_run())
+        return eventloop.run(_run())
     except DrasylError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
