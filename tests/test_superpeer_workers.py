@@ -16,6 +16,7 @@ import socket
 import time
 from pathlib import Path
 
+import nacl.bindings as sodium
 import pytest
 from test_superpeer_daemon import (  # noqa: F401  # fixtures and the tests run again with two workers
     WAIT_S,
@@ -42,7 +43,7 @@ from test_superpeer_daemon import (  # noqa: F401  # fixtures and the tests run 
 )
 
 from drasyl.crypto import session_keys
-from drasyl.identity import Identity
+from drasyl.identity import Identity, search_pow
 from drasyl.messages import ACK, APP, UNITE, Unite, encode_message
 
 ATTEMPTS = 64  # fresh source ports tried to land a node in the other worker (1/2 each)
@@ -144,6 +145,40 @@ def test_tcp_node_gets_relays_from_a_udp_node_in_another_worker(start_sp, sp_ide
             header, body = opened(node_tcp, sp_id, read_frame(conn))
             assert header.message_type == UNITE and Unite.parse(body).address == node_udp.public_key
             receive_unite(udp, node_udp, sp_id, node_tcp)
+
+
+def cheap_identity() -> Identity:
+    """A random identity with a difficulty-0 proof of work (the super peer must allow 0)."""
+    pk, sk = sodium.crypto_sign_seed_keypair(os.urandom(32))
+    return Identity(sk, search_pow(pk, 0))
+
+
+def test_app_held_for_a_node_is_relayed_when_it_registers_in_another_worker(start_sp, sp_identity, ids):
+    sp = start_sp(MIN_POW_DIFFICULTY="0")
+    sp.wait_for("Super peer listening on:")
+    sp_id, a = sp_identity[1], ids["id_2"]
+    port = port_of(sp.env["DRASYL_UDP4_LISTEN"])
+    with register_udp(a, sp_id, port) as sock_a:
+        [a_worker] = [w for w, n in owned(sp).items() if n == 1]
+        other = "1" if a_worker == "0" else "0"
+        for _ in range(ATTEMPTS):  # a port of the other worker: a throwaway node registers from it
+            before = owned(sp)[other]
+            sock_b = register_udp(cheap_identity(), sp_id, port)
+            if owned(sp)[other] > before:
+                break
+            sock_b.close()
+        else:
+            pytest.fail(f"{ATTEMPTS} source ports all landed in worker {a_worker}\n{sp.output()}")
+        with sock_b:
+            b = cheap_identity()
+            packet = app(a, b, b"before b's HELLO")
+            sock_a.sendto(packet, ("127.0.0.1", port))  # held by a's worker: b is unknown
+            sock_b.sendto(hello(b, sp_id, time.time_ns() // 1000), ("127.0.0.1", port))
+            sock_b.settimeout(WAIT_S)
+            received = [sock_b.recv(2048) for _ in range(3)]  # ACK, the APP, a UNITE, in any order
+            assert any(data[5:] == packet[5:] for data in received), received
+            assert {opened(b, sp_id, data)[0].message_type for data in received if data[5:] != packet[5:]} \
+                == {ACK, UNITE}
 
 
 def test_metrics_sum_the_workers(start_sp, sp_identity, ids):
