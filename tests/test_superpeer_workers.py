@@ -14,7 +14,9 @@ import os
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 import nacl.bindings as sodium
 import pytest
@@ -114,21 +116,40 @@ def wait_gone(pids: list[int], what: str) -> None:
     pytest.fail(f"{what}: processes {alive} still run after {WAIT_S} s")
 
 
-def test_udp_nodes_in_different_workers_relay_to_each_other_and_get_unites(start_sp, sp_identity, ids):
+@dataclass
+class Pair:
+    """A running super peer with two workers and two UDP nodes, each owned by another worker."""
+
+    sp: Any
+    sp_id: Identity
+    port: int
+    nodes: list[tuple[Identity, socket.socket]]
+
+    def directions(self):
+        """((sender, its socket), (recipient, its socket)): a to b, then b to a."""
+        return (self.nodes, self.nodes[::-1])
+
+
+@pytest.fixture
+def pair(start_sp, sp_identity, ids) -> Iterator[Pair]:
     sp = start_sp()
     sp.wait_for("Super peer listening on:")
     sp_id, a, b = sp_identity[1], ids["id_2"], ids["id_3"]
     port = port_of(sp.env["DRASYL_UDP4_LISTEN"])
     with register_udp(a, sp_id, port) as sock_a, register_in_both_workers(sp, sp_id, a, b) as sock_b:
-        for sender, s_sock, recipient, r_sock in ((a, sock_a, b, sock_b), (b, sock_b, a, sock_a)):
-            packet = app(sender, recipient, b"across workers")
-            s_sock.sendto(packet, ("127.0.0.1", port))
-            r_sock.settimeout(WAIT_S)
-            relayed = r_sock.recv(2048)
-            assert relayed[4] == 1 and relayed[:4] + relayed[5:] == packet[:4] + packet[5:]
-            if sender is a:  # the first relay introduces both
-                receive_unite(r_sock, b, sp_id, a)
-                receive_unite(s_sock, a, sp_id, b)
+        yield Pair(sp, sp_id, port, [(a, sock_a), (b, sock_b)])
+
+
+def test_udp_nodes_in_different_workers_relay_to_each_other_and_get_unites(pair):
+    for (sender, s_sock), (recipient, r_sock) in pair.directions():
+        packet = app(sender, recipient, b"across workers")
+        s_sock.sendto(packet, ("127.0.0.1", pair.port))
+        r_sock.settimeout(WAIT_S)
+        relayed = r_sock.recv(2048)
+        assert relayed[4] == 1 and relayed[:4] + relayed[5:] == packet[:4] + packet[5:]
+        if sender is pair.nodes[0][0]:  # the first relay introduces both
+            receive_unite(r_sock, recipient, pair.sp_id, sender)
+            receive_unite(s_sock, sender, pair.sp_id, recipient)
 
 
 def test_tcp_node_gets_relays_from_a_udp_node_in_another_worker(start_sp, sp_identity, ids):
@@ -181,33 +202,29 @@ def test_app_held_for_a_node_is_relayed_when_it_registers_in_another_worker(star
                 == {ACK, UNITE}
 
 
-def test_metrics_sum_the_workers(start_sp, sp_identity, ids):
-    sp = start_sp()
-    sp.wait_for("Super peer listening on:")
-    sp_id, a, b = sp_identity[1], ids["id_2"], ids["id_3"]
-    port = port_of(sp.env["DRASYL_UDP4_LISTEN"])
-    with register_udp(a, sp_id, port) as sock_a, register_in_both_workers(sp, sp_id, a, b) as sock_b:
-        # a's APPs are counted by a's worker, b's by b's: a's row needs both workers' counts
-        for sender, s_sock, recipient, r_sock in ((a, sock_a, b, sock_b), (b, sock_b, a, sock_a)):
-            packet = app(sender, recipient, b"x" * 100)
-            r_sock.settimeout(WAIT_S)
-            for _ in range(3):
-                s_sock.sendto(packet, ("127.0.0.1", port))
-                while r_sock.recv(2048)[5:] != packet[5:]:  # UNITEs in between
-                    pass
-        garbage = 8
-        for _ in range(garbage):  # from fresh ports: some land in each worker
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
-                junk.sendto(b"\x00" * 10, ("127.0.0.1", port))
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            _, _, text = scrape(port_of(sp.env["DRASYL_PROMETHEUS_LISTEN"]))
-            if metric_value(text, 'drasyl_sp_dropped_packets{reason="malformed"}') == garbage:
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"malformed drops are not the {garbage} sent:\n{text}")
-            time.sleep(0.05)
-    pa, pb = a.public_key_hex, b.public_key_hex
+def test_metrics_sum_the_workers(pair):
+    sp, port = pair.sp, pair.port
+    # a's APPs are counted by a's worker, b's by b's: a's row needs both workers' counts
+    for (sender, s_sock), (recipient, r_sock) in pair.directions():
+        packet = app(sender, recipient, b"x" * 100)
+        r_sock.settimeout(WAIT_S)
+        for _ in range(3):
+            s_sock.sendto(packet, ("127.0.0.1", port))
+            while r_sock.recv(2048)[5:] != packet[5:]:  # UNITEs in between
+                pass
+    garbage = 8
+    for _ in range(garbage):  # from fresh ports: some land in each worker
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
+            junk.sendto(b"\x00" * 10, ("127.0.0.1", port))
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        _, _, text = scrape(port_of(sp.env["DRASYL_PROMETHEUS_LISTEN"]))
+        if metric_value(text, 'drasyl_sp_dropped_packets{reason="malformed"}') == garbage:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"malformed drops are not the {garbage} sent:\n{text}")
+        time.sleep(0.05)
+    pa, pb = (node.public_key_hex for node, _ in pair.nodes)
     assert metric_value(text, "drasyl_sp_peers") == 2
     assert owned(sp) == {"0": 1, "1": 1}
     for src, dst in ((pa, pb), (pb, pa)):

@@ -111,6 +111,8 @@ def _start(index: int, identity: Identity, config: DaemonConfig, links: Links,
     """Fork worker ``index``; its listeners once it has bound, or its exit code."""
     read_end, write_end = os.pipe()
     parent = os.getpid()
+    sys.stdout.flush()  # or the worker would print what is still buffered again
+    sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
