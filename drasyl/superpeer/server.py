@@ -3,7 +3,9 @@
 :class:`SuperPeerServer` binds the configured UDP4/UDP6/TCP4/TCP6 listeners and the
 Prometheus endpoint, feeds every datagram and TCP frame to the core, sends what the core
 put in its outbox, and runs one housekeeping timer. Protocol rules live in the core,
-configuration parsing in :mod:`.config`, console output in :mod:`.cli`.
+configuration parsing in :mod:`.config`, console output in :mod:`.cli`. With
+``DRASYL_WORKERS`` > 1 each worker process runs a subclass (:mod:`.worker`) that binds with
+``SO_REUSEPORT`` and shares its registrations; one worker pays nothing for that.
 
 Socket choices (deliberate differences from drasyl-rs):
 

@@ -82,7 +82,7 @@ def supervise(identity: Identity, config: DaemonConfig) -> int:
             bound = _start(index, identity, others, links, workers)
             if isinstance(bound, int):
                 print(f"{PROG}: worker {index} could not start; stopping the super peer", file=sys.stderr)
-                return bound or 1
+                return bound
         announce_listeners(listeners, identity, config.network_id)
         return _wait(workers)
     finally:
