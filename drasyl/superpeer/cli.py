@@ -10,8 +10,9 @@ URLs are printed after binding (so port 0 shows the real port); the peer table s
 An identity file that group or others may read is warned about on stderr (one line) at
 start; drasyl-rs does not check.
 
-Exit codes: 0 after a signal, 1 for identity or bind errors, 2 for usage or configuration
-errors; never a traceback for those. This module formats and orchestrates; sockets are
+Exit codes: 0 after a signal, 1 for identity or bind errors (and, with ``DRASYL_WORKERS`` > 1,
+when a worker dies: :mod:`.workers`), 2 for usage or configuration errors; never a traceback
+for those. This module formats and orchestrates; sockets are
 :mod:`.server`'s business and protocol rules the core's.
 """
 
