@@ -30,15 +30,13 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from ..messages import ENDPOINT_LEN
 from ..transmit import TCP
 from .core import SuperPeerCore
-from .shared import peer_counters
+from .shared import WorkerCounters, peer_counters
 
 ENDPOINT_BUCKETS = (0, 1, 2, 3, 5, 7, 10, 15)
 
 #: One peer's values at scrape time: (hex pk, ip version, transport, hello rx, ack tx, app rx,
 #: app tx, unite tx, ((dst hex, relayed bytes), ...), endpoint histogram counts or None).
 PeerRow = tuple
-#: Another worker's (registrations it owns, per-peer counters, core drops, I/O drops, STUN answers).
-WorkerCounters = tuple[int, list[tuple], dict[str, int], dict[str, int], int]
 
 
 class SuperPeerMetrics:

@@ -30,6 +30,9 @@ from .core import Peer, SuperPeerCore
 
 #: (public key, rx key, tx key, hello_time µs, hello_stamp, proto, local, source, endpoints as sent)
 Record = tuple[bytes, "bytes | None", "bytes | None", int, int, int, "Address | None", Address, bytes]
+#: What a worker tells the one serving /metrics: (registrations it owns, :meth:`SharedCore.counters`,
+#: core drops, I/O drops, STUN answers).
+WorkerCounters = tuple[int, list[tuple], dict[str, int], dict[str, int], int]
 
 
 class SharedCore(SuperPeerCore):

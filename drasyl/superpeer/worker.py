@@ -24,9 +24,8 @@ from ..identity import Identity
 from ..transmit import TCP, Address
 from .config import DaemonConfig
 from .mesh import Mesh
-from .metrics import WorkerCounters
 from .server import SuperPeerServer
-from .shared import Record, SharedCore
+from .shared import Record, SharedCore, WorkerCounters
 
 #: How long a scrape waits for the other workers' counters.
 COUNTERS_TIMEOUT_S = 2.0
