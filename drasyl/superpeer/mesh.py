@@ -8,7 +8,10 @@ our own).
 Stream, not datagram, sockets: a Unix datagram socket refuses a send when the receiver has
 ``net.unix.max_dgram_qlen`` (512) datagrams queued, and a burst of registrations or a peer
 table's counters would hit that or the datagram size limit; a stream keeps order and asyncio
-buffers what the kernel does not take yet. Each message is a 4-byte length and a pickle.
+buffers what the kernel does not take yet, up to :data:`MAX_BACKLOG` bytes per link (a worker
+that stopped reading must not grow the others without bound; what does not fit is dropped and
+counted, and a lost registration comes again with the next refresh). Each message is a 4-byte
+length and a pickle.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import struct
 from typing import Any, Callable
 
 _LENGTH = struct.Struct(">I")
+#: Bytes queued for one link beyond which messages to it are dropped.
+MAX_BACKLOG = 64 * 1024 * 1024
 
 OnMessage = Callable[[int, Any], None]
 
@@ -62,6 +67,8 @@ class Mesh:
         self._sockets = sockets
         self._on_message = on_message
         self._links: dict[int, _Link] = {}
+        #: Messages dropped because their link's backlog was full.
+        self.dropped = 0
 
     @property
     def peers(self) -> list[int]:
@@ -87,10 +94,14 @@ class Mesh:
                 link.transport.close()
         self._links.clear()
 
-    @staticmethod
-    def _write(link: _Link, data: bytes) -> None:
-        if link.transport is not None:
-            link.transport.write(data)
+    def _write(self, link: _Link, data: bytes) -> None:
+        transport = link.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() > MAX_BACKLOG:
+            self.dropped += 1
+        else:
+            transport.write(data)
 
 
 def _encode(message: Any) -> bytes:

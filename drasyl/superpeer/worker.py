@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import socket
+from collections import Counter
 from typing import Any
 
 from ..clock import monotonic_us, wall_offset_us
@@ -26,6 +28,8 @@ from .config import DaemonConfig
 from .mesh import Mesh
 from .server import SuperPeerServer
 from .shared import Record, SharedCore, WorkerCounters
+
+log = logging.getLogger(__name__)
 
 #: How long a scrape waits for the other workers' counters.
 COUNTERS_TIMEOUT_S = 2.0
@@ -60,6 +64,11 @@ class WorkerServer(SuperPeerServer):
     async def close(self) -> None:
         await super().close()
         self.mesh.close()
+
+    def io_drops(self) -> Counter[str]:
+        drops = super().io_drops()
+        drops["worker_backlog_full"] += self.mesh.dropped
+        return drops
 
     # --- the mesh ------------------------------------------------------------------------
 
@@ -114,8 +123,10 @@ class WorkerServer(SuperPeerServer):
         try:
             self.mesh.broadcast((ASK, request))
             await asyncio.wait_for(done, COUNTERS_TIMEOUT_S)
-        except TimeoutError:
-            self.drops["worker_counters_late"] += 1  # the scrape shows what arrived
+        except TimeoutError:  # the scrape shows what arrived (a scrape at most every few s: no flood)
+            missing = sorted(set(self.mesh.peers) - {sender for sender, _ in answers})
+            log.warning("/metrics without the counters of worker(s) %s: no answer within %.0f s",
+                        missing, COUNTERS_TIMEOUT_S)
         finally:
             del self._answers[request]
         owned = {self.index: self.core.owned(), **{sender: counters[0] for sender, counters in answers}}
