@@ -33,6 +33,7 @@ from test_superpeer_daemon import (  # noqa: F401  # fixtures and the tests run 
     tcp_ack,
     tcp_connect,
     test_drasyl_rs_default_listeners_bind_side_by_side,
+    test_flood_of_invalid_hellos_does_not_lock_out_valid_nodes,
     test_garbage_is_counted_and_never_stops_the_daemon,
     test_guide_setup_serves_ipv4_nodes_on_the_dual_stack_ipv6_sockets,
     test_idle_tcp_connection_is_closed_after_hello_timeout,
