@@ -31,7 +31,8 @@ Design choices:
 Default 1 (bench/README.md has the numbers): one worker is not CPU bound below about 40 000
 HELLO/s; on the 2-vCPU bench machine a second worker needed 1.3-1.5x the CPU per packet (each
 wakes up for half the packets) and ~13 MiB more PSS plus its own copy of the table, and raised
-the relay ceiling 1.56x but not the registration ceiling (the load generator had the other core).
+the relay ceiling 1.56x in one run of two, the registration ceiling in none (the load generator
+had the other core).
 """
 
 from __future__ import annotations
