@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import Callable, Generic, TypeVar
+import inspect
+from typing import Awaitable, Callable, Generic, TypeVar
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CONNECTION_TIMEOUT_S = 10.0
@@ -24,13 +25,13 @@ S = TypeVar("S")
 class MetricsEndpoint(Generic[S]):
     """``GET /metrics`` over HTTP/1.1 (``Connection: close``), as drasyl-sp's hyper server.
 
-    ``snapshot()`` runs in the event loop, ``render(snapshot)`` (the text format) in a worker
-    thread. Other paths get 404 ``Not Found``; with a token, a missing or wrong
+    ``snapshot()`` runs in the event loop (awaited if it returns an awaitable),
+    ``render(snapshot)`` (the text format) in a worker thread. Other paths get 404 ``Not Found``; with a token, a missing or wrong
     ``Authorization: Bearer <token>`` gets 401 ``Unauthorized``. Each connection has 10 s
     to be served, and at most :data:`MAX_CONNECTIONS` are served at once.
     """
 
-    def __init__(self, snapshot: Callable[[], S], render: Callable[[S], bytes], token: str) -> None:
+    def __init__(self, snapshot: Callable[[], S | Awaitable[S]], render: Callable[[S], bytes], token: str) -> None:
         self._snapshot = snapshot
         self._render = render
         self._expected_authorization = b"Bearer " + token.encode() if token else None
@@ -65,7 +66,10 @@ class MetricsEndpoint(Generic[S]):
         if expected is not None and not hmac.compare_digest(authorization, expected):
             return _response(401, "Unauthorized", b"Unauthorized")
         # snapshot here, in the event loop; format in a thread so packets keep flowing meanwhile
-        body = await asyncio.to_thread(self._render, self._snapshot())
+        snapshot = self._snapshot()
+        if inspect.isawaitable(snapshot):  # it collects from other processes first
+            snapshot = await snapshot
+        body = await asyncio.to_thread(self._render, snapshot)
         return _response(200, "OK", body, CONTENT_TYPE, head=method == "HEAD")
 
 

@@ -39,6 +39,11 @@ def ids(derived) -> dict[str, Identity]:
     }
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption("--sp-workers", type=int, default=1, dest="sp_workers",
+                     help="DRASYL_WORKERS of the super peer processes the daemon tests start (default 1)")
+
+
 #: Tables that tests leave for the end of the run (title -> lines), printed after the results
 #: so that a CI log shows them (e.g. test_nat_lab's scenario summary).
 SUMMARIES = pytest.StashKey[dict[str, list[str]]]()

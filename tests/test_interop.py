@@ -181,8 +181,9 @@ class OurNode(Node):
 class Interop:
     """The namespaces of one test, with helpers to start super peers and nodes in them."""
 
-    def __init__(self, lab: Lab, tmp_path, ids: dict[str, Identity], rs_dir) -> None:
+    def __init__(self, lab: Lab, tmp_path, ids: dict[str, Identity], rs_dir, sp_workers: int = 1) -> None:
         self.lab, self.tmp_path, self.ids, self.rs_dir = lab, tmp_path, ids, rs_dir
+        self.sp_workers = sp_workers  # DRASYL_WORKERS of our super peer
         self.ns: dict[str, str] = {}
         for host, peer in ((SP, None), (A, B), (B, A)):
             ns = lab.namespace(host.name)
@@ -218,7 +219,7 @@ class Interop:
         self.sp = self.lab.start_python(
             self.ns[SP.name], "drasyl.superpeer", "drasyl-sp (ours)",
             DRASYL_IDENTITY_FILE=self.identity_file(SP), DRASYL_PROMETHEUS_LISTEN=METRICS,
-            DRASYL_LOG_LEVEL="info", **self._settings(unites), **env)
+            DRASYL_LOG_LEVEL="info", DRASYL_WORKERS=str(self.sp_workers), **self._settings(unites), **env)
         self.sp.wait_for_line(r"^Super peer listening on:$", START_S)
         self.url = self.sp.wait_for_line(r"^  (udp://\S+)$", START_S).match.group(1)
 
@@ -269,12 +270,13 @@ class Interop:
 
 
 @pytest.fixture
-def interop(tmp_path, ids) -> Iterator[Callable[[], Interop]]:
-    """``interop()`` builds the lab; everything in it is removed after the test."""
+def interop(tmp_path, ids, request) -> Iterator[Callable[[], Interop]]:
+    """``interop()`` builds the lab (our super peer with ``--sp-workers`` workers); everything
+    in it is removed after the test."""
     rs_dir = drasyl_rs.binary_dir()
     require_lab_tools()
     with Lab() as lab:
-        yield lambda: Interop(lab, tmp_path, ids, rs_dir)
+        yield lambda: Interop(lab, tmp_path, ids, rs_dir, request.config.getoption("sp_workers"))
 
 
 # --- exchanges ---------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from drasyl.messages import (
     parse_long_header,
 )
 from drasyl.superpeer.core import HOLD_MAX_BYTES, HOLD_MAX_PACKETS, HOLD_PER_PEER, SuperPeerConfig, SuperPeerCore
+from drasyl.superpeer.shared import SharedCore
 from drasyl.transmit import TCP, UDP
 
 SP_UDP = ("192.0.2.100", 22527)
@@ -744,3 +745,68 @@ def test_scratch_opens_and_seals_exactly_as_the_codec(sp_id, a):
             scratch.open_long(bytes(packet), key)
     with pytest.raises(DisarmError):
         scratch.open_long(bytes(79 + 47), key)
+
+
+# --- two workers' cores sharing registrations (DRASYL_WORKERS) -------------------------------
+
+
+def make_shared(sp_id: Identity) -> SharedCore:
+    core = SharedCore(sp_id, SuperPeerConfig(min_pow_difficulty=0), T0)
+    core.handle_timer(T0)
+    return core
+
+
+def share(source: SharedCore, *others: SharedCore, now: int = T0) -> None:
+    """Deliver ``source``'s announcements to ``others``, as the mesh does."""
+    for other in others:
+        other.learn_remote(list(source.announcements), now)
+    source.announcements.clear()
+
+
+def test_shared_cores_relay_and_unite_nodes_the_other_owns(sp_id, a, b):
+    w0, w1 = make_shared(sp_id), make_shared(sp_id)
+    register(w0, a, A_SRC, endpoints=A_LAN)
+    register(w1, b, B_SRC)
+    share(w0, w1)
+    share(w1, w0)
+    assert (w0.owned(), w1.owned()) == (1, 1) and len(w0.peers) == len(w1.peers) == 2
+    packet = app(a, b, b"hi")
+    assert w0.receive(packet, UDP, SP_UDP, A_SRC, T0 + MS)
+    relayed, *rest = w0.outbox
+    assert relayed[1:] == (UDP, SP_UDP, B_SRC) and bytes(relayed[0])[5:] == packet[5:]
+    [to_b] = [t for t in unites(w0) if t[3] == B_SRC]
+    assert Unite.parse(opened(to_b[0], b, w0)[1]).address == a.public_key  # b's keys came along
+    register(w0, a, A_SRC, now=T0 + 2 * S, endpoints=A_LAN)  # unchanged: nothing to announce
+    assert w0.announcements == []
+
+
+def test_shared_core_refreshes_owned_registrations_every_third_of_the_hello_timeout(sp_id, a):
+    w0, w1 = make_shared(sp_id), make_shared(sp_id)
+    register(w0, a, A_SRC)
+    share(w0, w1)
+    register(w0, a, A_SRC, now=T0 + 9 * S)
+    w0.handle_timer(T0 + 5 * S)
+    assert w0.announcements == []  # announced 5 s ago, the refresh is due after 10 s
+    w0.handle_timer(T0 + 10 * S)
+    share(w0, w1, now=T0 + 10 * S)
+    assert w1.peers[a.public_key].hello_time == T0 + 9 * S
+    w1.handle_timer(T0 + 35 * S)  # 26 s after a's last HELLO: current
+    assert a.public_key in w1.peers
+    w1.handle_timer(T0 + 40 * S)  # no refresh came: expired with the owner's registration
+    assert a.public_key not in w1.peers
+
+
+def test_shared_core_newest_hello_moves_a_node_and_releases_held_apps(sp_id, a, b):
+    w0, w1 = make_shared(sp_id), make_shared(sp_id)
+    register(w0, a, A_SRC)
+    register(w0, b, B_SRC)
+    share(w0, w1)
+    register(w1, b, B_SRC_2, now=T0 + S)  # b's address moved to the other worker
+    share(w1, w0, now=T0 + S)
+    assert (w0.owned(), w1.owned()) == (1, 1) and w0.peers[b.public_key].src == B_SRC_2
+    c = Identity.generate(difficulty=0)
+    assert w0.receive(app(a, c, b"early"), UDP, SP_UDP, A_SRC, T0 + S)
+    assert w0.outbox == []  # held: c is not registered anywhere yet
+    register(w1, c, ("198.51.100.7", 7), now=T0 + 2 * S)
+    share(w1, w0, now=T0 + 2 * S)
+    assert [t[3] for t in w0.outbox][0] == ("198.51.100.7", 7)

@@ -148,11 +148,18 @@ def sp_identity(tmp_path: Path, ids) -> tuple[Path, Identity]:
 
 
 @pytest.fixture
-def start_sp(tmp_path: Path, sp_identity) -> Iterator[Callable[..., SuperPeerProcess]]:
+def sp_workers(request) -> int:
+    """DRASYL_WORKERS of the super peers start_sp runs: ``--sp-workers`` (default 1);
+    tests/test_superpeer_workers.py runs some of these tests again with 2."""
+    return request.config.getoption("sp_workers")
+
+
+@pytest.fixture
+def start_sp(tmp_path: Path, sp_identity, sp_workers) -> Iterator[Callable[..., SuperPeerProcess]]:
     """start_sp(**env) runs drasyl-sp on loopback ports; env values override the defaults.
 
     Defaults: the vector identity id_1, UDP4/TCP4 on 127.0.0.1 free ports, no IPv6, Prometheus
-    on a free loopback port, no peer table, INFO logs.
+    on a free loopback port, no peer table, INFO logs, ``sp_workers`` workers.
     """
     started: list[SuperPeerProcess] = []
 
@@ -167,6 +174,7 @@ def start_sp(tmp_path: Path, sp_identity) -> Iterator[Callable[..., SuperPeerPro
             "DRASYL_TCP6_LISTEN": "",
             "DRASYL_PROMETHEUS_LISTEN": f"127.0.0.1:{free_port()}",
             "DRASYL_PEERS_PRINT_INTERVAL": "0",
+            "DRASYL_WORKERS": str(sp_workers),
             "RUST_LOG": "info",
         })
         env.update({k if k == "RUST_LOG" else f"DRASYL_{k}": v for k, v in overrides.items()})

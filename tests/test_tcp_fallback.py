@@ -56,7 +56,7 @@ table inet dpt_block {
 class Internet:
     """The lab: namespaces sp, a, b on one bridge, and a running super peer in sp."""
 
-    def __init__(self, lab: Lab, tmp_path, ids: dict[str, Identity]) -> None:
+    def __init__(self, lab: Lab, tmp_path, ids: dict[str, Identity], sp_workers: int = 1) -> None:
         self.lab = lab
         self.tmp_path = tmp_path
         self.ids = ids
@@ -68,7 +68,7 @@ class Internet:
             DRASYL_IDENTITY_FILE=self._identity_file("id_1"),
             DRASYL_UDP4_LISTEN=f"{SP_IP}:{SP_UDP_PORT}", DRASYL_UDP6_LISTEN="",
             DRASYL_TCP4_LISTEN=f"{SP_IP}:{SP_TCP_PORT}", DRASYL_TCP6_LISTEN="",
-            DRASYL_PEERS_PRINT_INTERVAL="1000", DRASYL_PROMETHEUS_LISTEN="",
+            DRASYL_PEERS_PRINT_INTERVAL="1000", DRASYL_PROMETHEUS_LISTEN="", DRASYL_WORKERS=str(sp_workers),
         )
         self.sp.wait_for_line(r"^Super peer listening on:$", START_S)
         self.url = self.sp.wait_for_line(r"^  (udp://\S+)$", START_S).match.group(1)
@@ -104,10 +104,11 @@ def _received(sender: Identity, text: str) -> str:
 
 
 @pytest.fixture
-def internet(tmp_path, ids) -> Iterator[Internet]:
+def internet(tmp_path, ids, request) -> Iterator[Internet]:
+    """The lab, its super peer with ``--sp-workers`` workers (default 1)."""
     require_lab_tools()
     with Lab() as lab:
-        yield Internet(lab, tmp_path, ids)
+        yield Internet(lab, tmp_path, ids, request.config.getoption("sp_workers"))
 
 
 def test_node_without_udp_to_super_peer_falls_back_to_tcp_fast_and_returns_to_udp(internet, ids):

@@ -14,7 +14,8 @@ from typing import Callable, cast
 MAX_FRAME = 0xFFFF
 
 
-def bind_tcp(host: str, port: int, *, dual_stack: bool = False, backlog: int = 1024) -> socket.socket:
+def bind_tcp(host: str, port: int, *, reuse_port: bool = False, dual_stack: bool = False,
+             backlog: int = 1024) -> socket.socket:
     """A listening, non-blocking TCP socket on (host, port), for ``create_server(sock=...)``.
 
     As in :func:`~drasyl.net.udp.bind_udp`, IPv6 sockets get ``IPV6_V6ONLY`` unless
@@ -26,6 +27,8 @@ def bind_tcp(host: str, port: int, *, dual_stack: bool = False, backlog: int = 1
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
         sock.setblocking(False)

@@ -10,8 +10,9 @@ URLs are printed after binding (so port 0 shows the real port); the peer table s
 An identity file that group or others may read is warned about on stderr (one line) at
 start; drasyl-rs does not check.
 
-Exit codes: 0 after a signal, 1 for identity or bind errors, 2 for usage or configuration
-errors; never a traceback for those. This module formats and orchestrates; sockets are
+Exit codes: 0 after a signal, 1 for identity or bind errors (and, with ``DRASYL_WORKERS`` > 1,
+when a worker dies: :mod:`.workers`), 2 for usage or configuration errors; never a traceback
+for those. This module formats and orchestrates; sockets are
 :mod:`.server`'s business and protocol rules the core's.
 """
 
@@ -27,7 +28,7 @@ import signal
 import sys
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
-from typing import Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 from ..clock import monotonic_us
 from ..errors import ConfigError, IdentityError
@@ -72,33 +73,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     warning = mode_warning(config.identity_file)
     if warning is not None:
         print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
+    if config.workers > 1:
+        from .workers import supervise  # forks: only then
+
+        return supervise(identity, config)
     return asyncio.run(serve(identity, config))
 
 
-async def serve(identity: Identity, config: DaemonConfig) -> int:
-    """Run the super peer until SIGINT or SIGTERM."""
+async def serve(identity: Identity, config: DaemonConfig, server: SuperPeerServer | None = None,
+                on_bound: Callable[[list[Listener]], None] | None = None) -> int:
+    """Run the super peer until SIGINT or SIGTERM.
+
+    A worker process (:mod:`.workers`) brings its own ``server`` and ``on_bound``, which reports
+    the listeners to the parent instead of printing them; the parent prints the start-up and
+    shutdown lines for all workers.
+    """
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[str] = loop.create_future()
     for signum, how in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
         loop.add_signal_handler(signum, lambda how=how: stopped.done() or stopped.set_result(how))
-    server = SuperPeerServer(identity, config)
+    if server is None:
+        server = SuperPeerServer(identity, config)
     try:
         await server.start()
     except BindError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
-    _print_listening(server.listeners, identity, config.network_id)
-    for listener in server.listeners:
-        log.info("Bound %s server to %s", listener.name, listener.address)
+    if on_bound is None:
+        announce_listeners(server.listeners, identity, config.network_id)
+    else:
+        on_bound(server.listeners)
     tables = None
     if config.peers_print_interval_ms:
-        tables = asyncio.create_task(_print_peer_tables(server, config.peers_print_interval_ms / 1000))
+        # a worker's first table waits one interval: the parent prints the start-up lines first
+        tables = asyncio.create_task(_print_peer_tables(server, config.peers_print_interval_ms / 1000,
+                                                        wait_first=on_bound is not None))
     how = await stopped
-    print(f"Shutdown initiated via {how}.", flush=True)
+    if on_bound is None:
+        print(f"Shutdown initiated via {how}.", flush=True)
     if tables is not None:
         tables.cancel()
     await server.close()
     return 0
+
+
+def announce_listeners(listeners: Sequence[Listener], identity: Identity, network_id: int) -> None:
+    """``Super peer listening on:`` and the URLs to stdout, ``Bound … server to …`` logs."""
+    _print_listening(listeners, identity, network_id)
+    for listener in listeners:
+        log.info("Bound %s server to %s", listener.name, listener.address)
 
 
 # --- console output ---------------------------------------------------------------------------
@@ -163,7 +186,9 @@ def _is_wildcard(listener: Listener) -> bool:
     return listener.name.startswith("UDP") and listener.address.host in ("0.0.0.0", "::")
 
 
-async def _print_peer_tables(server: SuperPeerServer, interval_s: float) -> None:
+async def _print_peer_tables(server: SuperPeerServer, interval_s: float, wait_first: bool = False) -> None:
+    if wait_first:
+        await asyncio.sleep(interval_s)
     while True:
         print(peer_table(server.core.peers.values(), monotonic_us()), flush=True)
         await asyncio.sleep(interval_s)

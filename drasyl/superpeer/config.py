@@ -6,7 +6,9 @@ frozen :class:`DaemonConfig`; :meth:`DaemonConfig.core_config` turns it into the
 :class:`~drasyl.superpeer.core.SuperPeerConfig` the protocol core takes.
 
 ``DRASYL_STUN`` is ours (drasyl-rs has no STUN): whether the UDP listeners answer STUN
-Binding requests (:mod:`drasyl.superpeer.core`).
+Binding requests (:mod:`drasyl.superpeer.core`). ``DRASYL_WORKERS`` is ours too: the number
+of processes serving the same ports (:mod:`drasyl.superpeer.workers`; drasyl-rs is one
+multi-threaded process).
 
 Deliberate difference from drasyl-rs: a value that does not parse is a
 :class:`~drasyl.errors.ConfigError` naming the variable and the bad value. drasyl-rs silently
@@ -33,6 +35,9 @@ U16_MAX = 2**16 - 1
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+#: Upper bound of ``DRASYL_WORKERS``: every worker holds every registration, so more workers
+#: than cores only cost memory.
+MAX_WORKERS = 64
 
 #: (variable without the ``DRASYL_`` prefix, default as written in the environment, meaning).
 #: The single source for ``--help`` and the documentation table.
@@ -54,6 +59,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("PROMETHEUS_TOKEN", "", "if set, /metrics requires 'Authorization: Bearer <token>'"),
     ("LOG_LEVEL", "", "error, warn, info, debug, trace or off; wins over RUST_LOG"),
     ("STUN", "true", "answer STUN Binding requests on the UDP listeners (ours only; for drasyl-agent netcheck)"),
+    ("WORKERS", "1", f"worker processes sharing the ports (SO_REUSEPORT, Linux), 1 to {MAX_WORKERS} (ours only)"),
 )
 DEFAULTS = {name: default for name, default, _ in VARIABLES}
 
@@ -90,6 +96,7 @@ class DaemonConfig:
     prometheus_token: str = field(repr=False)
     log_level: int
     stun: bool = True
+    workers: int = 1
     #: Not read from the environment (drasyl-sp's is fixed too); tests shorten it.
     housekeeping_interval_ms: int = HOUSEKEEPING_INTERVAL_MS
 
@@ -121,6 +128,7 @@ class DaemonConfig:
             prometheus_token=raw("PROMETHEUS_TOKEN"),
             log_level=log_level(env),
             stun=_boolean(raw, "STUN"),
+            workers=_integer(raw, "WORKERS", 1, MAX_WORKERS),
         )
 
     def core_config(self) -> SuperPeerConfig:

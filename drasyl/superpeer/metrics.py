@@ -2,8 +2,10 @@
 
 Metric names, types, labels and histogram buckets are drasyl-rs' exactly; like the Rust
 ``prometheus`` crate, counters carry no ``_total`` suffix. Additions of ours:
-``drasyl_sp_dropped_packets{reason}`` and ``drasyl_sp_stun_responses`` (STUN Binding
-requests answered; refused ones are drops with reasons ``stun_*``).
+``drasyl_sp_dropped_packets{reason}``, ``drasyl_sp_stun_responses`` (STUN Binding
+requests answered; refused ones are drops with reasons ``stun_*``) and, with several workers,
+``drasyl_sp_worker_peers{worker}`` (registrations each worker owns: how evenly the kernel
+spreads the nodes). With several workers every series is the sum over the workers.
 
 :class:`SuperPeerMetrics` reads the core's state when Prometheus scrapes: nothing here runs
 per packet. The only per-tick work is the endpoints histogram, which
@@ -19,7 +21,8 @@ worker thread.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Iterator, Mapping
+from collections import Counter
+from typing import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -27,6 +30,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from ..messages import ENDPOINT_LEN
 from ..transmit import TCP
 from .core import SuperPeerCore
+from .shared import WorkerCounters, peer_counters
 
 ENDPOINT_BUCKETS = (0, 1, 2, 3, 5, 7, 10, 15)
 
@@ -56,6 +60,7 @@ class SuperPeerMetrics:
         self._dropped: list[tuple[str, int]] = []
         self._peer_count = 0
         self._stun_answered = 0
+        self._owned: Mapping[int, int] | None = None
 
     def observe_tick(self) -> None:
         """Observe every peer's number of distinct endpoints (once per housekeeping tick)."""
@@ -72,8 +77,14 @@ class SuperPeerMetrics:
             counts[bisect_left(ENDPOINT_BUCKETS, distinct)] += 1
             counts[-1] += distinct
 
-    def snapshot(self) -> list[PeerRow]:
-        """Copy what a scrape shows, in the event loop; also fixes the scalar metrics."""
+    def snapshot(self, others: Sequence[WorkerCounters] = (), owned: Mapping[int, int] | None = None
+                 ) -> list[PeerRow]:
+        """Copy what a scrape shows, in the event loop; also fixes the scalar metrics.
+
+        With several workers (:mod:`.worker`): ``others`` are the other workers' counters,
+        added to this worker's, whose table holds every registration; ``owned`` how many
+        registrations each worker owns.
+        """
         histograms = self._endpoints
         rows = []
         for pk, peer in self._core.peers.items():
@@ -83,13 +94,20 @@ class SuperPeerMetrics:
                 pk.hex(),
                 "ipv4" if ":" not in host or host.startswith("::ffff:") else "ipv6",
                 "tcp" if peer.proto == TCP else "udp",
-                peer.hello_rx, peer.ack_tx, peer.app_rx, peer.app_tx, peer.unite_tx,
-                tuple((dst.hex(), n) for dst, n in peer.relayed_bytes.items()) if peer.relayed_bytes else (),
+                *peer_counters(peer),
                 tuple(counts) if counts is not None else None,
             ))
+        core_drops, io_drops = Counter(self._core.drops), Counter(self._io_drops())
+        stun = self._core.stun_answered
+        for _, peers, core, io, answered in others:
+            _add_counters(rows, peers)
+            core_drops.update(core)
+            io_drops.update(io)
+            stun += answered
         self._peer_count = len(rows)
-        self._dropped = sorted(self._core.drops.items()) + sorted(self._io_drops().items())
-        self._stun_answered = self._core.stun_answered
+        self._dropped = sorted(core_drops.items()) + sorted(io_drops.items())
+        self._stun_answered = stun
+        self._owned = owned
         return rows
 
     def collect(self) -> Iterator[Metric]:
@@ -102,6 +120,12 @@ class SuperPeerMetrics:
         stun = Metric("drasyl_sp_stun_responses", "STUN Binding requests answered (not in drasyl-rs).", "counter")
         stun.add_sample("drasyl_sp_stun_responses", {}, self._stun_answered)
         yield stun
+        if self._owned is not None:
+            owned = GaugeMetricFamily("drasyl_sp_worker_peers", "Registrations each worker process owns "
+                                      "(DRASYL_WORKERS > 1; not in drasyl-rs).", labels=["worker"])
+            for worker, count in sorted(self._owned.items()):
+                owned.add_metric([str(worker)], count)
+            yield owned
 
     def exposition(self, rows: list[PeerRow] | None = None) -> bytes:
         """Text format 0.0.4 of a snapshot (taken now if not given); counters without ``_total``.
@@ -116,6 +140,19 @@ class SuperPeerMetrics:
             for kind in (b"HELP", b"TYPE"):
                 text = text.replace(b"# %s %s_total " % (kind, name), b"# %s %s " % (kind, name), 1)
         return text + _per_peer_text(rows).encode()
+
+
+def _add_counters(rows: list[PeerRow], peers: list[tuple]) -> None:
+    """Add another worker's per-peer counters to the rows of the same peers."""
+    index = {row[0]: i for i, row in enumerate(rows)}
+    for pk, *counts, relayed in peers:
+        i = index.get(pk)
+        if i is None:
+            continue  # left this worker's table (or not learned yet): shown once it is
+        row = rows[i]
+        total = Counter(dict(row[8]))
+        total.update(dict(relayed))
+        rows[i] = (*row[:3], *(a + b for a, b in zip(row[3:8], counts)), tuple(total.items()), row[9])
 
 
 def _per_peer_text(rows: list[PeerRow]) -> str:

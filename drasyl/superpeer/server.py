@@ -3,7 +3,9 @@
 :class:`SuperPeerServer` binds the configured UDP4/UDP6/TCP4/TCP6 listeners and the
 Prometheus endpoint, feeds every datagram and TCP frame to the core, sends what the core
 put in its outbox, and runs one housekeeping timer. Protocol rules live in the core,
-configuration parsing in :mod:`.config`, console output in :mod:`.cli`.
+configuration parsing in :mod:`.config`, console output in :mod:`.cli`. With
+``DRASYL_WORKERS`` > 1 each worker process runs a subclass (:mod:`.worker`) that binds with
+``SO_REUSEPORT`` and shares its registrations; one worker pays nothing for that.
 
 Socket choices (deliberate differences from drasyl-rs):
 
@@ -40,7 +42,7 @@ import socket
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..clock import monotonic_us, wall_offset_us
 from ..errors import DrasylError
@@ -129,9 +131,13 @@ class TcpClient(FramedProtocol):
 class SuperPeerServer:
     """One super peer: its core, its sockets, its TCP clients and its housekeeping timer."""
 
+    core_class: type[SuperPeerCore] = SuperPeerCore
+    #: Bind with ``SO_REUSEPORT``: a worker shares its ports with the others (:mod:`.workers`).
+    reuse_port = False
+
     def __init__(self, identity: Identity, config: DaemonConfig) -> None:
         self.config = config
-        self.core = SuperPeerCore(identity, config.core_config(), monotonic_us())
+        self.core = self.core_class(identity, config.core_config(), monotonic_us())
         self.core.wall_offset = wall_offset_us()
         #: Drops the I/O layer decides (the core counts protocol drops in ``core.drops``).
         self.drops: Counter[str] = Counter()
@@ -195,14 +201,15 @@ class SuperPeerServer:
 
     def _bind_udp(self, name: str, listen: ListenAddress, dual_stack: bool) -> None:
         with _binding(name, listen):
-            sock = UdpSocket(bind_udp(listen.host, listen.port, dual_stack=dual_stack), self._on_datagrams)
+            sock = UdpSocket(bind_udp(listen.host, listen.port, reuse_port=self.reuse_port, dual_stack=dual_stack),
+                             self._on_datagrams)
         self._udp[sock.local] = sock
         self.listeners.append(Listener(name, ListenAddress(listen.host, sock.local[1]), dual_stack))
 
     async def _bind_tcp(self, name: str, listen: ListenAddress, dual_stack: bool) -> None:
         loop = asyncio.get_running_loop()
         with _binding(name, listen):
-            sock = bind_tcp(listen.host, listen.port, dual_stack=dual_stack)
+            sock = bind_tcp(listen.host, listen.port, reuse_port=self.reuse_port, dual_stack=dual_stack)
             try:
                 server = await loop.create_server(
                     lambda: TcpClient(self._on_connect, self._on_frame, self._on_disconnect, self._on_drained),
@@ -222,12 +229,16 @@ class SuperPeerServer:
 
         fix_mmap_threshold()  # scrapes of many peers would otherwise ratchet RSS up
         self.metrics = SuperPeerMetrics(self.core, self.io_drops)
-        endpoint = MetricsEndpoint(self.metrics.snapshot, self.metrics.exposition, self.config.prometheus_token)
+        endpoint = MetricsEndpoint(self._metrics_snapshot, self.metrics.exposition, self.config.prometheus_token)
         with _binding("Prometheus", listen):
             server = await endpoint.serve(listen.host, listen.port)
         self._servers.append(server)
         port = server.sockets[0].getsockname()[1]
         self.listeners.append(Listener("Prometheus", ListenAddress(listen.host, port)))
+
+    def _metrics_snapshot(self) -> Any:
+        """What a scrape shows (a worker's is a coroutine: it asks the other workers)."""
+        return self.metrics.snapshot()  # type: ignore[union-attr]  # bound with the endpoint
 
     # --- input -----------------------------------------------------------------------------
 
