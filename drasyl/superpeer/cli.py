@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable, Collection, Sequence
 
+from .. import eventloop
 from ..clock import monotonic_us
 from ..errors import ConfigError, IdentityError
 from ..identity import Identity, load_or_generate, mode_warning
@@ -54,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _parser().parse_args(argv)
     try:
         config = DaemonConfig.from_env(os.environ)
+        eventloop.choice()
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .workers import supervise  # forks: only then
 
         return supervise(identity, config)
-    return asyncio.run(serve(identity, config))
+    return eventloop.run(serve(identity, config))
 
 
 async def serve(identity: Identity, config: DaemonConfig, server: SuperPeerServer | None = None,

@@ -37,7 +37,6 @@ had the other core).
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import dataclasses
 import os
@@ -50,6 +49,7 @@ import time
 import traceback
 from typing import NoReturn
 
+from .. import eventloop
 from ..identity import Identity
 from .cli import PROG, announce_listeners, serve
 from .config import DaemonConfig, ListenAddress
@@ -167,7 +167,7 @@ def _run_worker(index: int, identity: Identity, config: DaemonConfig, links: Lin
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # the loop handles them now
 
         server = WorkerServer(identity, config, index, links[index])
-        code = asyncio.run(serve(identity, config, server, bound))
+        code = eventloop.run(serve(identity, config, server, bound))
     except BaseException:
         traceback.print_exc()
     finally:
