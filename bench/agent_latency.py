@@ -204,8 +204,8 @@ def main() -> None:
                     line += f", iperf3 {mbit:.0f} Mbit/s, {cpu:.2f} CPU s/GB"
                 print(line, flush=True)
     print(f"\n| variant | tunnel RTT (median of {args.rounds} rounds × {args.pings} pings) | underlay | overhead | "
-          "Mbit/s | CPU s/GB |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "agents' CPU per ping | Mbit/s | CPU s/GB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, row in rows.items():
         rtt, ul = statistics.median(row["rtt"]), statistics.median(row["ul"])
         extra = (f"{statistics.median(row['mbit']):.0f} | {statistics.median(row['cpu']):.2f}"
