@@ -366,6 +366,9 @@ def test_names_resolve(cluster: Cluster) -> None:
 
 def test_tcp_transfer_20mb(cluster: Cluster) -> None:
     a, b = cluster.agents["a"], cluster.agents["b"]
+    for agent in (a, b):  # also when this test runs alone (-k): the overlay must be up first
+        agent.wait_network("net1", "active")
+    wait_until(lambda: _received(a.ping(OVERLAY["b"], count=1)) == 1, SETTLE_S, "a reaches b", cluster.describe)
     receiver = cluster.lab.start(b.ns, [sys.executable, "-c", RECEIVER, OVERLAY["b"]], "receiver")
     receiver.wait_for_line(r"^listening$", 10)
     started = time.monotonic()

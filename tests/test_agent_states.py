@@ -229,6 +229,8 @@ def test_a_wrong_network_id_is_no_answer_with_its_causes(cluster):
 
 def test_udp_blocked_falls_back_to_tcp_and_says_so(cluster):
     a = cluster.agents["a"]
+    if a.proc.popen.poll() is None:  # run alone (-k): the fixture's agent is still up; a fresh start is wanted
+        a.proc.stop()
     sp_pk = cluster.ids["sp"].public_key_hex
     cluster.lab.nft(a.ns, "table inet block {\n chain out {\n type filter hook output priority 0;\n"
                           f" ip daddr {SP_IP} udp dport 22527 drop\n }}\n}}\n")
