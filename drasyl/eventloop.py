@@ -20,9 +20,9 @@ T = TypeVar("T")
 CHOICES = ("auto", "uvloop", "asyncio")
 
 
-def choice(environ: dict[str, str] | None = None) -> str:
+def choice() -> str:
     """``DRASYL_EVENT_LOOP`` (auto, uvloop or asyncio; default auto): ConfigError otherwise."""
-    value = (os.environ if environ is None else environ).get("DRASYL_EVENT_LOOP", "auto")
+    value = os.environ.get("DRASYL_EVENT_LOOP", "auto")
     if value not in CHOICES:
         raise invalid("DRASYL_EVENT_LOOP", value, "expected auto, uvloop or asyncio")
     return value
