@@ -1,9 +1,8 @@
 """Tunnel RTT overhead of two agents, and CPU seconds per GB, for variants of the agent side by side.
 
-Usage (root; run it from outside the repository, e.g. ``cd /tmp``: ``python -m`` puts the working
-directory first on ``sys.path``, and a variant's PYTHONPATH must win)::
+Usage (root)::
 
-    python3 /path/to/bench/agent_latency.py                                 # this tree
+    python3 bench/agent_latency.py                                          # this tree
     python3 bench/agent_latency.py --variant base --variant uv:DRASYL_EVENT_LOOP=uvloop
     python3 bench/agent_latency.py --variant before:PYTHONPATH=/tmp/main-tree --variant after --iperf 5
 
@@ -14,10 +13,12 @@ on is shared and noisy, so the variants are measured at the same time: every pai
 b ``--pings`` times every ``--interval`` s through the TUN (a lone packet each time: the idle path,
 as peers.sh measures it), the pairs' pings started ``interval / variants`` apart so they take
 turns; then a pings b over the underlay. ``--rounds`` repeats that; with ``--iperf S``, each round
-also runs iperf3 TCP a→b for S s per variant in turn, and the agents' CPU time (both of the pair,
+also runs iperf3 TCP a→b for S s per variant in turn (each round another variant first), and the agents' CPU time (both of the pair,
 from /proc) per GB received is reported.
 
-A variant is ``NAME`` or ``NAME:VAR=VALUE,VAR=VALUE``: environment variables of its agents.
+A variant is ``NAME`` or ``NAME:VAR=VALUE,VAR=VALUE``: environment variables of its agents. The
+agents run as ``python -P -m drasyl.agent`` (``-P``: the working directory, this checkout, is not
+put first on ``sys.path``), so a variant's ``PYTHONPATH`` decides which tree runs.
 Prints one line per round and variant and a table of medians.
 """
 
@@ -99,7 +100,7 @@ def start_pair(lab: Lab, td: Path, index: int, env: dict[str, str]) -> Pair:
         lab.etc_file(ns, "hosts", "127.0.0.1 localhost\n")
         conf = td / f"{side}{index}"
         pair.procs.append(lab.start(ns, [
-            sys.executable, "-m", "drasyl.agent", "run", "--config", str(conf / "config.toml"),
+            sys.executable, "-P", "-m", "drasyl.agent", "run", "--config", str(conf / "config.toml"),
             "--token", str(conf / "auth.token"), "--log-level", "warning",
         ], f"agent-{side}{index}", python_env(DRASYL_RUN_DIR=str(conf / "run"), DRASYL_MIN_POW_DIFFICULTY="0", **env)))
     return pair
@@ -190,18 +191,23 @@ def main() -> None:
             tunnel = concurrent_pings([(p.a, p.b_overlay) for p in pairs], args.pings, args.interval)
             cpu = [(cpu_seconds([proc.pid for proc in p.procs]) - c) / args.pings * 1e6 for p, c in zip(pairs, cpu_before)]
             underlay = concurrent_pings([(p.a, p.b_ip) for p in pairs], args.pings, args.interval)
-            for (name, _), pair, t, u, c in zip(variants, pairs, tunnel, underlay, cpu):
+            lines = {}
+            for (name, _), t, u, c in zip(variants, tunnel, underlay, cpu):
                 row = rows[name]
                 row["rtt"].append(statistics.median(t))
                 row["ul"].append(statistics.median(u))
                 row["ping_cpu"].append(c)
-                line = (f"{name} round {r}: tunnel median {statistics.median(t):.3f} ms (mean {statistics.mean(t):.3f}), "
-                        f"underlay {statistics.median(u):.3f} ms, agents' CPU {c:.0f} µs per ping")
-                if args.iperf:
-                    mbit, cpu = iperf(lab, pair, args.iperf)
-                    row["mbit"].append(mbit)
-                    row["cpu"].append(cpu)
-                    line += f", iperf3 {mbit:.0f} Mbit/s, {cpu:.2f} CPU s/GB"
+                lines[name] = (f"{name} round {r}: tunnel median {statistics.median(t):.3f} ms (mean "
+                               f"{statistics.mean(t):.3f}), underlay {statistics.median(u):.3f} ms, agents' CPU "
+                               f"{c:.0f} µs per ping")
+            order = list(range(len(pairs)))
+            for k in order[r % len(order):] + order[:r % len(order)] if args.iperf else ():  # each goes first in turn
+                name = variants[k][0]
+                mbit, per_gb = iperf(lab, pairs[k], args.iperf)
+                rows[name]["mbit"].append(mbit)
+                rows[name]["cpu"].append(per_gb)
+                lines[name] += f", iperf3 {mbit:.0f} Mbit/s, {per_gb:.2f} CPU s/GB"
+            for line in lines.values():
                 print(line, flush=True)
     print(f"\n| variant | tunnel RTT (median of {args.rounds} rounds × {args.pings} pings) | underlay | overhead | "
           "agents' CPU per ping | Mbit/s | CPU s/GB |")

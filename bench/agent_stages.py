@@ -1,9 +1,10 @@
 """Where a ping through two agents spends its time, stage by stage, from the agents' syscalls.
 
-Usage (root, ``perf`` installed; run it from outside the repository, as agent_latency.py)::
+Usage (root, ``perf`` installed)::
 
-    cd /tmp && python3 /path/to/bench/agent_stages.py                     # this tree, 1000 pings
+    python3 bench/agent_stages.py                                         # this tree, 1000 pings
     python3 bench/agent_stages.py --pings 2000 --interval 0.05 --env DRASYL_EVENT_LOOP=asyncio
+    python3 bench/agent_stages.py --env PYTHONPATH=/tmp/main-tree         # another tree (agents run with -P)
 
 One pair of agents in agent_latency.py's lab. While a pings b ``--pings`` times every
 ``--interval`` s, ``perf trace`` records both agents' TUN and UDP syscalls (with timestamps and
