@@ -40,6 +40,7 @@ import os
 import shutil
 import subprocess
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses
+from ..files import write_atomic
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 IP6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding"
@@ -66,30 +67,22 @@ class Forwarding:
 
     def recover(self) -> list[str]:
         """At start: restore the ``ip_forward`` a crashed run saved, then delete its table."""
-        try:
-            with open(self.state_path) as saved:
-                previous: str | None = saved.read().strip()
-        except FileNotFoundError:
-            previous = None
-        except OSError as exc:
-            return [f"forwarding: cannot read {self.state_path}: {exc.strerror}"]
-        problems = [] if previous is None else self._write_ip_forward(previous)
+        previous, problems = self._read_state(self.state_path)
+        if problems:
+            return problems
+        problems = [] if previous is None else self._write_sysctl(self.ip_forward_path, previous)
         problems += self._recover6()
         if shutil.which("nft"):
             problems += self._delete_table()
         if problems or previous is None:
             return problems
-        return self._remove_state()
+        return self._remove(self.state_path)
 
     def _recover6(self) -> list[str]:
         """The IPv6 part of :meth:`recover`: restore and forget a saved IPv6 forwarding value."""
-        try:
-            with open(self.state6_path) as saved:
-                previous = saved.read().strip()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            return [f"forwarding: cannot read {self.state6_path}: {exc.strerror}"]
+        previous, problems = self._read_state(self.state6_path)
+        if problems or previous is None:
+            return problems
         return self._write_sysctl(self.ip6_forward_path, previous) or self._remove(self.state6_path)
 
     def apply(self, served: frozenset[IPv4Network | IPv6Network]) -> list[str]:
@@ -102,19 +95,20 @@ class Forwarding:
         if shutil.which("nft") is None:
             return ["forwarding refused: nft not found"]
         if self._previous is None:
-            problems = self._save_previous()
+            previous, problems = self._saved(self.state_path, self.ip_forward_path, "ip_forward")
             if problems:
                 return problems
+            self._previous = previous
         served6 = frozenset(p for p in served if p.version == 6)
         if served6 and self._previous6 is None:
-            previous6, problems = self._saved(self.state6_path, self.ip6_forward_path)
+            previous6, problems = self._saved(self.state6_path, self.ip6_forward_path, self.ip6_forward_path)
             if problems:
                 return problems
             self._previous6 = previous6
         problems = self._nft(self._ruleset(served))
         if problems:
             return problems
-        problems = self._write_ip_forward("1")
+        problems = self._write_sysctl(self.ip_forward_path, "1")
         if self._previous6 is not None:
             problems += self._write_sysctl(self.ip6_forward_path, "1" if served6 else self._previous6)
         if not problems:
@@ -125,7 +119,7 @@ class Forwarding:
         """Restore the previous ``ip_forward``, delete our table and the state file."""
         if self._previous is None:
             return []
-        problems = self._write_ip_forward(self._previous)  # first: no unfiltered moment
+        problems = self._write_sysctl(self.ip_forward_path, self._previous)  # first: no unfiltered moment
         if self._previous6 is not None:
             problems += self._write_sysctl(self.ip6_forward_path, self._previous6)
         problems += self._delete_table()
@@ -136,7 +130,7 @@ class Forwarding:
         if self._previous6 is not None:
             self._previous6 = None
             problems = self._remove(self.state6_path)
-        return problems + self._remove_state()
+        return problems + self._remove(self.state_path)
 
     # --- the ruleset ------------------------------------------------------------------------
 
@@ -187,34 +181,10 @@ class Forwarding:
 
     # --- ip_forward and its saved value -----------------------------------------------------
 
-    def _save_previous(self) -> list[str]:
-        """Remember ``ip_forward`` before the first change, in memory and in the state file; a
-        state file that is already there (recover failed) holds the older, true value."""
-        try:
-            with open(self.state_path) as saved:
-                self._previous = saved.read().strip()
-            return []
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            return [f"forwarding refused: cannot read {self.state_path}: {exc.strerror}"]
-        try:
-            with open(self.ip_forward_path) as sysctl:
-                previous = sysctl.read().strip()
-            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
-            tmp = f"{self.state_path}.tmp"
-            with open(tmp, "w") as out:
-                out.write(previous + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.state_path)
-        except OSError as exc:
-            return [f"forwarding refused: cannot save ip_forward to {self.state_path}: {exc.strerror}"]
-        self._previous = previous
-        return []
-
-    def _saved(self, state_path: str, sysctl_path: str) -> tuple[str | None, list[str]]:
-        """:meth:`_save_previous` for another sysctl: (its value before us, problems)."""
+    def _saved(self, state_path: str, sysctl_path: str, name: str) -> tuple[str | None, list[str]]:
+        """The sysctl's value before our first change, and problems: the value in its state
+        file when that is there (recover failed: it holds the older, true value), else the
+        sysctl's, written to the state file first (atomically) so a crash cannot lose it."""
         try:
             with open(state_path) as saved:
                 return saved.read().strip(), []
@@ -226,15 +196,21 @@ class Forwarding:
             with open(sysctl_path) as sysctl:
                 previous = sysctl.read().strip()
             os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
-            tmp = f"{state_path}.tmp"
-            with open(tmp, "w") as out:
-                out.write(previous + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, state_path)
+            write_atomic(state_path, (previous + "\n").encode(), mode=0o644)
         except OSError as exc:
-            return None, [f"forwarding refused: cannot save {sysctl_path} to {state_path}: {exc.strerror}"]
+            return None, [f"forwarding refused: cannot save {name} to {state_path}: {exc.strerror}"]
         return previous, []
+
+    @staticmethod
+    def _read_state(path: str) -> tuple[str | None, list[str]]:
+        """A saved sysctl value (None: no state file) and problems."""
+        try:
+            with open(path) as saved:
+                return saved.read().strip(), []
+        except FileNotFoundError:
+            return None, []
+        except OSError as exc:
+            return None, [f"forwarding: cannot read {path}: {exc.strerror}"]
 
     @staticmethod
     def _write_sysctl(path: str, value: str) -> list[str]:
@@ -253,22 +229,5 @@ class Forwarding:
             pass
         except OSError as exc:
             return [f"forwarding: cannot remove {path}: {exc.strerror}"]
-        return []
-
-    def _write_ip_forward(self, value: str) -> list[str]:
-        try:
-            with open(self.ip_forward_path, "w") as sysctl:
-                sysctl.write(value + "\n")
-        except OSError as exc:
-            return [f"forwarding: cannot write {value} to {self.ip_forward_path}: {exc.strerror}"]
-        return []
-
-    def _remove_state(self) -> list[str]:
-        try:
-            os.unlink(self.state_path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            return [f"forwarding: cannot remove {self.state_path}: {exc.strerror}"]
         return []
 
