@@ -145,14 +145,7 @@ def decide(requests: Sequence[Request], facts: HostFacts) -> Decision:
             refused.append(f"route {route.dest} via {route.gw} refused: {why}")
             if conflict:
                 conflicts.append(f"{req.shown}: {refused[-1]}")
-        served = []
-        for dest in req.state.served:
-            if any(allowed.version == 4 and dest.subnet_of(allowed) for allowed in req.consent.serve_routes):
-                served.append(dest)
-            else:
-                dropped.add(dest)
-                refused.append(f"forwarding to {dest} refused: this node is its gateway in the network config; "
-                               f"add it to serve_routes of this network in config.toml to forward")
+        served = _consented(req.state.served, req.consent.serve_routes, dropped, refused)
         names = []
         for ip, name in req.state.hostnames:
             folded = name.lower()
@@ -209,14 +202,7 @@ def _ipv6_part(req: Request, state: LocalState, facts: HostFacts, claims6: list[
         refused.append(f"route {route.dest} via {route.gw} refused: {why}")
         if "joined earlier" in why:
             conflicts.append(f"{req.shown}: {refused[-1]}")
-    served6 = []
-    for dest in state.served6:
-        if any(allowed.version == 6 and dest.subnet_of(allowed) for allowed in req.consent.serve_routes):
-            served6.append(dest)
-        else:
-            dropped.add(dest)
-            refused.append(f"forwarding to {dest} refused: this node is its gateway in the network config; "
-                           f"add it to serve_routes of this network in config.toml to forward")
+    served6 = _consented(state.served6, req.consent.serve_routes, dropped, refused)
     if dropped:
         state = replace(state, routes6=tuple(routes6), served6=tuple(served6),
                         access_rules6=rules6_without(state.access_rules6, dropped))
@@ -239,6 +225,21 @@ def _route6_refusal(dest: IPv6Network, req: Request, facts: HostFacts,
     if owner is not None:
         return f"it lies inside {owner[0]} of network {owner[1]}, joined earlier"
     return None
+
+
+def _consented(dests: Iterable[IPv4Network | IPv6Network], serve_routes: Sequence[IPv4Network | IPv6Network],
+               dropped: set, refused: list[str]) -> list:
+    """The ``dests`` this node forwards to: those inside its ``serve_routes`` (of the same IP
+    version); the others are added to ``dropped`` with a line in ``refused``."""
+    served = []
+    for dest in dests:
+        if any(allowed.version == dest.version and dest.subnet_of(allowed) for allowed in serve_routes):
+            served.append(dest)
+        else:
+            dropped.add(dest)
+            refused.append(f"forwarding to {dest} refused: this node is its gateway in the network config; "
+                           f"add it to serve_routes of this network in config.toml to forward")
+    return served
 
 
 def _around(route: KernelRoute, keep_out: list[IPv4Address]) -> list[KernelRoute]:
