@@ -254,34 +254,8 @@ class PolicyTables:
         config.toml order (the first network wins a conflict)."""
         ordered = list((states or {}).items())
         conflicts: list[str] = _address_conflicts(ordered)
-        tx: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
-        rx: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
-        for url, state in ordered:
-            for rule in state.access_rules:
-                if not rule.allow:
-                    continue
-                if rule.direction == OUT:
-                    table, outer, inner = tx, rule.dest, rule.source
-                else:
-                    table, outer, inner = rx, rule.source, rule.dest
-                slot = table.setdefault(_prefix(outer), {})
-                first = slot.setdefault(_prefix(inner), (rule.pk, url))
-                if first[0] != rule.pk:
-                    conflicts.append(f"{url}: rule {rule} conflicts with network {first[1]} "
-                                     f"(peer {first[0].hex()}), which wins")
-        tx6: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
-        rx6: dict[_Prefix, dict[_Prefix, tuple[bytes, str]]] = {}
-        for url, state in ordered:
-            for rule in state.access_rules6:
-                if not rule.allow:
-                    continue
-                table, outer, inner = ((tx6, rule.dest, rule.source) if rule.direction == OUT
-                                       else (rx6, rule.source, rule.dest))
-                slot = table.setdefault(_prefix(outer), {})
-                first = slot.setdefault(_prefix(inner), (rule.pk, url))
-                if first[0] != rule.pk:
-                    conflicts.append(f"{url}: rule {rule} conflicts with network {first[1]} "
-                                     f"(peer {first[0].hex()}), which wins")
+        tx, rx = _rule_tables(ordered, "access_rules", conflicts)
+        tx6, rx6 = _rule_tables(ordered, "access_rules6", conflicts)
         self._tx6 = _freeze(tx6, 128)
         self._rx6 = _freeze(rx6, 128)
         self.peers6: frozenset[bytes] = frozenset(pk for slot in tx6.values() for pk, _url in slot.values())
@@ -321,6 +295,29 @@ class PolicyTables:
         rx6 = self._rx6
         inner = rx6.hosts.get(src_ip) or rx6.get(src_ip)
         return inner is not None and (inner.hosts.get(dst_ip) or inner.get(dst_ip)) == sender_pk
+
+
+_RuleTable = dict[_Prefix, dict[_Prefix, tuple[bytes, str]]]
+
+
+def _rule_tables(ordered: list[tuple[str, LocalState]], attr: str,
+                 conflicts: list[str]) -> tuple[_RuleTable, _RuleTable]:
+    """The allow rules in each state's ``attr`` (``access_rules`` or ``access_rules6``) as
+    (tx, rx): outer prefix (tx: destination, rx: source) → inner prefix → (peer, network URL).
+    The first network wins a slot; a later one that wants it for another peer is a conflict."""
+    tx: _RuleTable = {}
+    rx: _RuleTable = {}
+    for url, state in ordered:
+        for rule in getattr(state, attr):
+            if not rule.allow:
+                continue
+            table, outer, inner = ((tx, rule.dest, rule.source) if rule.direction == OUT
+                                   else (rx, rule.source, rule.dest))
+            first = table.setdefault(_prefix(outer), {}).setdefault(_prefix(inner), (rule.pk, url))
+            if first[0] != rule.pk:
+                conflicts.append(f"{url}: rule {rule} conflicts with network {first[1]} "
+                                 f"(peer {first[0].hex()}), which wins")
+    return tx, rx
 
 
 def _freeze(table: Mapping[_Prefix, Mapping[_Prefix, tuple[bytes, str]]], bits: int = 32) -> _Lpm[_Lpm[bytes]]:
