@@ -211,25 +211,21 @@ class Pinger:
     def take_reply(self, pkt: bytes | bytearray) -> bool:
         """Is this IPv4/ICMP packet (policy-checked by the caller) a reply to one of our
         probes? Then it is consumed (also when late) and its probe woken."""
-        at = (pkt[0] & 0x0F) * 4
-        if (len(pkt) < at + _ICMP_ECHO.size + TOKEN_BYTES or pkt[at] != ECHO_REPLY
-                or _U16.unpack_from(pkt, at + 4)[0] != self.ident
-                or pkt[at + _ICMP_ECHO.size:at + _ICMP_ECHO.size + TOKEN_BYTES] != self.token):
-            return False
-        waiting = self._waiting.get(_U16.unpack_from(pkt, at + 6)[0])
-        if waiting is not None and waiting[0] == int.from_bytes(pkt[12:16], "big") and not waiting[1].done():
-            waiting[1].set_result(time.monotonic())
-        return True
+        return self._take(pkt, (pkt[0] & 0x0F) * 4, ECHO_REPLY, 12, 16)
 
     def take_reply6(self, pkt: bytes | bytearray) -> bool:
         """:meth:`take_reply` for an IPv6/ICMPv6 packet (no extension headers)."""
-        at = 40
-        if (pkt[6] != PROTO_ICMPV6 or len(pkt) < at + _ICMP_ECHO.size + TOKEN_BYTES or pkt[at] != ECHO6_REPLY
+        return pkt[6] == PROTO_ICMPV6 and self._take(pkt, 40, ECHO6_REPLY, 8, 24)
+
+    def _take(self, pkt: bytes | bytearray, at: int, reply: int, src: int, src_end: int) -> bool:
+        """The ICMP message at ``at``: an echo reply of type ``reply`` with our ident and token,
+        from the address in ``pkt[src:src_end]`` the probe went to."""
+        if (len(pkt) < at + _ICMP_ECHO.size + TOKEN_BYTES or pkt[at] != reply
                 or _U16.unpack_from(pkt, at + 4)[0] != self.ident
                 or pkt[at + _ICMP_ECHO.size:at + _ICMP_ECHO.size + TOKEN_BYTES] != self.token):
             return False
         waiting = self._waiting.get(_U16.unpack_from(pkt, at + 6)[0])
-        if waiting is not None and waiting[0] == int.from_bytes(pkt[8:24], "big") and not waiting[1].done():
+        if waiting is not None and waiting[0] == int.from_bytes(pkt[src:src_end], "big") and not waiting[1].done():
             waiting[1].set_result(time.monotonic())
         return True
 
