@@ -39,8 +39,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agent_ipv6 import wait_ping  # noqa: E402
-from agent_rss import SP_IP, Lab, identities, python_env  # noqa: E402
+from agent_rss import (SP_IP, Lab, identities, python_env, start_super_peer, wait_ping,  # noqa: E402
+                       write_agent_config)
 from netns import Process  # noqa: E402
 
 from drasyl.identity import Identity  # noqa: E402
@@ -52,6 +52,7 @@ _TIME = re.compile(r"time=([0-9.]+) ms")
 class Pair:
     """One variant's two agents."""
 
+    index: int
     a: str
     b: str
     a_ip: str
@@ -93,7 +94,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 
 def start_pair(lab: Lab, td: Path, index: int, env: dict[str, str]) -> Pair:
     """Namespaces, configs and running agents of variant ``index``'s pair."""
-    pair = Pair(lab.namespace(f"a{index}"), lab.namespace(f"b{index}"), f"198.51.100.{11 + 2 * index}",
+    pair = Pair(index, lab.namespace(f"a{index}"), lab.namespace(f"b{index}"), f"198.51.100.{11 + 2 * index}",
                 f"198.51.100.{12 + 2 * index}", overlay_of(index, 1), overlay_of(index, 2), [])
     for side, ns, ip in (("a", pair.a, pair.a_ip), ("b", pair.b, pair.b_ip)):
         lab.internet(ns, ip)
@@ -115,21 +116,29 @@ def write_configs(td: Path, count: int, sp_url: str) -> None:
     for i in range(count):
         for side, host in (("a", 1), ("b", 2)):
             ident = Identity.generate(0)
-            conf = td / f"{side}{i}"
-            conf.mkdir()
-            (conf / "config.toml").touch(mode=0o600)
-            (conf / "config.toml").write_text(
-                f'super_peers = ["{sp_url}"]\n\n[identity]\nsk = "{ident.secret_key.hex()}"\n'
-                f'pow = {ident.proof_of_work}\n\n[[network]]\nconfig_url = "file://{td}/net.toml"\n')
+            write_agent_config(td / f"{side}{i}" / "config.toml", sp_url, ident, td / "net.toml")
             lines += ["[[node]]", f'pk = "{ident.public_key_hex}"', f'ip = "{overlay_of(i, host)}"',
                       f'hostname = "{side}{i}"', ""]
     lines += ["[[policy]]", 'source_groups = ["ALL"]', 'destination_groups = ["ALL"]']
     (td / "net.toml").write_text("\n".join(lines) + "\n")
 
 
+def start_lab(lab: Lab, td: Path, envs: list[dict[str, str]]) -> list[Pair]:
+    """The super peer and one pair of agents per entry of ``envs``, each pair on its direct path."""
+    sp = lab.namespace("sp")
+    lab.internet(sp, SP_IP)
+    sp_url = start_super_peer(lab, td, sp, identities()["id_1"], DRASYL_MIN_POW_DIFFICULTY="0")
+    write_configs(td, len(envs), sp_url)
+    pairs = [start_pair(lab, td, i, env) for i, env in enumerate(envs)]
+    for pair in pairs:
+        wait_ping(pair.a, pair.b_overlay, "-4")
+    concurrent_pings([(p.a, p.b_overlay) for p in pairs], 20, 0.05)  # direct paths up (no NAT)
+    return pairs
+
+
 def path_of(td: Path, pair: Pair) -> str:
     """What a's status says about its path to b (it should be direct)."""
-    index = pair.a.rsplit("a", 1)[-1]
+    index = pair.index
     out = subprocess.run(["ip", "netns", "exec", pair.a, sys.executable, "-m", "drasyl.agent", "status", "--json",
                           "--api", "", "--run-dir", str(td / f"a{index}" / "run"),
                           "--token", str(td / f"a{index}" / "auth.token")],
@@ -171,19 +180,7 @@ def main() -> None:
                                                for name, _ in variants}
     with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
         td = Path(tmp)
-        sp = lab.namespace("sp")
-        lab.internet(sp, SP_IP)
-        sp_id = identities()["id_1"]
-        sp_id.save(td / "sp.identity")
-        lab.start(sp, [sys.executable, "-m", "drasyl.superpeer"], "sp", python_env(
-            DRASYL_IDENTITY_FILE=str(td / "sp.identity"), DRASYL_UDP4_LISTEN=f"{SP_IP}:22527", DRASYL_UDP6_LISTEN="",
-            DRASYL_TCP4_LISTEN="", DRASYL_TCP6_LISTEN="", DRASYL_PROMETHEUS_LISTEN="", DRASYL_MIN_POW_DIFFICULTY="0"))
-        sp_url = f"udp://{SP_IP}:22527?publicKey={sp_id.public_key_hex}&networkId=1"
-        write_configs(td, len(variants), sp_url)
-        pairs = [start_pair(lab, td, i, env) for i, (_, env) in enumerate(variants)]
-        for pair in pairs:
-            wait_ping(pair.a, pair.b_overlay, "-4")
-        concurrent_pings([(p.a, p.b_overlay) for p in pairs], 20, 0.05)  # direct paths up (no NAT)
+        pairs = start_lab(lab, td, [env for _, env in variants])
         for (name, _), pair in zip(variants, pairs):
             print(f"{name}: a's path to b: {path_of(td, pair)}", flush=True)
         for r in range(args.rounds):

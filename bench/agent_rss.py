@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from netns import Lab, python_env  # noqa: E402
+from netns import Lab, Process, python_env  # noqa: E402
 
 from drasyl.identity import Identity  # noqa: E402
 
@@ -84,6 +84,56 @@ def network_config(ids: dict[str, Identity], extra: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def internet_namespaces(lab: Lab) -> tuple[str, str, str]:
+    """Namespaces sp, a and b on the lab's bridge with SP_IP, A_IP and B_IP."""
+    sp, a, b = lab.namespace("sp"), lab.namespace("a"), lab.namespace("b")
+    for ns, ip in ((sp, SP_IP), (a, A_IP), (b, B_IP)):
+        lab.internet(ns, ip)
+    return sp, a, b
+
+
+def start_super_peer(lab: Lab, td: Path, ns: str, identity: Identity, **env: str) -> str:
+    """Our super peer in ``ns`` on SP_IP (UDP 22527, TCP 8443) with ``identity``; its URL."""
+    identity.save(td / "sp.identity")
+    lab.start(ns, [sys.executable, "-m", "drasyl.superpeer"], "sp", python_env(
+        DRASYL_IDENTITY_FILE=str(td / "sp.identity"), DRASYL_UDP4_LISTEN=f"{SP_IP}:22527", DRASYL_UDP6_LISTEN="",
+        DRASYL_TCP4_LISTEN=f"{SP_IP}:8443", DRASYL_TCP6_LISTEN="", DRASYL_PROMETHEUS_LISTEN="", **env))
+    return f"udp://{SP_IP}:22527?publicKey={identity.public_key_hex}&networkId=1&tcpPort=8443"
+
+
+def write_agent_config(path: Path, sp_url: str, identity: Identity, net_toml: Path) -> None:
+    """An agent's config.toml (mode 0600: it holds the secret key) for one file:// network."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(f'super_peers = ["{sp_url}"]\n\n[identity]\nsk = "{identity.secret_key.hex()}"\n'
+                    f'pow = {identity.proof_of_work}\n\n[[network]]\nconfig_url = "file://{net_toml}"\n')
+
+
+def start_agents(lab: Lab, td: Path, sp_url: str, ids: dict[str, Identity], a: str, b: str,
+                 env: dict[str, str]) -> dict[str, Process]:
+    """Agents a (id_2) and b (id_3) in their namespaces on ``td/net.toml``, up with their APIs."""
+    agents = {}
+    for side, ns, ident in (("a", a, ids["id_2"]), ("b", b, ids["id_3"])):
+        lab.etc_file(ns, "hosts", "127.0.0.1 localhost\n")
+        write_agent_config(td / side / "config.toml", sp_url, ident, td / "net.toml")
+        agents[side] = lab.start(ns, [
+            sys.executable, "-m", "drasyl.agent", "run", "--config", str(td / side / "config.toml"),
+            "--token", str(td / side / "auth.token"), "--log-level", "info", "--log-file", "/dev/stdout",
+        ], f"agent-{side}", python_env(DRASYL_RUN_DIR=str(td / side / "run"), **env))
+    for proc in agents.values():
+        proc.wait_for_line(r"REST API listening", 30)
+    return agents
+
+
+def wait_ping(ns: str, address: str, family: str) -> None:
+    """Until ``ns`` gets an echo reply from ``address`` (``family``: -4 or -6), at most 30 s."""
+    deadline = time.monotonic() + 30
+    while subprocess.run(["ip", "netns", "exec", ns, "ping", family, "-n", "-c", "1", "-W", "1", address],
+                         capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{ns} cannot ping {address} through the TUN within 30 s")
+
+
 def memory(pid: int) -> str:
     m = psutil.Process(pid).memory_full_info()
     threads = psutil.Process(pid).num_threads()
@@ -117,33 +167,11 @@ def run_lab(extra: int, seconds: int, env: dict[str, str]) -> None:
     ids = identities()
     with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
         td = Path(tmp)
-        sp, a, b = lab.namespace("sp"), lab.namespace("a"), lab.namespace("b")
-        for ns, ip in ((sp, SP_IP), (a, A_IP), (b, B_IP)):
-            lab.internet(ns, ip)
+        sp, a, b = internet_namespaces(lab)
         (td / "net.toml").write_text(network_config(ids, extra))
-        ids["id_1"].save(td / "sp.identity")
-        lab.start(sp, [sys.executable, "-m", "drasyl.superpeer"], "sp", python_env(
-            DRASYL_IDENTITY_FILE=str(td / "sp.identity"), DRASYL_UDP4_LISTEN=f"{SP_IP}:22527", DRASYL_UDP6_LISTEN="",
-            DRASYL_TCP4_LISTEN=f"{SP_IP}:8443", DRASYL_TCP6_LISTEN="", DRASYL_PROMETHEUS_LISTEN=""))
-        sp_url = f"udp://{SP_IP}:22527?publicKey={ids['id_1'].public_key_hex}&networkId=1&tcpPort=8443"
-        agents = {}
-        for side, ns, ident in (("a", a, ids["id_2"]), ("b", b, ids["id_3"])):
-            (td / side).mkdir()
-            lab.etc_file(ns, "hosts", "127.0.0.1 localhost\n")
-            (td / side / "config.toml").write_text(
-                f'super_peers = ["{sp_url}"]\n\n[identity]\nsk = "{ident.secret_key.hex()}"\n'
-                f'pow = {ident.proof_of_work}\n\n[[network]]\nconfig_url = "file://{td}/net.toml"\n')
-            agents[side] = lab.start(ns, [
-                sys.executable, "-m", "drasyl.agent", "run", "--config", str(td / side / "config.toml"),
-                "--token", str(td / side / "auth.token"), "--log-level", "info", "--log-file", "/dev/stdout",
-            ], f"agent-{side}", python_env(**env))
-        for proc in agents.values():
-            proc.wait_for_line(r"REST API listening", 30)
-        deadline = time.monotonic() + 30
-        while subprocess.run(["ip", "netns", "exec", a, "ping", "-n", "-c", "1", "-W", "1", OVERLAY["b"]],
-                             capture_output=True).returncode != 0:
-            if time.monotonic() > deadline:
-                raise SystemExit("a cannot ping b through the TUN within 30 s\n" + lab.describe())
+        sp_url = start_super_peer(lab, td, sp, ids["id_1"])
+        agents = start_agents(lab, td, sp_url, ids, a, b, env)
+        wait_ping(a, OVERLAY["b"], "-4")
         pid = agents["a"].pid
         bytecode = "bytecode" if (REPO / "drasyl" / "__pycache__").exists() else "no bytecode"
         print(f"agent a, {extra} extra peers, {bytecode}, env {env or '-'}")

@@ -37,8 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agent_ipv6 import wait_ping  # noqa: E402
-from agent_latency import SP_IP, Lab, concurrent_pings, identities, python_env, start_pair, write_configs  # noqa: E402
+from agent_latency import Lab, concurrent_pings, start_lab  # noqa: E402
 
 # "  12.345 ( 0.012 ms): python3/1234 write(fd: 7</dev/net/tun>, buf: 0x…, count: 84) = 84"; a call
 # another thread's output interrupts is printed as its start "(          ): … sendto(fd: …) ..." and
@@ -140,17 +139,7 @@ def main() -> None:
     env = dict(item.split("=", 1) for item in args.env)
     with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
         td = Path(tmp)
-        sp = lab.namespace("sp")
-        lab.internet(sp, SP_IP)
-        sp_id = identities()["id_1"]
-        sp_id.save(td / "sp.identity")
-        lab.start(sp, [sys.executable, "-m", "drasyl.superpeer"], "sp", python_env(
-            DRASYL_IDENTITY_FILE=str(td / "sp.identity"), DRASYL_UDP4_LISTEN=f"{SP_IP}:22527", DRASYL_UDP6_LISTEN="",
-            DRASYL_TCP4_LISTEN="", DRASYL_TCP6_LISTEN="", DRASYL_PROMETHEUS_LISTEN="", DRASYL_MIN_POW_DIFFICULTY="0"))
-        write_configs(td, 1, f"udp://{SP_IP}:22527?publicKey={sp_id.public_key_hex}&networkId=1")
-        pair = start_pair(lab, td, 0, env)
-        wait_ping(pair.a, pair.b_overlay, "-4")
-        concurrent_pings([(pair.a, pair.b_overlay)], 20, 0.05)  # the direct path is up
+        pair = start_lab(lab, td, [env])[0]
         trace = td / "trace.txt"
         pids = {pair.procs[0].pid: "a", pair.procs[1].pid: "b"}
         perf = subprocess.Popen(["perf", "trace", "-o", str(trace), "-p", ",".join(map(str, pids)),
