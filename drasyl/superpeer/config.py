@@ -60,6 +60,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("LOG_LEVEL", "", "error, warn, info, debug, trace or off; wins over RUST_LOG"),
     ("STUN", "true", "answer STUN Binding requests on the UDP listeners (ours only; for drasyl-agent netcheck)"),
     ("WORKERS", "1", f"worker processes sharing the ports (SO_REUSEPORT, Linux), 1 to {MAX_WORKERS} (ours only)"),
+    ("EVENT_LOOP", "auto", "auto (uvloop where installed), uvloop or asyncio (ours only)"),
 )
 DEFAULTS = {name: default for name, default, _ in VARIABLES}
 
