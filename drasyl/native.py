@@ -1,0 +1,58 @@
+"""The optional C accelerators: which are loaded, and what they need from Python.
+
+``pip install .`` compiles the hot paths (a super peer's HELLO→ACK and relay loop:
+:mod:`drasyl.superpeer._fast`) where a C compiler is found, and skips them otherwise
+(setup.py). The pure Python code stays the reference and is what runs without them; both
+give the same bytes, counters and state, and the tests run against each.
+
+``DRASYL_NATIVE`` chooses: ``auto`` (default) uses an accelerator that was built, ``off``
+never does (to rule it out when debugging), ``on`` requires it and fails at start-up when it
+was not built (CI uses it, so a build that silently fell back cannot pass as native).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+from .env import invalid
+
+CHOICES = ("auto", "on", "off")
+
+
+def choice() -> str:
+    """``DRASYL_NATIVE`` (auto, on or off; default auto): ConfigError otherwise."""
+    value = os.environ.get("DRASYL_NATIVE", "auto")
+    if value not in CHOICES:
+        raise invalid("DRASYL_NATIVE", value, "expected auto, on or off")
+    return value
+
+
+def load(module: str) -> ModuleType | None:
+    """The accelerator ``module`` (e.g. ``drasyl.superpeer._fast``), or None for pure Python.
+
+    ConfigError for a bad ``DRASYL_NATIVE``, or for ``on`` when ``module`` was not built.
+    """
+    wanted = choice()
+    if wanted == "off":
+        return None
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if wanted == "on":
+            raise invalid("DRASYL_NATIVE", "on", f"{module} was not built (no C compiler at install?)") from None
+        return None
+
+
+def aegis_functions() -> tuple[int, int]:
+    """Addresses of libaegis' ``aegis256x2_encrypt_detached`` and ``..._decrypt_detached``.
+
+    The ``aeg`` package links libaegis into its cffi module, which exports no C symbols, so an
+    accelerator gets the two functions as addresses from cffi instead of linking them itself:
+    the same code that :mod:`drasyl.crypto` calls, no second copy of libaegis to keep in step.
+    """
+    from aeg._loader import ffi, lib
+
+    return tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))  # type: ignore[return-value]
+                 for name in ("aegis256x2_encrypt_detached", "aegis256x2_decrypt_detached"))
