@@ -80,9 +80,15 @@ class UdpSocket:
         self.gso = hasattr(socket, "SOL_UDP")  # cleared after GSO_STRIKES GSO-only failures
         self._gso_strikes = 0
         self._on_batch = on_batch
-        self._batch = batch
+        self.batch = batch  # datagrams per wake-up at most
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
+
+    def read_with(self, reader: Callable[[], None]) -> None:
+        """Let ``reader`` drain the socket from now on instead of :meth:`_readable` (an
+        accelerator that receives and answers in C, e.g. :mod:`drasyl.superpeer._fast`)."""
+        self._loop.remove_reader(self.sock.fileno())
+        self._loop.add_reader(self.sock.fileno(), reader)
 
     def _readable(self) -> None:
         if self.batcher is not None:
@@ -98,7 +104,7 @@ class UdpSocket:
         packets: list[tuple[bytes, Address]] = []
         append = packets.append
         try:
-            for _ in range(self._batch):
+            for _ in range(self.batch):
                 packet = recvfrom(RECV_SIZE + 1)
                 if len(packet[0]) > RECV_SIZE:
                     self.recv_truncated += 1

@@ -161,6 +161,11 @@ class SuperPeerCore:
         scratch.out[:LONG_HEADER_LEN] = encode_long_header(
             ACK, cfg.network_id, bytes(32), self.public_key, identity.proof_of_work, cfg.arm_messages)
 
+    def ack_header(self) -> bytes:
+        """The 79-byte long header of this super peer's ACKs, recipient all zeros (an armed
+        core's; :mod:`._fast` writes the recipient in, as :meth:`_on_hello` does)."""
+        return bytes(self._scratch.out[:LONG_HEADER_LEN])
+
     # --- input -------------------------------------------------------------------------
 
     def receive(self, data: bytes, proto: int, local: Address | None, remote: Address, now: int) -> bool:

@@ -28,6 +28,11 @@ Clocks: the core is fed monotonic µs, with its ``wall_offset`` refreshed per ba
 (:mod:`drasyl.clock`); housekeeping, idle close and metrics ticks are scheduled on the event
 loop's monotonic clock, so a wall clock step neither stops nor bursts them.
 
+With the C accelerator built (:mod:`drasyl.native`, ``DRASYL_NATIVE``) and armed messages, each
+UDP socket is drained by :class:`drasyl.superpeer._fast.Fast`: it answers HELLOs of current
+registrations and relays APPs between them in C, changing the core's state as the core would,
+and hands every other datagram to the core here, in order. TCP stays in Python.
+
 Nothing a peer sends may stop the process: an unexpected exception while handling input is
 counted, logged at most once per 10 s, and the loop goes on. Nothing here logs per packet.
 """
@@ -46,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..clock import monotonic_us, wall_offset_us
 from ..errors import DrasylError
+from .. import native
 from ..identity import Identity
 from ..messages import HELLO, LONG_HEADER_LEN
 from ..net.faults import FaultLog
@@ -145,6 +151,9 @@ class SuperPeerServer:
         self.metrics: SuperPeerMetrics | None = None  # only with a Prometheus listener
         self._faults = FaultLog(self.drops)
         self._udp: dict[Address, UdpSocket] = {}
+        #: the C accelerator's loop per UDP socket, when it runs (see the module docstring)
+        self.fast: dict[Address, Any] = {}
+        self._fast_module = native.load("drasyl.superpeer._fast") if config.arm_messages else None
         self._connections: dict[Address, TcpClient] = {}
         self._per_source: dict[str, int] = {}
         self._per_source_limit = connections_per_source(config.max_peers)
@@ -195,6 +204,10 @@ class SuperPeerServer:
         drops = Counter(self.drops)
         drops["udp_send_failed"] += sum(sock.send_drops for sock in self._udp.values())
         drops["udp_oversize"] += sum(sock.recv_truncated for sock in self._udp.values())
+        for fast in self.fast.values():
+            counters = fast.counters()
+            drops["udp_send_failed"] += counters["send_drops"]
+            drops["udp_oversize"] += counters["truncated"]
         return drops
 
     # --- binding ---------------------------------------------------------------------------
@@ -204,7 +217,22 @@ class SuperPeerServer:
             sock = UdpSocket(bind_udp(listen.host, listen.port, reuse_port=self.reuse_port, dual_stack=dual_stack),
                              self._on_datagrams)
         self._udp[sock.local] = sock
+        if self._fast_module is not None and sock.batcher is not None:
+            self._drain_in_c(sock)
         self.listeners.append(Listener(name, ListenAddress(listen.host, sock.local[1]), dual_stack))
+
+    def _drain_in_c(self, sock: UdpSocket) -> None:
+        """Hand ``sock`` to the C accelerator: its reader is :meth:`_on_readable` from now on."""
+        core = self.core
+        cfg = core.config
+        encrypt, decrypt = native.aegis_functions()
+        fast = self._fast_module.Fast(  # type: ignore[union-attr]  # checked by the caller
+            fd=sock.sock.fileno(), core=core, local=sock.local, cache=sock.batcher.addresses,  # type: ignore[union-attr]
+            public_key=core.public_key, network_id=cfg.network_id, timeout_us=_c_int(cfg.hello_timeout_ms * 1000),
+            max_age_us=_c_int(cfg.hello_max_age_ms * 1000), unite_us=cfg.send_unites_ms * 1000,
+            ack_header=core.ack_header(), encrypt=encrypt, decrypt=decrypt, capacity=sock.batch)
+        self.fast[sock.local] = fast
+        sock.read_with(lambda: self._on_readable(sock, fast))
 
     async def _bind_tcp(self, name: str, listen: ListenAddress, dual_stack: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -253,6 +281,26 @@ class SuperPeerServer:
             except Exception:
                 self._faults.report("processing a UDP datagram")
         self._send_outbox()
+
+    def _on_readable(self, sock: UdpSocket, fast: Any) -> None:
+        """Let ``fast`` drain ``sock``; run the core on each datagram it hands back, in order."""
+        now = monotonic_us()
+        core = self.core
+        core.wall_offset = wall = wall_offset_us()
+        receive, local, drain = core.receive, sock.local, fast.drain
+        while True:
+            try:
+                item = drain(now, wall)
+            except Exception:  # a bug in C: the datagram is skipped, the batch goes on
+                self._faults.report("processing a UDP datagram in C")
+                continue
+            if item is None:
+                return
+            try:
+                receive(item[0], UDP, local, item[1], now)
+            except Exception:
+                self._faults.report("processing a UDP datagram")
+            self._send_outbox()
 
     def _on_connect(self, client: TcpClient) -> None:
         if len(self._connections) >= self.config.max_peers:
@@ -381,6 +429,12 @@ class SuperPeerServer:
             if client.last_activity < deadline:
                 client.abort()  # not close(): that would wait for a client that does not read
         self._backlog = backlog
+
+
+def _c_int(us: int) -> int:
+    """A duration for C's 64-bit arithmetic: HELLO_TIMEOUT and HELLO_MAX_AGE go up to 2⁶⁴ − 1 ms;
+    2⁶² µs (146 000 years) already means "never" to either clock."""
+    return min(us, 1 << 62)
 
 
 def _one_socket_batch(outbox: list) -> tuple[Address, list[tuple[bytes | bytearray, Address]]] | None:

@@ -1,0 +1,702 @@
+/* The super peer's UDP hot path in C: recvmmsg, HELLO -> ACK and relay of APPs, sendmmsg.
+ *
+ * An optional accelerator of drasyl.superpeer.core (see drasyl/native.py): the Python core
+ * stays the reference and keeps all state. Per datagram this code decides, *before changing
+ * anything*, whether the datagram is one of the two common cases it knows to handle exactly as
+ * SuperPeerCore.receive would:
+ *
+ *   - an armed HELLO from a current registration, from the same UDP source and socket as its
+ *     last one, with the same endpoints, no APPs held for it (and, in a worker, owned by this
+ *     worker): only hello_time, hello_stamp and two counters change, and an ACK goes back;
+ *   - an APP between two current registrations whose recipient is reachable over UDP from
+ *     this socket, and whose pair needs no UNITE now: the APP goes on with hop count + 1 and
+ *     three counters change.
+ *
+ * Everything else (STUN, malformed or failing packets, new registrations, UNITEs, held APPs,
+ * TCP recipients, ...) is returned to Python, which runs the core on it. Order is kept: the
+ * datagrams this code prepared are sent before a datagram is handed to Python, and the rest of
+ * the batch waits in the receive ring until Python asks for the next one.
+ *
+ * The peer state is read and written through the Python objects (Peer's slots, the core's
+ * dicts), so status, metrics, housekeeping and the workers' sharing see exactly what the Python
+ * path would have left. AEGIS is libaegis, called through the addresses drasyl.native passes
+ * in (the same code drasyl.crypto calls), with the key/nonce swap of drasyl-rs (crypto.py).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define SLOT 2048            /* as drasyl.net.mmsg.SLOT: > the 1472-byte MTU */
+#define SEND_BATCH 64        /* datagrams per sendmmsg, as drasyl.net.mmsg */
+#define LONG_HEADER_LEN 79
+#define AD_START 5
+#define RANDOM_LEN 32
+#define TAG_LEN 16
+#define ARM_OVERHEAD 48
+#define MAGIC 0x1E3F5001u
+#define FLAG_ARMED 0x10
+#define HOP_OFFSET 4
+#define MAX_HOP_COUNT 7
+#define MSG_APP 1
+#define MSG_HELLO 2
+#define HELLO_MIN 16
+#define HELLO_MAX (16 + 18 * 15)
+#define ENDPOINT_LEN 18
+#define ACK_LEN (LONG_HEADER_LEN + ARM_OVERHEAD + 8)
+#define POOL_LEN (128 * RANDOM_LEN)
+
+typedef int (*aegis_encrypt_fn)(uint8_t *c, uint8_t *mac, size_t maclen, const uint8_t *m, size_t mlen,
+                                const uint8_t *ad, size_t adlen, const uint8_t *npub, const uint8_t *k);
+typedef int (*aegis_decrypt_fn)(uint8_t *m, const uint8_t *c, size_t clen, const uint8_t *mac, size_t maclen,
+                                const uint8_t *ad, size_t adlen, const uint8_t *npub, const uint8_t *k);
+
+/* Random R for arming, from a pool refilled by getrandom; a forked child starts a new pool. */
+static uint8_t pool[POOL_LEN];
+static size_t pool_at = POOL_LEN;
+
+static void forget_pool(void) { pool_at = POOL_LEN; }
+
+static int next_random(uint8_t *out) {
+    if (pool_at >= POOL_LEN) {
+        size_t got = 0;
+        while (got < POOL_LEN) {
+            ssize_t n = getrandom(pool + got, POOL_LEN - got, 0);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                return -1;
+            }
+            got += (size_t)n;
+        }
+        pool_at = 0;
+    }
+    memcpy(out, pool + pool_at, RANDOM_LEN);
+    pool_at += RANDOM_LEN;
+    return 0;
+}
+
+/* Peer's slots and the core's attributes, interned once. */
+static PyObject *s_peers, *s_held, *s_unites, *s_owned, *s_rx, *s_tx, *s_hello_time, *s_hello_stamp,
+    *s_proto, *s_local, *s_src, *s_hello_endpoints, *s_hello_rx, *s_ack_tx, *s_app_rx, *s_app_tx,
+    *s_relayed_bytes;
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    socklen_t namesize;
+    PyObject *core;
+    PyObject *local;       /* this socket's address tuple, as the core stores it in Peer.local */
+    PyObject *tuples;      /* AddressCache: raw sockaddr -> tuple */
+    PyObject *raws;        /* AddressCache: tuple -> raw sockaddr */
+    PyObject *tuple_of;    /* AddressCache.tuple_of, for addresses not cached yet */
+    uint8_t public_key[32];
+    int32_t network_id;
+    long long timeout_us, max_age_us, unite_us;
+    uint8_t ack_header[LONG_HEADER_LEN];
+    aegis_encrypt_fn encrypt;
+    aegis_decrypt_fn decrypt;
+    /* receive ring */
+    struct mmsghdr *rx_msgs;
+    struct iovec *rx_iov;
+    uint8_t *rx_buf, *rx_names;
+    unsigned capacity, count, cursor;
+    int received;          /* recvmmsg ran in this drain */
+    /* send ring: an iovec points at an rx slot (relay, in place) or a tx slot (an ACK) */
+    struct mmsghdr tx_msgs[SEND_BATCH];
+    struct iovec tx_iov[SEND_BATCH];
+    uint8_t tx_buf[SEND_BATCH][ACK_LEN];
+    uint8_t *tx_names;
+    unsigned pending;
+    uint8_t plain[SLOT];
+    /* counters, read by Python */
+    unsigned long long hellos, relays, handed, truncated, send_drops;
+} Fast;
+
+/* --- small helpers over Python objects --------------------------------------------------- */
+
+static int get_ll(PyObject *obj, PyObject *name, long long *out) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int get_ull(PyObject *obj, PyObject *name, unsigned long long *out) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsUnsignedLongLong(v);
+    Py_DECREF(v);
+    return (*out == (unsigned long long)-1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int set_ll(PyObject *obj, PyObject *name, long long value) {
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static int add_one(PyObject *obj, PyObject *name) {
+    long long v;
+    if (get_ll(obj, name, &v) < 0)
+        return -1;
+    return set_ll(obj, name, v + 1);
+}
+
+/* 1 if obj.name equals expected, 0 if not, -1 on error. */
+static int attr_is(PyObject *obj, PyObject *name, PyObject *expected) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    int rc = PyObject_RichCompareBool(v, expected, Py_EQ);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* 32 bytes of key material from obj.name, or 0 when it is None/not 32 bytes; -1 on error. */
+static int get_key(PyObject *obj, PyObject *name, uint8_t *out) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    int ok = PyBytes_Check(v) && PyBytes_GET_SIZE(v) == 32;
+    if (ok)
+        memcpy(out, PyBytes_AS_STRING(v), 32);
+    Py_DECREF(v);
+    return ok;
+}
+
+static uint64_t be64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* The peer in peers for key, when its registration is current (borrowed), NULL if not. */
+static PyObject *current_peer(Fast *self, PyObject *peers, PyObject *key, long long now, int *err) {
+    PyObject *peer = PyDict_GetItemWithError(peers, key);
+    if (peer == NULL) {
+        *err = PyErr_Occurred() != NULL;
+        return NULL;
+    }
+    long long hello_time;
+    if (get_ll(peer, s_hello_time, &hello_time) < 0) {
+        *err = 1;
+        return NULL;
+    }
+    return now - hello_time > self->timeout_us ? NULL : peer;
+}
+
+/* --- sending --------------------------------------------------------------------------- */
+
+static void queue(Fast *self, void *data, size_t len, const uint8_t *name) {
+    unsigned i = self->pending++;
+    self->tx_iov[i].iov_base = data;
+    self->tx_iov[i].iov_len = len;
+    memcpy(self->tx_names + (size_t)i * self->namesize, name, self->namesize);
+}
+
+/* sendmmsg what is queued: a partial send goes on, a refused datagram is skipped and counted,
+ * a full buffer drops the rest (UDP), as drasyl.net.mmsg.Batcher._flush. */
+static void flush(Fast *self) {
+    unsigned count = self->pending, sent = 0;
+    self->pending = 0;
+    while (sent < count) {
+        int n = sendmmsg(self->fd, self->tx_msgs + sent, count - sent, 0);
+        if (n > 0) {
+            sent += (unsigned)n;
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
+            self->send_drops += count - sent;
+            return;
+        }
+        self->send_drops += 1;
+        sent += 1;
+    }
+}
+
+/* --- the two fast cases ----------------------------------------------------------------- */
+
+/* The core's maps, looked up once per drain (borrowed from its __dict__, which drain holds). */
+typedef struct {
+    PyObject *peers, *held, *unites, *owned;  /* owned: only a worker's core has it, else NULL */
+} Maps;
+
+/* The sender's address tuple, made when first needed (a relay needs the recipient's only). */
+static PyObject *address(Fast *self, const uint8_t *name);
+
+static int hello_of(Fast *self, const Maps *maps, PyObject *peer, uint8_t *data, size_t len, PyObject *sender,
+                    PyObject **remote, const uint8_t *name, long long now, long long wall);
+
+/* 1: answered here; 0: not one of ours, for Python; -1: error (Python exception set). */
+static int on_hello(Fast *self, const Maps *maps, uint8_t *data, size_t len, PyObject *sender,
+                    PyObject **remote, const uint8_t *name, long long now, long long wall) {
+    int err = 0;
+    PyObject *peer = current_peer(self, maps->peers, sender, now, &err);
+    if (peer == NULL)
+        return err ? -1 : 0;
+    Py_INCREF(peer);  /* address() below may run Python code */
+    int rc = hello_of(self, maps, peer, data, len, sender, remote, name, now, wall);
+    Py_DECREF(peer);
+    return rc;
+}
+
+static int hello_of(Fast *self, const Maps *maps, PyObject *peer, uint8_t *data, size_t len, PyObject *sender,
+                    PyObject **remote, const uint8_t *name, long long now, long long wall) {
+    if (PyDict_GET_SIZE(maps->held)) {
+        int rc = PyDict_Contains(maps->held, sender);
+        if (rc != 0)
+            return rc < 0 ? -1 : 0;
+    }
+    if (maps->owned != NULL) {  /* a worker: a registration it does not own yet must be announced */
+        int rc = PyDict_Contains(maps->owned, sender);
+        if (rc <= 0)
+            return rc;
+    }
+    if (*remote == NULL && (*remote = address(self, name)) == NULL)
+        return -1;
+    int same;
+    if ((same = attr_is(peer, s_src, *remote)) <= 0 || (same = attr_is(peer, s_local, self->local)) <= 0)
+        return same;
+    long long proto;
+    if (get_ll(peer, s_proto, &proto) < 0)
+        return -1;
+    if (proto != 0)  /* registered over TCP: moving it to UDP is Python's */
+        return 0;
+    uint8_t rx[32], tx[32];
+    int have;
+    if ((have = get_key(peer, s_rx, rx)) <= 0 || (have = get_key(peer, s_tx, tx)) <= 0)
+        return have;
+    if (len < LONG_HEADER_LEN + ARM_OVERHEAD + HELLO_MIN)
+        return 0;
+    size_t n = len - LONG_HEADER_LEN - ARM_OVERHEAD;
+    uint8_t *r = data + LONG_HEADER_LEN;
+    if (self->decrypt(self->plain, r + ARM_OVERHEAD, n, r + RANDOM_LEN, TAG_LEN, data + AD_START,
+                      LONG_HEADER_LEN - AD_START, rx, r) != 0)
+        return 0;  /* Python disarms it again and counts it */
+    if (n > HELLO_MAX)
+        n = HELLO_MAX;
+    if ((n - HELLO_MIN) % ENDPOINT_LEN)
+        return 0;
+    uint64_t time = be64(self->plain), child_time = be64(self->plain + 8);
+    if (child_time == 0 || now + wall < 0)
+        return 0;
+    uint64_t wall_now = (uint64_t)(now + wall);
+    if (time < wall_now && wall_now - time > (uint64_t)self->max_age_us)
+        return 0;  /* too old: Python counts it */
+    PyObject *sent = PyObject_GetAttr(peer, s_hello_endpoints);
+    if (sent == NULL)
+        return -1;
+    int unchanged = PyBytes_Check(sent) && (size_t)PyBytes_GET_SIZE(sent) == n - HELLO_MIN
+        && memcmp(PyBytes_AS_STRING(sent), self->plain + HELLO_MIN, n - HELLO_MIN) == 0;
+    Py_DECREF(sent);
+    if (!unchanged)
+        return 0;
+    unsigned long long stamp;
+    if (get_ull(peer, s_hello_stamp, &stamp) < 0)
+        return -1;
+    /* from here on, state changes exactly as in SuperPeerCore._on_hello */
+    if (time > stamp) {
+        PyObject *v = PyLong_FromUnsignedLongLong(time);
+        if (v == NULL)
+            return -1;
+        int rc = PyObject_SetAttr(peer, s_hello_stamp, v);
+        Py_DECREF(v);
+        if (rc < 0)
+            return -1;
+    }
+    if (set_ll(peer, s_hello_time, now) < 0 || add_one(peer, s_hello_rx) < 0 || add_one(peer, s_ack_tx) < 0)
+        return -1;
+    uint8_t *ack = self->tx_buf[self->pending];
+    memcpy(ack, self->ack_header, LONG_HEADER_LEN);
+    memcpy(ack + 10, PyBytes_AS_STRING(sender), 32);
+    uint8_t *out_r = ack + LONG_HEADER_LEN;
+    if (next_random(out_r) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->encrypt(out_r + ARM_OVERHEAD, out_r + RANDOM_LEN, TAG_LEN, self->plain, 8, ack + AD_START,
+                  LONG_HEADER_LEN - AD_START, tx, out_r);
+    queue(self, ack, ACK_LEN, name);
+    self->hellos++;
+    return 1;
+}
+
+static int relay(Fast *self, const Maps *maps, PyObject *src, PyObject *dst, PyObject *raw, uint8_t *data,
+                 size_t len, PyObject *sender, PyObject *recipient, long long now);
+
+static int on_app(Fast *self, const Maps *maps, uint8_t *data, size_t len, PyObject *sender,
+                  PyObject *recipient, long long now) {
+    if (data[HOP_OFFSET] > MAX_HOP_COUNT || memcmp(data + 10, data + 42, 32) == 0)
+        return 0;
+    int err = 0;
+    PyObject *src = current_peer(self, maps->peers, sender, now, &err);
+    if (src == NULL)
+        return err ? -1 : 0;
+    PyObject *dst = current_peer(self, maps->peers, recipient, now, &err);
+    if (dst == NULL)
+        return err ? -1 : 0;
+    long long proto;
+    if (get_ll(dst, s_proto, &proto) < 0)
+        return -1;
+    if (proto != 0)
+        return 0;
+    int same = attr_is(dst, s_local, self->local);
+    if (same <= 0)
+        return same;
+    PyObject *dst_src = PyObject_GetAttr(dst, s_src);
+    if (dst_src == NULL)
+        return -1;
+    PyObject *raw = PyDict_GetItemWithError(self->raws, dst_src);
+    Py_DECREF(dst_src);
+    if (raw == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyBytes_Check(raw) || (size_t)PyBytes_GET_SIZE(raw) != self->namesize)
+        return 0;
+    Py_INCREF(raw);
+    int rc = relay(self, maps, src, dst, raw, data, len, sender, recipient, now);
+    Py_DECREF(raw);
+    return rc;
+}
+
+static int relay(Fast *self, const Maps *maps, PyObject *src, PyObject *dst, PyObject *raw, uint8_t *data,
+                 size_t len, PyObject *sender, PyObject *recipient, long long now) {
+    if (self->unite_us == 0)
+        return 0;  /* a UNITE pair after every relayed APP: Python's */
+    if (self->unite_us > 0) {  /* at most one UNITE pair per window: if one is due, Python sends it */
+        int ordered = memcmp(data + 42, data + 10, 32) < 0;
+        PyObject *key = ordered ? PyTuple_Pack(2, sender, recipient) : PyTuple_Pack(2, recipient, sender);
+        if (key == NULL)
+            return -1;
+        PyObject *last = PyDict_GetItemWithError(maps->unites, key);
+        Py_DECREF(key);
+        if (last == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        long long at = PyLong_AsLongLong(last);
+        if (at == -1 && PyErr_Occurred())
+            return -1;
+        if (now - at >= self->unite_us)
+            return 0;
+    }
+    PyObject *relayed = PyObject_GetAttr(src, s_relayed_bytes);
+    if (relayed == NULL)
+        return -1;
+    if (relayed != Py_None && !PyDict_Check(relayed)) {
+        Py_DECREF(relayed);
+        return 0;
+    }
+    /* from here on, as SuperPeerCore._relay */
+    if (add_one(src, s_app_rx) < 0 || add_one(dst, s_app_tx) < 0) {
+        Py_DECREF(relayed);
+        return -1;
+    }
+    if (relayed == Py_None) {
+        Py_DECREF(relayed);
+        if ((relayed = PyDict_New()) == NULL)
+            return -1;
+        if (PyObject_SetAttr(src, s_relayed_bytes, relayed) < 0) {
+            Py_DECREF(relayed);
+            return -1;
+        }
+    }
+    PyObject *before = PyDict_GetItemWithError(relayed, recipient);
+    long long total = (long long)len;
+    if (before != NULL)
+        total += PyLong_AsLongLong(before);
+    PyObject *v = PyErr_Occurred() ? NULL : PyLong_FromLongLong(total);
+    int rc = v == NULL ? -1 : PyDict_SetItem(relayed, recipient, v);
+    Py_XDECREF(v);
+    Py_DECREF(relayed);
+    if (rc < 0)
+        return -1;
+    data[HOP_OFFSET] += 1;
+    queue(self, data, len, (const uint8_t *)PyBytes_AS_STRING(raw));
+    self->relays++;
+    return 1;
+}
+
+/* One datagram of the ring: 1 handled, 0 for Python, -1 error. */
+static int handle(Fast *self, const Maps *maps, uint8_t *data, size_t len, PyObject **remote,
+                  const uint8_t *name, long long now, long long wall) {
+    if (len < LONG_HEADER_LEN)
+        return 0;
+    uint32_t magic = (uint32_t)data[0] << 24 | (uint32_t)data[1] << 16 | (uint32_t)data[2] << 8 | data[3];
+    int32_t network_id = (int32_t)((uint32_t)data[6] << 24 | (uint32_t)data[7] << 16 | (uint32_t)data[8] << 8
+                                   | data[9]);
+    uint8_t mtype = data[LONG_HEADER_LEN - 1];
+    if (magic != MAGIC || network_id != self->network_id || !(data[5] & FLAG_ARMED))
+        return 0;
+    int hello = memcmp(data + 10, self->public_key, 32) == 0;
+    if (hello ? mtype != MSG_HELLO : mtype != MSG_APP)
+        return 0;
+    PyObject *sender = PyBytes_FromStringAndSize((const char *)data + 42, 32);
+    if (sender == NULL)
+        return -1;
+    int rc;
+    if (hello) {
+        rc = on_hello(self, maps, data, len, sender, remote, name, now, wall);
+    } else {
+        PyObject *recipient = PyBytes_FromStringAndSize((const char *)data + 10, 32);
+        rc = recipient == NULL ? -1 : on_app(self, maps, data, len, sender, recipient, now);
+        Py_XDECREF(recipient);
+    }
+    Py_DECREF(sender);
+    return rc;
+}
+
+/* The address tuple for a raw sockaddr, as drasyl.net.mmsg.AddressCache gives it (new ref). */
+static PyObject *address(Fast *self, const uint8_t *name) {
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)name, self->namesize);
+    if (raw == NULL)
+        return NULL;
+    PyObject *addr = PyDict_GetItemWithError(self->tuples, raw);
+    if (addr != NULL)
+        Py_INCREF(addr);
+    else if (!PyErr_Occurred())
+        addr = PyObject_CallOneArg(self->tuple_of, raw);
+    Py_DECREF(raw);
+    return addr;
+}
+
+/* Fast.drain(now, wall_offset): handle what is ready, up to the next datagram for Python.
+ *
+ * Returns None when the socket has nothing more for now (one recvmmsg per drain), or
+ * (bytes, address) for the core; call again after it to go on with the batch. */
+static PyObject *Fast_drain(Fast *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "drain(now, wall_offset)");
+        return NULL;
+    }
+    long long now = PyLong_AsLongLong(args[0]), wall = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *d = PyObject_GenericGetDict(self->core, NULL);
+    if (d == NULL)
+        return NULL;
+    Maps maps = {PyDict_GetItemWithError(d, s_peers), PyDict_GetItemWithError(d, s_held),
+                 PyDict_GetItemWithError(d, s_unites), PyDict_GetItemWithError(d, s_owned)};
+    if (PyErr_Occurred())
+        goto error;
+    if (!maps.peers || !PyDict_Check(maps.peers) || !maps.held || !PyDict_Check(maps.held) || !maps.unites
+        || !PyDict_Check(maps.unites) || (maps.owned && !PyDict_Check(maps.owned))) {
+        PyErr_SetString(PyExc_TypeError, "not a SuperPeerCore: peers, _held and _unites must be dicts");
+        goto error;
+    }
+    for (;;) {
+        if (self->cursor >= self->count) {
+            if (self->pending)
+                flush(self);  /* the ring is reused: what points into it leaves first */
+            if (self->received) {
+                self->received = 0;
+                Py_DECREF(d);
+                Py_RETURN_NONE;
+            }
+            int n = recvmmsg(self->fd, self->rx_msgs, self->capacity, 0, NULL);
+            self->received = 1;
+            self->cursor = 0;
+            self->count = n > 0 ? (unsigned)n : 0;
+            continue;
+        }
+        unsigned i = self->cursor++;
+        struct mmsghdr *m = &self->rx_msgs[i];
+        size_t len = m->msg_len;
+        if (len == SLOT && (m->msg_hdr.msg_flags & MSG_TRUNC)) {
+            self->truncated++;
+            continue;
+        }
+        uint8_t *data = self->rx_buf + (size_t)i * SLOT;
+        const uint8_t *name = self->rx_names + (size_t)i * self->namesize;
+        PyObject *remote = NULL;
+        int rc = handle(self, &maps, data, len, &remote, name, now, wall);
+        if (rc == 0 && remote == NULL && (remote = address(self, name)) == NULL)
+            rc = -1;
+        if (rc < 0) {
+            Py_XDECREF(remote);
+            goto error;
+        }
+        if (rc == 0) {
+            if (self->pending)
+                flush(self);  /* order: what came before goes out before Python's answer */
+            PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
+            PyObject *item = bytes == NULL ? NULL : PyTuple_Pack(2, bytes, remote);
+            Py_XDECREF(bytes);
+            Py_DECREF(remote);
+            Py_DECREF(d);
+            self->handed++;
+            return item;
+        }
+        Py_XDECREF(remote);
+        if (self->pending == SEND_BATCH)
+            flush(self);
+    }
+error:
+    if (self->pending)
+        flush(self);
+    Py_DECREF(d);
+    return NULL;
+}
+
+/* --- the type ---------------------------------------------------------------------------- */
+
+static int Fast_init(Fast *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"fd", "core", "local", "cache", "public_key", "network_id", "timeout_us",
+                             "max_age_us", "unite_us", "ack_header", "encrypt", "decrypt", "capacity", NULL};
+    int fd, network_id;
+    unsigned capacity;
+    PyObject *core, *local, *cache;
+    Py_buffer pk, header;
+    unsigned long long enc, dec;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOOy*iLLLy*KKI", kwlist, &fd, &core, &local, &cache, &pk,
+                                     &network_id, &self->timeout_us, &self->max_age_us, &self->unite_us, &header,
+                                     &enc, &dec, &capacity))
+        return -1;
+    int ok = pk.len == 32 && header.len == LONG_HEADER_LEN && capacity > 0;
+    if (ok) {
+        memcpy(self->public_key, pk.buf, 32);
+        memcpy(self->ack_header, header.buf, LONG_HEADER_LEN);
+    }
+    PyBuffer_Release(&pk);
+    PyBuffer_Release(&header);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "public_key of 32 bytes, ack_header of 79, capacity > 0");
+        return -1;
+    }
+    PyObject *size = PyObject_GetAttrString(cache, "size");
+    if (size == NULL)
+        return -1;
+    self->namesize = (socklen_t)PyLong_AsLong(size);
+    Py_DECREF(size);
+    if (PyErr_Occurred())
+        return -1;
+    Py_XSETREF(self->tuples, PyObject_GetAttrString(cache, "_tuples"));
+    Py_XSETREF(self->raws, PyObject_GetAttrString(cache, "raws"));
+    Py_XSETREF(self->tuple_of, PyObject_GetAttrString(cache, "tuple_of"));
+    if (self->tuples == NULL || self->raws == NULL || self->tuple_of == NULL)
+        return -1;
+    if (!PyDict_Check(self->tuples) || !PyDict_Check(self->raws)) {
+        PyErr_SetString(PyExc_TypeError, "the address cache's maps must be dicts");
+        return -1;
+    }
+    Py_INCREF(core);
+    Py_XSETREF(self->core, core);
+    Py_INCREF(local);
+    Py_XSETREF(self->local, local);
+    self->fd = fd;
+    self->network_id = network_id;
+    self->encrypt = (aegis_encrypt_fn)(uintptr_t)enc;
+    self->decrypt = (aegis_decrypt_fn)(uintptr_t)dec;
+    self->capacity = capacity;
+    self->rx_msgs = PyMem_Calloc(capacity, sizeof(struct mmsghdr));
+    self->rx_iov = PyMem_Calloc(capacity, sizeof(struct iovec));
+    self->rx_buf = PyMem_Malloc((size_t)capacity * SLOT);
+    self->rx_names = PyMem_Calloc(capacity, self->namesize);
+    self->tx_names = PyMem_Calloc(SEND_BATCH, self->namesize);
+    if (!self->rx_msgs || !self->rx_iov || !self->rx_buf || !self->rx_names || !self->tx_names) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (unsigned i = 0; i < capacity; i++) {
+        self->rx_iov[i].iov_base = self->rx_buf + (size_t)i * SLOT;
+        self->rx_iov[i].iov_len = SLOT;
+        self->rx_msgs[i].msg_hdr.msg_name = self->rx_names + (size_t)i * self->namesize;
+        self->rx_msgs[i].msg_hdr.msg_namelen = self->namesize;
+        self->rx_msgs[i].msg_hdr.msg_iov = &self->rx_iov[i];
+        self->rx_msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    for (unsigned i = 0; i < SEND_BATCH; i++) {
+        memset(&self->tx_msgs[i], 0, sizeof(struct mmsghdr));
+        self->tx_msgs[i].msg_hdr.msg_name = self->tx_names + (size_t)i * self->namesize;
+        self->tx_msgs[i].msg_hdr.msg_namelen = self->namesize;
+        self->tx_msgs[i].msg_hdr.msg_iov = &self->tx_iov[i];
+        self->tx_msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    return 0;
+}
+
+static void Fast_dealloc(Fast *self) {
+    Py_XDECREF(self->core);
+    Py_XDECREF(self->local);
+    Py_XDECREF(self->tuples);
+    Py_XDECREF(self->raws);
+    Py_XDECREF(self->tuple_of);
+    PyMem_Free(self->rx_msgs);
+    PyMem_Free(self->rx_iov);
+    PyMem_Free(self->rx_buf);
+    PyMem_Free(self->rx_names);
+    PyMem_Free(self->tx_names);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Fast_counters(Fast *self, PyObject *unused) {
+    return Py_BuildValue("{sKsKsKsKsK}", "hellos", self->hellos, "relays", self->relays, "handed", self->handed,
+                         "truncated", self->truncated, "send_drops", self->send_drops);
+}
+
+static PyMethodDef Fast_methods[] = {
+    {"drain", (PyCFunction)(void (*)(void))Fast_drain, METH_FASTCALL,
+     "drain(now, wall_offset) -> None | (bytes, address): handle what is ready, up to the next datagram for "
+     "the Python core."},
+    {"counters", (PyCFunction)Fast_counters, METH_NOARGS,
+     "{'hellos', 'relays', 'handed', 'truncated', 'send_drops'}: datagrams handled here, handed to Python, "
+     "dropped as too long, and sends the kernel refused."},
+    {NULL},
+};
+
+static PyTypeObject FastType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "drasyl.superpeer._fast.Fast",
+    .tp_basicsize = sizeof(Fast),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One UDP socket's HELLO -> ACK and relay loop in C, around a SuperPeerCore.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Fast_init,
+    .tp_dealloc = (destructor)Fast_dealloc,
+    .tp_methods = Fast_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "drasyl.superpeer._fast",
+    "The super peer's UDP hot path in C (an optional accelerator, see drasyl/native.py).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fast(void) {
+    struct { PyObject **slot; const char *name; } names[] = {
+        {&s_peers, "peers"}, {&s_held, "_held"}, {&s_unites, "_unites"}, {&s_owned, "_owned"},
+        {&s_rx, "rx"}, {&s_tx, "tx"}, {&s_hello_time, "hello_time"}, {&s_hello_stamp, "hello_stamp"},
+        {&s_proto, "proto"}, {&s_local, "local"}, {&s_src, "src"}, {&s_hello_endpoints, "hello_endpoints"},
+        {&s_hello_rx, "hello_rx"}, {&s_ack_tx, "ack_tx"}, {&s_app_rx, "app_rx"}, {&s_app_tx, "app_tx"},
+        {&s_relayed_bytes, "relayed_bytes"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
+            return NULL;
+    if (pthread_atfork(NULL, NULL, forget_pool) != 0)
+        return NULL;
+    if (PyType_Ready(&FastType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&FastType);
+    if (PyModule_AddObject(m, "Fast", (PyObject *)&FastType) < 0) {
+        Py_DECREF(&FastType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
