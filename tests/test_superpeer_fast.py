@@ -14,6 +14,7 @@ Without the module built these tests skip, except under ``CI=true``: CI must tes
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -290,3 +291,33 @@ def test_native_choice_is_checked(monkeypatch):
         native.load("drasyl.superpeer._nothing")
     monkeypatch.setenv("DRASYL_NATIVE", "off")
     assert native.load("drasyl.superpeer._fast") is None
+
+
+def test_an_error_in_c_is_counted_logged_and_serving_goes_on(caplog):
+    """A peer whose state C cannot read (here a broken hello_time) costs that datagram only."""
+    async def scenario() -> None:
+        server = SuperPeerServer(SP, config(tcp4_listen=None))
+        await server.start()
+        lab = Lab(server, server)
+        lab.targets = lab.targets[:1]
+        try:
+            lab.send(*datagram(lab, ("hello", 0, 0, 0, "fresh")))
+            lab.send(*datagram(lab, ("hello", 1, 0, 0, "fresh")))
+            await lab.barrier()
+            server.core.peers[NODES[0].public_key].hello_time = "broken"
+            lab.send(*datagram(lab, ("hello", 0, 0, 0, "fresh")))
+            lab.send(*datagram(lab, ("hello", 1, 0, 0, "fresh")))
+            await lab.barrier()
+            received = lab.received()
+            [acks_0], [acks_1] = received[0][0], received[1][0]
+        finally:
+            lab.close()
+            await server.close()
+        assert len(acks_0) == 1, "node 0's HELLO that C could not handle was answered"
+        assert [kind for kind, *_ in acks_1] == ["sp", "sp"], "node 1's HELLO after the error was not answered"
+        assert server.drops["internal_error"] == 1
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "in C" in errors[0].getMessage() and errors[0].exc_info[0] is TypeError

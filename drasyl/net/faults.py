@@ -25,8 +25,8 @@ class FaultLog:
         self._last = -interval_s
         self._unreported = 0
 
-    def report(self, during: str) -> None:
-        """Call from an ``except`` block; the traceback of the current exception is logged."""
+    def report(self, during: str, exc: BaseException | None = None) -> None:
+        """Call from an ``except`` block, or with ``exc``: the traceback of that exception is logged."""
         self._counter["internal_error"] += 1
         self._unreported += 1
         now = time.monotonic()
@@ -35,4 +35,4 @@ class FaultLog:
         self._last = now
         count, self._unreported = self._unreported, 0
         log.error("Unexpected error while %s (%d since the last report); continuing", during, count,
-                  exc_info=True)
+                  exc_info=exc or True)

@@ -24,6 +24,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -82,10 +83,17 @@ static int next_random(uint8_t *out) {
     return 0;
 }
 
-/* Peer's slots and the core's attributes, interned once. */
-static PyObject *s_peers, *s_held, *s_unites, *s_owned, *s_rx, *s_tx, *s_hello_time, *s_hello_stamp,
-    *s_proto, *s_local, *s_src, *s_hello_endpoints, *s_hello_rx, *s_ack_tx, *s_app_rx, *s_app_tx,
-    *s_relayed_bytes;
+/* The core's attributes, interned once. */
+static PyObject *s_peers, *s_held, *s_unites, *s_owned, *s_monotonic_ns, *s_time_ns;
+
+/* Peer's slots, read and written at their offsets in the object (as their member descriptors
+ * do, without the attribute lookup): only for objects whose type is exactly Peer. */
+enum { RX, TX, HELLO_TIME, HELLO_STAMP, PROTO, LOCAL, SRC, HELLO_ENDPOINTS, HELLO_RX, ACK_TX, APP_RX, APP_TX,
+       RELAYED_BYTES, N_SLOTS };
+static const char *slot_names[N_SLOTS] = {
+    "rx", "tx", "hello_time", "hello_stamp", "proto", "local", "src", "hello_endpoints", "hello_rx", "ack_tx",
+    "app_rx", "app_tx", "relayed_bytes",
+};
 
 typedef struct {
     PyObject_HEAD
@@ -96,6 +104,11 @@ typedef struct {
     PyObject *tuples;      /* AddressCache: raw sockaddr -> tuple */
     PyObject *raws;        /* AddressCache: tuple -> raw sockaddr */
     PyObject *tuple_of;    /* AddressCache.tuple_of, for addresses not cached yet */
+    PyObject *handoff;     /* handoff(data, address, now, wall_offset): the core takes a datagram */
+    PyObject *fault;       /* fault(exception): an unexpected error here, for the log */
+    PyObject *time;        /* the time module: its clocks are read as the Python adapter reads them */
+    PyTypeObject *peer_type;
+    Py_ssize_t off[N_SLOTS];
     uint8_t public_key[32];
     int32_t network_id;
     long long timeout_us, max_age_us, unite_us;
@@ -107,7 +120,7 @@ typedef struct {
     struct iovec *rx_iov;
     uint8_t *rx_buf, *rx_names;
     unsigned capacity, count, cursor;
-    int received;          /* recvmmsg ran in this drain */
+    int received;          /* recvmmsg ran in this wake-up */
     /* send ring: an iovec points at an rx slot (relay, in place) or a tx slot (an ACK) */
     struct mmsghdr tx_msgs[SEND_BATCH];
     struct iovec tx_iov[SEND_BATCH];
@@ -121,59 +134,69 @@ typedef struct {
 
 /* --- small helpers over Python objects --------------------------------------------------- */
 
-static int get_ll(PyObject *obj, PyObject *name, long long *out) {
-    PyObject *v = PyObject_GetAttr(obj, name);
+/* obj's slot at off (borrowed); NULL with AttributeError when it is unset. */
+static PyObject *slot(PyObject *obj, Py_ssize_t off) {
+    PyObject *v = *(PyObject **)((char *)obj + off);
+    if (v == NULL)
+        PyErr_SetString(PyExc_AttributeError, "a Peer slot is unset");
+    return v;
+}
+
+/* Set obj's slot at off to v, a new reference that this takes over. */
+static int slot_set(PyObject *obj, Py_ssize_t off, PyObject *v) {
+    if (v == NULL)
+        return -1;
+    PyObject **at = (PyObject **)((char *)obj + off);
+    PyObject *old = *at;
+    *at = v;
+    Py_XDECREF(old);
+    return 0;
+}
+
+static int get_ll(PyObject *obj, Py_ssize_t off, long long *out) {
+    PyObject *v = slot(obj, off);
     if (v == NULL)
         return -1;
     *out = PyLong_AsLongLong(v);
-    Py_DECREF(v);
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-static int get_ull(PyObject *obj, PyObject *name, unsigned long long *out) {
-    PyObject *v = PyObject_GetAttr(obj, name);
+static int get_ull(PyObject *obj, Py_ssize_t off, unsigned long long *out) {
+    PyObject *v = slot(obj, off);
     if (v == NULL)
         return -1;
     *out = PyLong_AsUnsignedLongLong(v);
-    Py_DECREF(v);
     return (*out == (unsigned long long)-1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-static int set_ll(PyObject *obj, PyObject *name, long long value) {
-    PyObject *v = PyLong_FromLongLong(value);
-    if (v == NULL)
-        return -1;
-    int rc = PyObject_SetAttr(obj, name, v);
-    Py_DECREF(v);
-    return rc;
-}
-
-static int add_one(PyObject *obj, PyObject *name) {
+static int add_one(PyObject *obj, Py_ssize_t off) {
     long long v;
-    if (get_ll(obj, name, &v) < 0)
+    if (get_ll(obj, off, &v) < 0)
         return -1;
-    return set_ll(obj, name, v + 1);
+    return slot_set(obj, off, PyLong_FromLongLong(v + 1));
 }
 
-/* 1 if obj.name equals expected, 0 if not, -1 on error. */
-static int attr_is(PyObject *obj, PyObject *name, PyObject *expected) {
-    PyObject *v = PyObject_GetAttr(obj, name);
+/* 1 if obj's slot equals expected, 0 if not, -1 on error. */
+static int slot_is(PyObject *obj, Py_ssize_t off, PyObject *expected) {
+    PyObject *v = slot(obj, off);
     if (v == NULL)
         return -1;
+    if (v == expected)
+        return 1;
+    Py_INCREF(v);
     int rc = PyObject_RichCompareBool(v, expected, Py_EQ);
     Py_DECREF(v);
     return rc;
 }
 
-/* 32 bytes of key material from obj.name, or 0 when it is None/not 32 bytes; -1 on error. */
-static int get_key(PyObject *obj, PyObject *name, uint8_t *out) {
-    PyObject *v = PyObject_GetAttr(obj, name);
+/* The 32-byte key in obj's slot, or 0 when it is None or not 32 bytes; -1 on error. */
+static int get_key(PyObject *obj, Py_ssize_t off, uint8_t *out) {
+    PyObject *v = slot(obj, off);
     if (v == NULL)
         return -1;
     int ok = PyBytes_Check(v) && PyBytes_GET_SIZE(v) == 32;
     if (ok)
         memcpy(out, PyBytes_AS_STRING(v), 32);
-    Py_DECREF(v);
     return ok;
 }
 
@@ -187,12 +210,12 @@ static uint64_t be64(const uint8_t *p) {
 /* The peer in peers for key, when its registration is current (borrowed), NULL if not. */
 static PyObject *current_peer(Fast *self, PyObject *peers, PyObject *key, long long now, int *err) {
     PyObject *peer = PyDict_GetItemWithError(peers, key);
-    if (peer == NULL) {
+    if (peer == NULL || Py_TYPE(peer) != self->peer_type) {  /* another type: the core's business */
         *err = PyErr_Occurred() != NULL;
         return NULL;
     }
     long long hello_time;
-    if (get_ll(peer, s_hello_time, &hello_time) < 0) {
+    if (get_ll(peer, self->off[HELLO_TIME], &hello_time) < 0) {
         *err = 1;
         return NULL;
     }
@@ -271,16 +294,17 @@ static int hello_of(Fast *self, const Maps *maps, PyObject *peer, uint8_t *data,
     if (*remote == NULL && (*remote = address(self, name)) == NULL)
         return -1;
     int same;
-    if ((same = attr_is(peer, s_src, *remote)) <= 0 || (same = attr_is(peer, s_local, self->local)) <= 0)
+    if ((same = slot_is(peer, self->off[SRC], *remote)) <= 0
+        || (same = slot_is(peer, self->off[LOCAL], self->local)) <= 0)
         return same;
     long long proto;
-    if (get_ll(peer, s_proto, &proto) < 0)
+    if (get_ll(peer, self->off[PROTO], &proto) < 0)
         return -1;
     if (proto != 0)  /* registered over TCP: moving it to UDP is Python's */
         return 0;
     uint8_t rx[32], tx[32];
     int have;
-    if ((have = get_key(peer, s_rx, rx)) <= 0 || (have = get_key(peer, s_tx, tx)) <= 0)
+    if ((have = get_key(peer, self->off[RX], rx)) <= 0 || (have = get_key(peer, self->off[TX], tx)) <= 0)
         return have;
     if (len < LONG_HEADER_LEN + ARM_OVERHEAD + HELLO_MIN)
         return 0;
@@ -299,28 +323,20 @@ static int hello_of(Fast *self, const Maps *maps, PyObject *peer, uint8_t *data,
     uint64_t wall_now = (uint64_t)(now + wall);
     if (time < wall_now && wall_now - time > (uint64_t)self->max_age_us)
         return 0;  /* too old: Python counts it */
-    PyObject *sent = PyObject_GetAttr(peer, s_hello_endpoints);
+    PyObject *sent = slot(peer, self->off[HELLO_ENDPOINTS]);
     if (sent == NULL)
         return -1;
-    int unchanged = PyBytes_Check(sent) && (size_t)PyBytes_GET_SIZE(sent) == n - HELLO_MIN
-        && memcmp(PyBytes_AS_STRING(sent), self->plain + HELLO_MIN, n - HELLO_MIN) == 0;
-    Py_DECREF(sent);
-    if (!unchanged)
+    if (!PyBytes_Check(sent) || (size_t)PyBytes_GET_SIZE(sent) != n - HELLO_MIN
+        || memcmp(PyBytes_AS_STRING(sent), self->plain + HELLO_MIN, n - HELLO_MIN) != 0)
         return 0;
     unsigned long long stamp;
-    if (get_ull(peer, s_hello_stamp, &stamp) < 0)
+    if (get_ull(peer, self->off[HELLO_STAMP], &stamp) < 0)
         return -1;
     /* from here on, state changes exactly as in SuperPeerCore._on_hello */
-    if (time > stamp) {
-        PyObject *v = PyLong_FromUnsignedLongLong(time);
-        if (v == NULL)
-            return -1;
-        int rc = PyObject_SetAttr(peer, s_hello_stamp, v);
-        Py_DECREF(v);
-        if (rc < 0)
-            return -1;
-    }
-    if (set_ll(peer, s_hello_time, now) < 0 || add_one(peer, s_hello_rx) < 0 || add_one(peer, s_ack_tx) < 0)
+    if (time > stamp && slot_set(peer, self->off[HELLO_STAMP], PyLong_FromUnsignedLongLong(time)) < 0)
+        return -1;
+    if (slot_set(peer, self->off[HELLO_TIME], PyLong_FromLongLong(now)) < 0
+        || add_one(peer, self->off[HELLO_RX]) < 0 || add_one(peer, self->off[ACK_TX]) < 0)
         return -1;
     uint8_t *ack = self->tx_buf[self->pending];
     memcpy(ack, self->ack_header, LONG_HEADER_LEN);
@@ -352,18 +368,17 @@ static int on_app(Fast *self, const Maps *maps, uint8_t *data, size_t len, PyObj
     if (dst == NULL)
         return err ? -1 : 0;
     long long proto;
-    if (get_ll(dst, s_proto, &proto) < 0)
+    if (get_ll(dst, self->off[PROTO], &proto) < 0)
         return -1;
     if (proto != 0)
         return 0;
-    int same = attr_is(dst, s_local, self->local);
+    int same = slot_is(dst, self->off[LOCAL], self->local);
     if (same <= 0)
         return same;
-    PyObject *dst_src = PyObject_GetAttr(dst, s_src);
+    PyObject *dst_src = slot(dst, self->off[SRC]);
     if (dst_src == NULL)
         return -1;
     PyObject *raw = PyDict_GetItemWithError(self->raws, dst_src);
-    Py_DECREF(dst_src);
     if (raw == NULL)
         return PyErr_Occurred() ? -1 : 0;
     if (!PyBytes_Check(raw) || (size_t)PyBytes_GET_SIZE(raw) != self->namesize)
@@ -393,15 +408,14 @@ static int relay(Fast *self, const Maps *maps, PyObject *src, PyObject *dst, PyO
         if (now - at >= self->unite_us)
             return 0;
     }
-    PyObject *relayed = PyObject_GetAttr(src, s_relayed_bytes);
+    PyObject *relayed = slot(src, self->off[RELAYED_BYTES]);
     if (relayed == NULL)
         return -1;
-    if (relayed != Py_None && !PyDict_Check(relayed)) {
-        Py_DECREF(relayed);
+    if (relayed != Py_None && !PyDict_Check(relayed))
         return 0;
-    }
     /* from here on, as SuperPeerCore._relay */
-    if (add_one(src, s_app_rx) < 0 || add_one(dst, s_app_tx) < 0) {
+    Py_INCREF(relayed);
+    if (add_one(src, self->off[APP_RX]) < 0 || add_one(dst, self->off[APP_TX]) < 0) {
         Py_DECREF(relayed);
         return -1;
     }
@@ -409,7 +423,8 @@ static int relay(Fast *self, const Maps *maps, PyObject *src, PyObject *dst, PyO
         Py_DECREF(relayed);
         if ((relayed = PyDict_New()) == NULL)
             return -1;
-        if (PyObject_SetAttr(src, s_relayed_bytes, relayed) < 0) {
+        Py_INCREF(relayed);
+        if (slot_set(src, self->off[RELAYED_BYTES], relayed) < 0) {
             Py_DECREF(relayed);
             return -1;
         }
@@ -473,30 +488,65 @@ static PyObject *address(Fast *self, const uint8_t *name) {
     return addr;
 }
 
-/* Fast.drain(now, wall_offset): handle what is ready, up to the next datagram for Python.
- *
- * Returns None when the socket has nothing more for now (one recvmmsg per drain), or
- * (bytes, address) for the core; call again after it to go on with the batch. */
-static PyObject *Fast_drain(Fast *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "drain(now, wall_offset)");
-        return NULL;
-    }
-    long long now = PyLong_AsLongLong(args[0]), wall = PyLong_AsLongLong(args[1]);
+/* The clocks as drasyl.clock reads them (through the time module, so a test that shifts
+ * time.time_ns shifts this too): now in monotonic µs, wall_offset = wall µs - now. */
+static int clocks(Fast *self, long long *now, long long *wall) {
+    PyObject *mono = PyObject_CallMethodNoArgs(self->time, s_monotonic_ns);
+    PyObject *real = mono == NULL ? NULL : PyObject_CallMethodNoArgs(self->time, s_time_ns);
+    long long mono_ns = mono == NULL ? -1 : PyLong_AsLongLong(mono);
+    long long real_ns = real == NULL ? -1 : PyLong_AsLongLong(real);
+    Py_XDECREF(mono);
+    Py_XDECREF(real);
     if (PyErr_Occurred())
+        return -1;
+    *now = mono_ns / 1000;
+    *wall = real_ns / 1000 - *now;
+    return 0;
+}
+
+/* The core's maps (borrowed from d, its __dict__, which the caller holds). */
+static int maps_of(PyObject *d, Maps *maps) {
+    maps->peers = PyDict_GetItemWithError(d, s_peers);
+    maps->held = PyDict_GetItemWithError(d, s_held);
+    maps->unites = PyDict_GetItemWithError(d, s_unites);
+    maps->owned = PyDict_GetItemWithError(d, s_owned);
+    if (PyErr_Occurred())
+        return -1;
+    if (!maps->peers || !PyDict_Check(maps->peers) || !maps->held || !PyDict_Check(maps->held) || !maps->unites
+        || !PyDict_Check(maps->unites) || (maps->owned && !PyDict_Check(maps->owned))) {
+        PyErr_SetString(PyExc_TypeError, "not a SuperPeerCore: peers, _held and _unites must be dicts");
+        return -1;
+    }
+    return 0;
+}
+
+/* Hand the current exception to fault(); -1 only if that fails too. */
+static int report(Fast *self) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    PyObject *rc = PyObject_CallOneArg(self->fault, value != NULL ? value : Py_None);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    Py_XDECREF(rc);
+    return rc == NULL ? -1 : 0;
+}
+
+/* Fast.readable(): the event loop's reader. One recvmmsg; each datagram is answered here or
+ * given to handoff(), in order; what was prepared goes out before each handoff and at the end. */
+static PyObject *Fast_readable(Fast *self, PyObject *unused) {
+    long long now, wall;
+    if (clocks(self, &now, &wall) < 0)
         return NULL;
     PyObject *d = PyObject_GenericGetDict(self->core, NULL);
     if (d == NULL)
         return NULL;
-    Maps maps = {PyDict_GetItemWithError(d, s_peers), PyDict_GetItemWithError(d, s_held),
-                 PyDict_GetItemWithError(d, s_unites), PyDict_GetItemWithError(d, s_owned)};
-    if (PyErr_Occurred())
+    Maps maps;
+    if (maps_of(d, &maps) < 0)
         goto error;
-    if (!maps.peers || !PyDict_Check(maps.peers) || !maps.held || !PyDict_Check(maps.held) || !maps.unites
-        || !PyDict_Check(maps.unites) || (maps.owned && !PyDict_Check(maps.owned))) {
-        PyErr_SetString(PyExc_TypeError, "not a SuperPeerCore: peers, _held and _unites must be dicts");
-        goto error;
-    }
     for (;;) {
         if (self->cursor >= self->count) {
             if (self->pending)
@@ -525,22 +575,27 @@ static PyObject *Fast_drain(Fast *self, PyObject *const *args, Py_ssize_t nargs)
         int rc = handle(self, &maps, data, len, &remote, name, now, wall);
         if (rc == 0 && remote == NULL && (remote = address(self, name)) == NULL)
             rc = -1;
-        if (rc < 0) {
-            Py_XDECREF(remote);
-            goto error;
-        }
         if (rc == 0) {
             if (self->pending)
-                flush(self);  /* order: what came before goes out before Python's answer */
-            PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
-            PyObject *item = bytes == NULL ? NULL : PyTuple_Pack(2, bytes, remote);
-            Py_XDECREF(bytes);
-            Py_DECREF(remote);
-            Py_DECREF(d);
+                flush(self);  /* order: what came before goes out before the core's answer */
             self->handed++;
-            return item;
+            PyObject *args[4] = {PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len), remote,
+                                 PyLong_FromLongLong(now), PyLong_FromLongLong(wall)};
+            PyObject *result = NULL;
+            if (args[0] && args[2] && args[3])
+                result = PyObject_Vectorcall(self->handoff, args, 4, NULL);
+            for (int k = 0; k < 4; k++)
+                Py_XDECREF(args[k]);
+            if (result == NULL)
+                goto error;  /* handoff() reports its own errors: this is one it let through */
+            Py_DECREF(result);
+            if (maps_of(d, &maps) < 0)  /* the core ran: its maps may be others now */
+                goto error;
+            continue;
         }
         Py_XDECREF(remote);
+        if (rc < 0 && report(self) < 0)
+            goto error;
         if (self->pending == SEND_BATCH)
             flush(self);
     }
@@ -554,17 +609,42 @@ error:
 /* --- the type ---------------------------------------------------------------------------- */
 
 static int Fast_init(Fast *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"fd", "core", "local", "cache", "public_key", "network_id", "timeout_us",
-                             "max_age_us", "unite_us", "ack_header", "encrypt", "decrypt", "capacity", NULL};
+    static char *kwlist[] = {"fd", "core", "peer_type", "local", "cache", "public_key", "network_id", "timeout_us",
+                             "max_age_us", "unite_us", "ack_header", "encrypt", "decrypt", "capacity", "handoff",
+                             "fault", NULL};
     int fd, network_id;
     unsigned capacity;
-    PyObject *core, *local, *cache;
+    PyObject *core, *peer_type, *local, *cache, *handoff, *fault;
     Py_buffer pk, header;
     unsigned long long enc, dec;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOOy*iLLLy*KKI", kwlist, &fd, &core, &local, &cache, &pk,
-                                     &network_id, &self->timeout_us, &self->max_age_us, &self->unite_us, &header,
-                                     &enc, &dec, &capacity))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO!OOy*iLLLy*KKIOO", kwlist, &fd, &core, &PyType_Type,
+                                     &peer_type, &local, &cache, &pk, &network_id, &self->timeout_us,
+                                     &self->max_age_us, &self->unite_us, &header, &enc, &dec, &capacity, &handoff,
+                                     &fault))
         return -1;
+    for (int k = 0; k < N_SLOTS; k++) {  /* where each of Peer's slots lives in its objects */
+        PyObject *descr = PyObject_GetAttrString(peer_type, slot_names[k]);
+        if (descr == NULL)
+            return -1;
+        int member = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+            && ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+        if (member)
+            self->off[k] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        Py_DECREF(descr);
+        if (!member) {
+            PyErr_Format(PyExc_TypeError, "peer_type.%s is not a slot", slot_names[k]);
+            return -1;
+        }
+    }
+    Py_XSETREF(self->time, PyImport_ImportModule("time"));
+    if (self->time == NULL)
+        return -1;
+    Py_INCREF(peer_type);
+    Py_XSETREF(self->peer_type, (PyTypeObject *)peer_type);
+    Py_INCREF(handoff);
+    Py_XSETREF(self->handoff, handoff);
+    Py_INCREF(fault);
+    Py_XSETREF(self->fault, fault);
     int ok = pk.len == 32 && header.len == LONG_HEADER_LEN && capacity > 0;
     if (ok) {
         memcpy(self->public_key, pk.buf, 32);
@@ -634,6 +714,10 @@ static void Fast_dealloc(Fast *self) {
     Py_XDECREF(self->tuples);
     Py_XDECREF(self->raws);
     Py_XDECREF(self->tuple_of);
+    Py_XDECREF(self->handoff);
+    Py_XDECREF(self->fault);
+    Py_XDECREF(self->time);
+    Py_XDECREF((PyObject *)self->peer_type);
     PyMem_Free(self->rx_msgs);
     PyMem_Free(self->rx_iov);
     PyMem_Free(self->rx_buf);
@@ -648,9 +732,9 @@ static PyObject *Fast_counters(Fast *self, PyObject *unused) {
 }
 
 static PyMethodDef Fast_methods[] = {
-    {"drain", (PyCFunction)(void (*)(void))Fast_drain, METH_FASTCALL,
-     "drain(now, wall_offset) -> None | (bytes, address): handle what is ready, up to the next datagram for "
-     "the Python core."},
+    {"readable", (PyCFunction)Fast_readable, METH_NOARGS,
+     "The event loop's reader: answers what it can, hands the rest to handoff(data, address, now, "
+     "wall_offset) in order."},
     {"counters", (PyCFunction)Fast_counters, METH_NOARGS,
      "{'hellos', 'relays', 'handed', 'truncated', 'send_drops'}: datagrams handled here, handed to Python, "
      "dropped as too long, and sends the kernel refused."},
@@ -677,10 +761,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fast(void) {
     struct { PyObject **slot; const char *name; } names[] = {
         {&s_peers, "peers"}, {&s_held, "_held"}, {&s_unites, "_unites"}, {&s_owned, "_owned"},
-        {&s_rx, "rx"}, {&s_tx, "tx"}, {&s_hello_time, "hello_time"}, {&s_hello_stamp, "hello_stamp"},
-        {&s_proto, "proto"}, {&s_local, "local"}, {&s_src, "src"}, {&s_hello_endpoints, "hello_endpoints"},
-        {&s_hello_rx, "hello_rx"}, {&s_ack_tx, "ack_tx"}, {&s_app_rx, "app_rx"}, {&s_app_tx, "app_tx"},
-        {&s_relayed_bytes, "relayed_bytes"},
+        {&s_monotonic_ns, "monotonic_ns"}, {&s_time_ns, "time_ns"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)

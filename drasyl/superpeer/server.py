@@ -59,7 +59,7 @@ from ..net.tcp import FramedProtocol, bind_tcp
 from ..net.udp import UdpSocket, bind_udp, send_transmits
 from ..transmit import TCP, UDP, Address
 from .config import DaemonConfig, ListenAddress
-from .core import SuperPeerCore
+from .core import Peer, SuperPeerCore
 
 if TYPE_CHECKING:  # imported when the endpoint is bound: prometheus_client costs ~4 MB of RSS
     from .metrics import SuperPeerMetrics
@@ -222,17 +222,33 @@ class SuperPeerServer:
         self.listeners.append(Listener(name, ListenAddress(listen.host, sock.local[1]), dual_stack))
 
     def _drain_in_c(self, sock: UdpSocket) -> None:
-        """Hand ``sock`` to the C accelerator: its reader is :meth:`_on_readable` from now on."""
+        """Hand ``sock`` to the C accelerator: it is the socket's reader from now on."""
         core = self.core
         cfg = core.config
         encrypt, decrypt = native.aegis_functions()
+        local = sock.local
+
+        def handoff(data: bytes, remote: Address, now: int, wall_offset: int) -> None:
+            """A datagram the C code leaves to the core (the rest of its batch waits)."""
+            core.wall_offset = wall_offset
+            try:
+                core.receive(data, UDP, local, remote, now)
+            except Exception:
+                self._faults.report("processing a UDP datagram")
+            self._send_outbox()
+
+        def fault(exc: BaseException) -> None:
+            self._faults.report("processing a UDP datagram in C", exc)
+
         fast = self._fast_module.Fast(  # type: ignore[union-attr]  # checked by the caller
-            fd=sock.sock.fileno(), core=core, local=sock.local, cache=sock.batcher.addresses,  # type: ignore[union-attr]
+            fd=sock.sock.fileno(), core=core, peer_type=Peer, local=local,
+            cache=sock.batcher.addresses,  # type: ignore[union-attr]
             public_key=core.public_key, network_id=cfg.network_id, timeout_us=_c_int(cfg.hello_timeout_ms * 1000),
             max_age_us=_c_int(cfg.hello_max_age_ms * 1000), unite_us=cfg.send_unites_ms * 1000,
-            ack_header=core.ack_header(), encrypt=encrypt, decrypt=decrypt, capacity=sock.batch)
-        self.fast[sock.local] = fast
-        sock.read_with(lambda: self._on_readable(sock, fast))
+            ack_header=core.ack_header(), encrypt=encrypt, decrypt=decrypt, capacity=sock.batch,
+            handoff=handoff, fault=fault)
+        self.fast[local] = fast
+        sock.read_with(fast.readable)
 
     async def _bind_tcp(self, name: str, listen: ListenAddress, dual_stack: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -281,26 +297,6 @@ class SuperPeerServer:
             except Exception:
                 self._faults.report("processing a UDP datagram")
         self._send_outbox()
-
-    def _on_readable(self, sock: UdpSocket, fast: Any) -> None:
-        """Let ``fast`` drain ``sock``; run the core on each datagram it hands back, in order."""
-        now = monotonic_us()
-        core = self.core
-        core.wall_offset = wall = wall_offset_us()
-        receive, local, drain = core.receive, sock.local, fast.drain
-        while True:
-            try:
-                item = drain(now, wall)
-            except Exception:  # a bug in C: the datagram is skipped, the batch goes on
-                self._faults.report("processing a UDP datagram in C")
-                continue
-            if item is None:
-                return
-            try:
-                receive(item[0], UDP, local, item[1], now)
-            except Exception:
-                self._faults.report("processing a UDP datagram")
-            self._send_outbox()
 
     def _on_connect(self, client: TcpClient) -> None:
         if len(self._connections) >= self.config.max_peers:
