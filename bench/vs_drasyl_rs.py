@@ -11,8 +11,9 @@ between repeats, so machine noise hits them alike. A super peer's *ceiling* in a
 the highest rate it answered ≥ 99 % before its first step below; the table shows medians over
 the repeats and the ratio to drasyl-rs per row.
 
-``--impls`` names the super peers: ``ours``, ``drasyl-rs``, and ``ours:N`` for ours with
-``DRASYL_WORKERS=N`` (CPU and RSS then sum the worker processes).
+``--impls`` names the super peers: ``ours``, ``drasyl-rs``, ``ours:N`` for ours with
+``DRASYL_WORKERS=N`` (CPU and RSS then sum the worker processes), and ``ours-py`` (or
+``ours-py:N``) for ours without its C accelerator (``DRASYL_NATIVE=off``).
 
 Rows: registration ceiling (HELLO/s ACKed ≥ 99 %, ``--nodes`` registered nodes), relay
 ceiling (1200-byte APPs/s delivered ≥ 99 %, ``--pairs`` interleaved pairs), the super peer's
@@ -46,6 +47,7 @@ from spprocess import DRASYL_RS, OURS, SuperPeerProcess, drasyl_rs_binary  # noq
 from udpload import Step  # noqa: E402
 
 MAX_PEERS = 1 << 16  # drasyl-rs wants a power of two
+OURS_PY = "ours-py"  # ours with DRASYL_NATIVE=off
 MB = 1e6
 MIB = 2**20
 #: A step is decided by the generator, not the super peer, when it got out less than this
@@ -61,6 +63,8 @@ class Impl(SuperPeerProcess):
     def __init__(self, identity, name: str) -> None:
         kind, _, workers = name.partition(":")
         env = {"DRASYL_WORKERS": workers} if workers else {}
+        if kind == OURS_PY:
+            kind, env["DRASYL_NATIVE"] = OURS, "off"
         super().__init__(identity, kind, MAX_PEERS, extra_env=env)
         self.name = name
 
@@ -273,7 +277,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--register-rate", type=float, default=3000.0, help="new nodes per second")
     ap.add_argument("--impls", default=f"{OURS},{DRASYL_RS}",
-                    help="comma-separated: ours, ours:N (DRASYL_WORKERS=N), drasyl-rs")
+                    help="comma-separated: ours, ours:N (DRASYL_WORKERS=N), ours-py[:N] (DRASYL_NATIVE=off), drasyl-rs")
     args = ap.parse_args()
     args.impls = args.impls.split(",")
     args.rates = ramp(args.start_rate, args.step, args.max_rate)

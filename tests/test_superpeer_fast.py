@@ -14,14 +14,18 @@ Without the module built these tests skip, except under ``CI=true``: CI must tes
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from netns import python_env
 
 from drasyl import native
 from drasyl.crypto import session_keys
@@ -34,11 +38,7 @@ from drasyl.superpeer.server import SuperPeerServer
 
 from test_superpeer_server import config, port
 
-try:
-    from drasyl.superpeer import _fast  # noqa: F401
-    BUILT = True
-except ImportError:
-    BUILT = False
+BUILT = importlib.util.find_spec("drasyl.superpeer._fast") is not None
 
 pytestmark = pytest.mark.skipif(not BUILT and os.environ.get("CI") != "true",
                                 reason="drasyl.superpeer._fast is not built (no C compiler at install)")
@@ -321,3 +321,13 @@ def test_an_error_in_c_is_counted_logged_and_serving_goes_on(caplog):
         asyncio.run(scenario())
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "in C" in errors[0].getMessage() and errors[0].exc_info[0] is TypeError
+
+
+def test_drasyl_sp_reports_a_bad_choice_in_one_line(tmp_path):
+    identity = tmp_path / "sp.identity"
+    result = subprocess.run([sys.executable, "-m", "drasyl.superpeer"], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path, env=python_env(DRASYL_NATIVE="fast", DRASYL_IDENTITY_FILE=str(identity)))
+    assert result.returncode == 2, result.stderr
+    assert "DRASYL_NATIVE='fast' is invalid: expected auto, on or off" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not identity.exists()  # checked before anything is made

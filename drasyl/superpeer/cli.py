@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable, Collection, Sequence
 
-from .. import eventloop
+from .. import eventloop, native
 from ..clock import monotonic_us
 from ..errors import ConfigError, IdentityError
 from ..identity import Identity, load_or_generate, mode_warning
@@ -41,7 +41,7 @@ from ..transmit import proto_name
 from ..urls import format_host_port
 from .config import PREFIX, VARIABLES, DaemonConfig
 from .core import Peer
-from .server import BindError, Listener, SuperPeerServer
+from .server import FAST_PATH, BindError, Listener, SuperPeerServer
 
 log = logging.getLogger("drasyl.superpeer")
 
@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = DaemonConfig.from_env(os.environ)
         eventloop.choice()
+        native.load(FAST_PATH)  # a bad DRASYL_NATIVE, or 'on' without the C build, fails here
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

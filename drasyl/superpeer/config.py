@@ -61,6 +61,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("STUN", "true", "answer STUN Binding requests on the UDP listeners (ours only; for drasyl-agent netcheck)"),
     ("WORKERS", "1", f"worker processes sharing the ports (SO_REUSEPORT, Linux), 1 to {MAX_WORKERS} (ours only)"),
     ("EVENT_LOOP", "auto", "auto (uvloop where installed), uvloop or asyncio (ours only)"),
+    ("NATIVE", "auto", "auto (the C hot path where it was built), on (required) or off (ours only)"),
 )
 DEFAULTS = {name: default for name, default, _ in VARIABLES}
 

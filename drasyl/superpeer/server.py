@@ -66,6 +66,8 @@ if TYPE_CHECKING:  # imported when the endpoint is bound: prometheus_client cost
 
 log = logging.getLogger(__name__)
 
+#: The C accelerator of the UDP hot path (see the module docstring).
+FAST_PATH = "drasyl.superpeer._fast"
 #: Bytes queued for one TCP client beyond which we drop instead of buffering more.
 TCP_BACKLOG_LIMIT = 128 * 1024
 #: Bytes queued for all TCP clients together beyond which we drop: without it, ``max_peers``
@@ -153,7 +155,7 @@ class SuperPeerServer:
         self._udp: dict[Address, UdpSocket] = {}
         #: the C accelerator's loop per UDP socket, when it runs (see the module docstring)
         self.fast: dict[Address, Any] = {}
-        self._fast_module = native.load("drasyl.superpeer._fast") if config.arm_messages else None
+        self._fast_module = native.load(FAST_PATH) if config.arm_messages else None
         self._connections: dict[Address, TcpClient] = {}
         self._per_source: dict[str, int] = {}
         self._per_source_limit = connections_per_source(config.max_peers)
