@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command of the README: on a fresh Debian/Ubuntu machine, as root, it installs what
-# the tests need (iproute2, nftables, ping, dig, miniupnpd; this package with pytest and hypothesis) and runs
+# the tests need (iproute2, nftables, ping, dig, miniupnpd, a C compiler; this package with pytest and hypothesis) and runs
 # every test, including the ones in network namespaces. It needs nothing outside this repository:
 # the interop tests skip unless the drasyl-rs binaries are found (see README). Arguments go
 # to pytest.
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 missing=()
-for cmd in ip nft ping dig miniupnpd; do
+for cmd in ip nft ping dig miniupnpd cc; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -17,7 +17,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update
     # miniupnpd-nftables is the bare daemon (no service: that is package 'miniupnpd'); the
     # port-mapping tests start it inside a namespace
-    apt-get install -y --no-install-recommends iproute2 nftables iputils-ping dnsutils miniupnpd-nftables
+    # gcc, libc6-dev, python3-dev: the C accelerators, optional for users, tested here (setup.py)
+    apt-get install -y --no-install-recommends iproute2 nftables iputils-ping dnsutils miniupnpd-nftables \
+        gcc libc6-dev python3-dev
 fi
 
 if [ ! -c /dev/net/tun ]; then
