@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -204,8 +205,9 @@ def datagram(lab: Lab, action: tuple) -> tuple[socket.socket, bytes] | None:
     return sock, bytes(BIG)
 
 
-async def compare(sequence: list[tuple], **settings_) -> SuperPeerServer:
-    """Run ``sequence`` against both servers; assert equal outputs and state; return the C one."""
+async def compare(sequence: list[tuple], **settings_) -> dict[str, int]:
+    """Run ``sequence`` against both servers; assert equal outputs and state; return the C
+    loop's counters (what it handled itself, what it handed to the core)."""
     cfg = config(tcp4_listen=None, **settings_)
     saved = os.environ.get("DRASYL_NATIVE")
     try:
@@ -231,7 +233,8 @@ async def compare(sequence: list[tuple], **settings_) -> SuperPeerServer:
             for from_c, from_python in node_sockets:
                 assert from_c == from_python
         assert state(in_c) == state(in_python)
-        return in_c
+        [fast] = in_c.fast.values()
+        return fast.counters()
     finally:
         lab.close()
         await in_c.close()
@@ -253,9 +256,7 @@ def test_registered_traffic_runs_in_c_with_the_same_result():
     answered in C (the counters prove the path ran), with outputs and state equal to Python's."""
     traffic = [("app", 0, 1, 0, 0, 1300), ("app", 1, 0, 0, 0, 10), ("hello", 2, 0, 1, "fresh"),
                ("app", 2, 3, 0, 0, 10)] * 50
-    server = asyncio.run(compare(REGISTER + traffic))
-    [fast] = server.fast.values()
-    counters = fast.counters()
+    counters = asyncio.run(compare(REGISTER + traffic))
     # the first APP of each pair needs a UNITE (Python), each node's first HELLO registers it
     assert counters["relays"] >= 150 - 3, counters
     assert counters["hellos"] >= 50 - 1, counters
@@ -263,14 +264,10 @@ def test_registered_traffic_runs_in_c_with_the_same_result():
 
 def test_expired_registrations_and_moves_go_to_the_core():
     """An expired registration's HELLO re-registers it in Python; so does one from a new source."""
-    async def scenario() -> None:
-        in_c = await compare([("hello", 0, 0, 0, "fresh"), ("barrier",), ("hello", 0, 0, 0, "fresh"),
-                              ("hello", 0, 1, 0, "fresh"), ("hello", 0, 1, 0, "fresh")],
-                             hello_timeout_ms=60_000)
-        counters = next(iter(in_c.fast.values())).counters()
-        assert counters["hellos"] == 2 and counters["handed"] >= 2, counters  # first, and the move
-
-    asyncio.run(scenario())
+    counters = asyncio.run(compare([("hello", 0, 0, 0, "fresh"), ("barrier",), ("hello", 0, 0, 0, "fresh"),
+                                    ("hello", 0, 1, 0, "fresh"), ("hello", 0, 1, 0, "fresh")],
+                                   hello_timeout_ms=60_000))
+    assert counters["hellos"] == 2 and counters["handed"] >= 2, counters  # the first, and the move
     # hello_timeout 0: a registration is current only within the batch that made it
     asyncio.run(compare([("hello", 0, 0, 0, "fresh"), ("barrier",), ("hello", 0, 0, 0, "fresh")],
                         hello_timeout_ms=0))
@@ -331,3 +328,12 @@ def test_drasyl_sp_reports_a_bad_choice_in_one_line(tmp_path):
     assert "DRASYL_NATIVE='fast' is invalid: expected auto, on or off" in result.stderr
     assert "Traceback" not in result.stderr
     assert not identity.exists()  # checked before anything is made
+
+
+def test_the_daemon_tests_pass_in_pure_python_too():
+    """Those without a compiler run the Python path: the daemon's own tests, with DRASYL_NATIVE=off."""
+    suite = Path(__file__).with_name("test_superpeer_daemon.py")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite)],
+                            capture_output=True, text=True, timeout=600, cwd=suite.parent,
+                            env={**os.environ, "DRASYL_NATIVE": "off"})
+    assert result.returncode == 0, result.stdout[-3000:]

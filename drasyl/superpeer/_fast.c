@@ -622,6 +622,10 @@ static int Fast_init(Fast *self, PyObject *args, PyObject *kwargs) {
                                      &self->max_age_us, &self->unite_us, &header, &enc, &dec, &capacity, &handoff,
                                      &fault))
         return -1;
+    if (self->rx_msgs != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Fast is initialised once");
+        return -1;
+    }
     for (int k = 0; k < N_SLOTS; k++) {  /* where each of Peer's slots lives in its objects */
         PyObject *descr = PyObject_GetAttrString(peer_type, slot_names[k]);
         if (descr == NULL)

@@ -194,6 +194,7 @@ class SuperPeerServer:
         for sock in self._udp.values():
             sock.close()
         self._udp.clear()
+        self.fast.clear()  # each holds callbacks that hold this server: a cycle the GC cannot see
         for client in list(self._connections.values()):
             client.close()
         for server in self._servers:
