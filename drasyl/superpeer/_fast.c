@@ -27,6 +27,7 @@
 #include <structmember.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -52,6 +53,12 @@
 #define ENDPOINT_LEN 18
 #define ACK_LEN (LONG_HEADER_LEN + ARM_OVERHEAD + 8)
 #define POOL_LEN (128 * RANDOM_LEN)
+
+/* µs and counters are C longs: 64 bits on the LP64 platforms this builds for (Linux), and
+ * PyLong_AsLong is the quick conversion of multi-digit ints (PyLong_AsLongLong is not in 3.11). */
+#if LONG_MAX < INT64_MAX
+#error "a 64-bit long is needed (LP64)"
+#endif
 
 typedef int (*aegis_encrypt_fn)(uint8_t *c, uint8_t *mac, size_t maclen, const uint8_t *m, size_t mlen,
                                 const uint8_t *ad, size_t adlen, const uint8_t *npub, const uint8_t *k);
@@ -111,7 +118,7 @@ typedef struct {
     Py_ssize_t off[N_SLOTS];
     uint8_t public_key[32];
     int32_t network_id;
-    long long timeout_us, max_age_us, unite_us;
+    long timeout_us, max_age_us, unite_us;
     uint8_t ack_header[LONG_HEADER_LEN];
     aegis_encrypt_fn encrypt;
     aegis_decrypt_fn decrypt;
@@ -153,27 +160,27 @@ static int slot_set(PyObject *obj, Py_ssize_t off, PyObject *v) {
     return 0;
 }
 
-static int get_ll(PyObject *obj, Py_ssize_t off, long long *out) {
+static int get_ll(PyObject *obj, Py_ssize_t off, long *out) {
     PyObject *v = slot(obj, off);
     if (v == NULL)
         return -1;
-    *out = PyLong_AsLongLong(v);
+    *out = PyLong_AsLong(v);
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-static int get_ull(PyObject *obj, Py_ssize_t off, unsigned long long *out) {
+static int get_ull(PyObject *obj, Py_ssize_t off, unsigned long *out) {
     PyObject *v = slot(obj, off);
     if (v == NULL)
         return -1;
-    *out = PyLong_AsUnsignedLongLong(v);
-    return (*out == (unsigned long long)-1 && PyErr_Occurred()) ? -1 : 0;
+    *out = PyLong_AsUnsignedLong(v);
+    return (*out == (unsigned long)-1 && PyErr_Occurred()) ? -1 : 0;
 }
 
 static int add_one(PyObject *obj, Py_ssize_t off) {
-    long long v;
+    long v;
     if (get_ll(obj, off, &v) < 0)
         return -1;
-    return slot_set(obj, off, PyLong_FromLongLong(v + 1));
+    return slot_set(obj, off, PyLong_FromLong(v + 1));
 }
 
 /* 1 if obj's slot equals expected, 0 if not, -1 on error. */
@@ -208,13 +215,13 @@ static uint64_t be64(const uint8_t *p) {
 }
 
 /* The peer in peers for key, when its registration is current (borrowed), NULL if not. */
-static PyObject *current_peer(Fast *self, PyObject *peers, PyObject *key, long long now, int *err) {
+static PyObject *current_peer(Fast *self, PyObject *peers, PyObject *key, long now, int *err) {
     PyObject *peer = PyDict_GetItemWithError(peers, key);
     if (peer == NULL || Py_TYPE(peer) != self->peer_type) {  /* another type: the core's business */
         *err = PyErr_Occurred() != NULL;
         return NULL;
     }
-    long long hello_time;
+    long hello_time;
     if (get_ll(peer, self->off[HELLO_TIME], &hello_time) < 0) {
         *err = 1;
         return NULL;
@@ -264,11 +271,11 @@ typedef struct {
 static PyObject *address(Fast *self, const uint8_t *name);
 
 static int hello_of(Fast *self, const Maps *maps, PyObject *peer, uint8_t *data, size_t len, PyObject *sender,
-                    PyObject **remote, const uint8_t *name, long long now, long long wall);
+                    PyObject **remote, const uint8_t *name, long now, long wall);
 
 /* 1: answered here; 0: not one of ours, for Python; -1: error (Python exception set). */
 static int on_hello(Fast *self, const Maps *maps, uint8_t *data, size_t len, PyObject *sender,
-                    PyObject **remote, const uint8_t *name, long long now, long long wall) {
+                    PyObject **remote, const uint8_t *name, long now, long wall) {
     int err = 0;
     PyObject *peer = current_peer(self, maps->peers, sender, now, &err);
     if (peer == NULL)
@@ -280,7 +287,7 @@ static int on_hello(Fast *self, const Maps *maps, uint8_t *data, size_t len, PyO
 }
 
 static int hello_of(Fast *self, const Maps *maps, PyObject *peer, uint8_t *data, size_t len, PyObject *sender,
-                    PyObject **remote, const uint8_t *name, long long now, long long wall) {
+                    PyObject **remote, const uint8_t *name, long now, long wall) {
     if (PyDict_GET_SIZE(maps->held)) {
         int rc = PyDict_Contains(maps->held, sender);
         if (rc != 0)
@@ -297,7 +304,7 @@ static int hello_of(Fast *self, const Maps *maps, PyObject *peer, uint8_t *data,
     if ((same = slot_is(peer, self->off[SRC], *remote)) <= 0
         || (same = slot_is(peer, self->off[LOCAL], self->local)) <= 0)
         return same;
-    long long proto;
+    long proto;
     if (get_ll(peer, self->off[PROTO], &proto) < 0)
         return -1;
     if (proto != 0)  /* registered over TCP: moving it to UDP is Python's */
@@ -329,13 +336,13 @@ static int hello_of(Fast *self, const Maps *maps, PyObject *peer, uint8_t *data,
     if (!PyBytes_Check(sent) || (size_t)PyBytes_GET_SIZE(sent) != n - HELLO_MIN
         || memcmp(PyBytes_AS_STRING(sent), self->plain + HELLO_MIN, n - HELLO_MIN) != 0)
         return 0;
-    unsigned long long stamp;
+    unsigned long stamp;
     if (get_ull(peer, self->off[HELLO_STAMP], &stamp) < 0)
         return -1;
     /* from here on, state changes exactly as in SuperPeerCore._on_hello */
-    if (time > stamp && slot_set(peer, self->off[HELLO_STAMP], PyLong_FromUnsignedLongLong(time)) < 0)
+    if (time > stamp && slot_set(peer, self->off[HELLO_STAMP], PyLong_FromUnsignedLong(time)) < 0)
         return -1;
-    if (slot_set(peer, self->off[HELLO_TIME], PyLong_FromLongLong(now)) < 0
+    if (slot_set(peer, self->off[HELLO_TIME], PyLong_FromLong(now)) < 0
         || add_one(peer, self->off[HELLO_RX]) < 0 || add_one(peer, self->off[ACK_TX]) < 0)
         return -1;
     uint8_t *ack = self->tx_buf[self->pending];
@@ -354,10 +361,10 @@ static int hello_of(Fast *self, const Maps *maps, PyObject *peer, uint8_t *data,
 }
 
 static int relay(Fast *self, const Maps *maps, PyObject *src, PyObject *dst, PyObject *raw, uint8_t *data,
-                 size_t len, PyObject *sender, PyObject *recipient, long long now);
+                 size_t len, PyObject *sender, PyObject *recipient, long now);
 
 static int on_app(Fast *self, const Maps *maps, uint8_t *data, size_t len, PyObject *sender,
-                  PyObject *recipient, long long now) {
+                  PyObject *recipient, long now) {
     if (data[HOP_OFFSET] > MAX_HOP_COUNT || memcmp(data + 10, data + 42, 32) == 0)
         return 0;
     int err = 0;
@@ -367,7 +374,7 @@ static int on_app(Fast *self, const Maps *maps, uint8_t *data, size_t len, PyObj
     PyObject *dst = current_peer(self, maps->peers, recipient, now, &err);
     if (dst == NULL)
         return err ? -1 : 0;
-    long long proto;
+    long proto;
     if (get_ll(dst, self->off[PROTO], &proto) < 0)
         return -1;
     if (proto != 0)
@@ -390,7 +397,7 @@ static int on_app(Fast *self, const Maps *maps, uint8_t *data, size_t len, PyObj
 }
 
 static int relay(Fast *self, const Maps *maps, PyObject *src, PyObject *dst, PyObject *raw, uint8_t *data,
-                 size_t len, PyObject *sender, PyObject *recipient, long long now) {
+                 size_t len, PyObject *sender, PyObject *recipient, long now) {
     if (self->unite_us == 0)
         return 0;  /* a UNITE pair after every relayed APP: Python's */
     if (self->unite_us > 0) {  /* at most one UNITE pair per window: if one is due, Python sends it */
@@ -402,7 +409,7 @@ static int relay(Fast *self, const Maps *maps, PyObject *src, PyObject *dst, PyO
         Py_DECREF(key);
         if (last == NULL)
             return PyErr_Occurred() ? -1 : 0;
-        long long at = PyLong_AsLongLong(last);
+        long at = PyLong_AsLong(last);
         if (at == -1 && PyErr_Occurred())
             return -1;
         if (now - at >= self->unite_us)
@@ -430,10 +437,10 @@ static int relay(Fast *self, const Maps *maps, PyObject *src, PyObject *dst, PyO
         }
     }
     PyObject *before = PyDict_GetItemWithError(relayed, recipient);
-    long long total = (long long)len;
+    long total = (long)len;
     if (before != NULL)
-        total += PyLong_AsLongLong(before);
-    PyObject *v = PyErr_Occurred() ? NULL : PyLong_FromLongLong(total);
+        total += PyLong_AsLong(before);
+    PyObject *v = PyErr_Occurred() ? NULL : PyLong_FromLong(total);
     int rc = v == NULL ? -1 : PyDict_SetItem(relayed, recipient, v);
     Py_XDECREF(v);
     Py_DECREF(relayed);
@@ -447,7 +454,7 @@ static int relay(Fast *self, const Maps *maps, PyObject *src, PyObject *dst, PyO
 
 /* One datagram of the ring: 1 handled, 0 for Python, -1 error. */
 static int handle(Fast *self, const Maps *maps, uint8_t *data, size_t len, PyObject **remote,
-                  const uint8_t *name, long long now, long long wall) {
+                  const uint8_t *name, long now, long wall) {
     if (len < LONG_HEADER_LEN)
         return 0;
     uint32_t magic = (uint32_t)data[0] << 24 | (uint32_t)data[1] << 16 | (uint32_t)data[2] << 8 | data[3];
@@ -490,11 +497,11 @@ static PyObject *address(Fast *self, const uint8_t *name) {
 
 /* The clocks as drasyl.clock reads them (through the time module, so a test that shifts
  * time.time_ns shifts this too): now in monotonic µs, wall_offset = wall µs - now. */
-static int clocks(Fast *self, long long *now, long long *wall) {
+static int clocks(Fast *self, long *now, long *wall) {
     PyObject *mono = PyObject_CallMethodNoArgs(self->time, s_monotonic_ns);
     PyObject *real = mono == NULL ? NULL : PyObject_CallMethodNoArgs(self->time, s_time_ns);
-    long long mono_ns = mono == NULL ? -1 : PyLong_AsLongLong(mono);
-    long long real_ns = real == NULL ? -1 : PyLong_AsLongLong(real);
+    long mono_ns = mono == NULL ? -1 : PyLong_AsLong(mono);
+    long real_ns = real == NULL ? -1 : PyLong_AsLong(real);
     Py_XDECREF(mono);
     Py_XDECREF(real);
     if (PyErr_Occurred())
@@ -538,7 +545,7 @@ static int report(Fast *self) {
 /* Fast.readable(): the event loop's reader. One recvmmsg; each datagram is answered here or
  * given to handoff(), in order; what was prepared goes out before each handoff and at the end. */
 static PyObject *Fast_readable(Fast *self, PyObject *unused) {
-    long long now, wall;
+    long now, wall;
     if (clocks(self, &now, &wall) < 0)
         return NULL;
     PyObject *d = PyObject_GenericGetDict(self->core, NULL);
@@ -580,7 +587,7 @@ static PyObject *Fast_readable(Fast *self, PyObject *unused) {
                 flush(self);  /* order: what came before goes out before the core's answer */
             self->handed++;
             PyObject *args[4] = {PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len), remote,
-                                 PyLong_FromLongLong(now), PyLong_FromLongLong(wall)};
+                                 PyLong_FromLong(now), PyLong_FromLong(wall)};
             PyObject *result = NULL;
             if (args[0] && args[2] && args[3])
                 result = PyObject_Vectorcall(self->handoff, args, 4, NULL);
@@ -617,7 +624,7 @@ static int Fast_init(Fast *self, PyObject *args, PyObject *kwargs) {
     PyObject *core, *peer_type, *local, *cache, *handoff, *fault;
     Py_buffer pk, header;
     unsigned long long enc, dec;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO!OOy*iLLLy*KKIOO", kwlist, &fd, &core, &PyType_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO!OOy*illly*KKIOO", kwlist, &fd, &core, &PyType_Type,
                                      &peer_type, &local, &cache, &pk, &network_id, &self->timeout_us,
                                      &self->max_age_us, &self->unite_us, &header, &enc, &dec, &capacity, &handoff,
                                      &fault))
