@@ -55,6 +55,14 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """The environment's ``name``, one of ``choices`` (default: the first); ConfigError otherwise."""
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise invalid(name, value, f"expected {', '.join(choices[:-1])} or {choices[-1]}")
+    return value
+
+
 def env_int(name: str, default: int, lo: int, hi: int) -> int:
     value = os.environ.get(name)
     return default if value is None else integer(name, value, lo, hi)

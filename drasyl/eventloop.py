@@ -11,10 +11,9 @@ so uvloop is a drop-in: it is a dependency on Linux x86_64/aarch64 (wheels, no c
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any, Coroutine, TypeVar
 
-from .env import invalid
+from .env import env_choice, invalid
 
 T = TypeVar("T")
 CHOICES = ("auto", "uvloop", "asyncio")
@@ -22,10 +21,7 @@ CHOICES = ("auto", "uvloop", "asyncio")
 
 def choice() -> str:
     """``DRASYL_EVENT_LOOP`` (auto, uvloop or asyncio; default auto): ConfigError otherwise."""
-    value = os.environ.get("DRASYL_EVENT_LOOP", "auto")
-    if value not in CHOICES:
-        raise invalid("DRASYL_EVENT_LOOP", value, "expected auto, uvloop or asyncio")
-    return value
+    return env_choice("DRASYL_EVENT_LOOP", CHOICES)
 
 
 def _uvloop(required: bool) -> Any:

@@ -13,20 +13,16 @@ was not built (CI uses it, so a build that silently fell back cannot pass as nat
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
-from .env import invalid
+from .env import env_choice, invalid
 
 CHOICES = ("auto", "on", "off")
 
 
 def choice() -> str:
     """``DRASYL_NATIVE`` (auto, on or off; default auto): ConfigError otherwise."""
-    value = os.environ.get("DRASYL_NATIVE", "auto")
-    if value not in CHOICES:
-        raise invalid("DRASYL_NATIVE", value, "expected auto, on or off")
-    return value
+    return env_choice("DRASYL_NATIVE", CHOICES)
 
 
 def load(module: str) -> ModuleType | None:
