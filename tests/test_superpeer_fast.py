@@ -35,6 +35,7 @@ from drasyl.identity import Identity
 from drasyl.messages import (ACK, APP, HELLO, UNITE, HelloSuperPeer, encode_endpoints, encode_message,
                              open_body, parse_long_header)
 from drasyl.stun import binding_request
+from drasyl.superpeer.config import ListenAddress
 from drasyl.superpeer.server import SuperPeerServer
 
 from test_superpeer_server import config, port
@@ -60,10 +61,11 @@ def test_the_c_build_is_there_in_ci():
 class Lab:
     """The two servers, and per node two UDP sockets (two sources) that send to both."""
 
-    def __init__(self, native_server: SuperPeerServer, python_server: SuperPeerServer) -> None:
+    def __init__(self, native_server: SuperPeerServer, python_server: SuperPeerServer, ipv6: bool = False) -> None:
         self.servers = (native_server, python_server)
-        self.targets = [port(s, "UDP4") for s in self.servers]
-        self.sockets = [[_udp("127.0.0.1") for _ in range(2)] for _ in NODES]
+        self.ipv6 = ipv6
+        self.targets = [port(s, "UDP6" if ipv6 else "UDP4") for s in self.servers]
+        self.sockets = [[_udp("::1" if ipv6 else "127.0.0.1") for _ in range(2)] for _ in NODES]
         self.stamps = [int(time.time() * 1e6)] * len(NODES)
         self.probes = 0
 
@@ -75,7 +77,8 @@ class Lab:
         """Wait until both servers processed all sent so far: a STUN request from a new source
         comes back only after what was queued before it (one socket, handled in order)."""
         self.probes += 1
-        probe = _udp(f"127.0.{1 + self.probes // 250}.{1 + self.probes % 250}")
+        # IPv6 has one loopback address: its probes share a STUN budget of 64 (a few barriers)
+        probe = _udp("::1" if self.ipv6 else f"127.0.{1 + self.probes // 250}.{1 + self.probes % 250}")
         loop = asyncio.get_running_loop()
         try:
             for target in self.targets:
@@ -98,7 +101,7 @@ class Lab:
                         data, source = sock.recvfrom(4096)
                     except BlockingIOError:
                         break
-                    got[source].append(_comparable(data, rx))
+                    got[source[:2]].append(_comparable(data, rx))
                 per_socket.append([got[t] for t in self.targets])
             out.append(per_socket)
         return out
@@ -110,7 +113,7 @@ class Lab:
 
 
 def _udp(host: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     try:  # both servers' answers wait here until read: the default buffer overflows
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
     except PermissionError:
@@ -205,10 +208,11 @@ def datagram(lab: Lab, action: tuple) -> tuple[socket.socket, bytes] | None:
     return sock, bytes(BIG)
 
 
-async def compare(sequence: list[tuple], **settings_) -> dict[str, int]:
+async def compare(sequence: list[tuple], ipv6: bool = False, **settings_) -> dict[str, int]:
     """Run ``sequence`` against both servers; assert equal outputs and state; return the C
     loop's counters (what it handled itself, what it handed to the core)."""
-    cfg = config(tcp4_listen=None, **settings_)
+    listen = {"udp4_listen": None, "udp6_listen": ListenAddress("::1", 0)} if ipv6 else {}
+    cfg = config(tcp4_listen=None, **listen, **settings_)
     saved = os.environ.get("DRASYL_NATIVE")
     try:
         os.environ["DRASYL_NATIVE"] = "on"
@@ -219,7 +223,7 @@ async def compare(sequence: list[tuple], **settings_) -> dict[str, int]:
         os.environ.pop("DRASYL_NATIVE") if saved is None else os.environ.__setitem__("DRASYL_NATIVE", saved)
     await in_c.start()
     await in_python.start()
-    lab = Lab(in_c, in_python)
+    lab = Lab(in_c, in_python, ipv6)
     try:
         assert in_c.fast and not in_python.fast
         for action in sequence:
@@ -251,12 +255,13 @@ def test_c_and_python_leave_the_same_bytes_and_state(sequence, unites):
     asyncio.run(compare(REGISTER + sequence, send_unites_ms=unites))
 
 
-def test_registered_traffic_runs_in_c_with_the_same_result():
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+def test_registered_traffic_runs_in_c_with_the_same_result(ipv6):
     """The common case, many times: HELLOs of current registrations and APPs between them are
     answered in C (the counters prove the path ran), with outputs and state equal to Python's."""
     traffic = [("app", 0, 1, 0, 0, 1300), ("app", 1, 0, 0, 0, 10), ("hello", 2, 0, 1, "fresh"),
                ("app", 2, 3, 0, 0, 10)] * 50
-    counters = asyncio.run(compare(REGISTER + traffic))
+    counters = asyncio.run(compare(REGISTER + traffic, ipv6))
     # the first APP of each pair needs a UNITE (Python), each node's first HELLO registers it
     assert counters["relays"] >= 150 - 3, counters
     assert counters["hellos"] >= 50 - 1, counters
