@@ -11,5 +11,7 @@ setup(
     ext_modules=[
         Extension("drasyl.superpeer._fast", ["drasyl/superpeer/_fast.c"], optional=True,
                   extra_compile_args=["-O2", "-std=c11", "-Wall"]),
+        Extension("drasyl.agent._fast", ["drasyl/agent/_fast.c"], optional=True,
+                  extra_compile_args=["-O2", "-std=c11", "-Wall"]),
     ],
 )

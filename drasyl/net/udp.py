@@ -40,6 +40,9 @@ GSO_MAX_BYTES = 65000  # a GSO sendmsg is one (up to 64 KiB) UDP datagram before
 GSO_STRIKES = 3  # GSO-only failures in a row before a socket gives GSO up
 
 BatchHandler = Callable[["UdpSocket", list[tuple[bytes, Address]]], None]
+#: Takes a readable socket's datagrams before the owner sees them (the agent's C data path):
+#: it receives them itself and returns those it left, in order, for the owner's batch handler.
+Intercept = Callable[["UdpSocket"], list[tuple[bytes, Address]]]
 
 
 def bind_udp(host: str, port: int, *, reuse_port: bool = False, dual_stack: bool = False) -> socket.socket:
@@ -81,11 +84,14 @@ class UdpSocket:
         self._gso_strikes = 0
         self._on_batch = on_batch
         self._batch = batch
+        self.intercept: Intercept | None = None
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        if self.batcher is not None:
+        if self.intercept is not None:
+            packets = self.intercept(self)
+        elif self.batcher is not None:
             packets, truncated = self.batcher.receive()
             self.recv_truncated += truncated
         else:
