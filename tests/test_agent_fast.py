@@ -41,7 +41,7 @@ IP_PACKET = PING_SIZE + 8 + 20
 
 def engine():
     encrypt, decrypt = native.aegis_functions()
-    return _fast.Engine(encrypt, decrypt, None, None, print, 1345, 1, bytes(8))
+    return _fast.Engine(encrypt, decrypt, None, None, print, print, print, 1345, 1, bytes(8))
 
 
 @pytest.mark.parametrize("size", [0, 1, 20, 84, 1345])

@@ -102,7 +102,7 @@ static int next_random(uint8_t *out) {
 
 static PyObject *s_best, *s_tx_short_id, *s_rx, *s_tx, *s_public_key, *s_local, *s_remote, *s_send_sockets,
     *s_closed, *s_short_ids, *s_app_tx, *s_app_rx, *s_bytes_in, *s_bytes_out, *s_send_drops,
-    *s_gso, *s_gso_strikes, *s_sock, *s_fileno, *s_family;
+    *s_gso, *s_gso_strikes, *s_sock, *s_fileno, *s_family, *s_fd, *s_deliver, *s_recv_truncated;
 
 /* --- a small open-addressing hash: 64-bit key -> int32 value ----------------------------------- */
 
@@ -190,8 +190,14 @@ typedef struct {
     PyObject_HEAD
     aegis_enc_t enc;
     aegis_dec_t dec;
-    PyObject *node, *core, *on_tun_error; /* drasyl Node, its NodeCore, callable(what, errno) */
+    PyObject *node, *core;        /* the drasyl Node and its NodeCore */
+    PyObject *on_tun_error;       /* callable(what, errno): a TUN read or write failed */
+    PyObject *on_tun_rest;        /* callable(n, err, oversize): the TUN packets C left in the slots */
+    PyObject *on_fault;           /* callable(exception): a Python hook raised (logged rate-limited) */
     int tun_fd, mtu, max_payload;
+    Py_buffer arena;              /* the TUN queue's slots (arena.obj NULL: no TUN) */
+    Py_ssize_t slot_size;
+    PyObject *lengths;            /* the TUN queue's lengths list */
     int ping_set;
     uint16_t ping_ident;
     uint8_t ping_token[PING_TOKEN];
@@ -273,6 +279,23 @@ static int set_int_attr(PyObject *obj, PyObject *name, long long value) {
     int r = PyObject_SetAttr(obj, name, v);
     Py_DECREF(v);
     return r;
+}
+
+/* A Python hook raised: counted, and handed to on_fault (FaultLog: logged at most every 10 s). */
+static void hook_failed(Engine *e) {
+    e->faults++;
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (exc != NULL && tb != NULL)
+        PyException_SetTraceback(exc, tb);
+    PyObject *r = exc != NULL ? PyObject_CallOneArg(e->on_fault, exc) : NULL;
+    if (r == NULL)
+        PyErr_Clear();
+    Py_XDECREF(r);
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
 }
 
 static void count_send_drops(Engine *e, PyObject *udp, long long n) {
@@ -608,26 +631,18 @@ static int take_tx(Engine *e, const uint8_t *pkt, size_t n, PyObject *sockets) {
     return 1;
 }
 
-/* Engine.tun_to_udp(arena, slot_size, lengths) -> (n, err, oversize): what TunQueue.read_batch
- * and Agent._on_tun_readable do. Reads up to len(lengths) packets; those C takes are sent, the
- * first one it does not take and all after it go into the arena's slots (lengths[i]) for Python:
- * n of them. err: the errno that ended reading (0: none), oversize: packets over the MTU. */
-static PyObject *Engine_tun_to_udp(Engine *e, PyObject *args) {
-    Py_buffer arena;
-    Py_ssize_t slot_size;
-    PyObject *lengths;
-    if (!PyArg_ParseTuple(args, "w*nO!", &arena, &slot_size, &PyList_Type, &lengths))
-        return NULL;
-    Py_ssize_t batch = PyList_GET_SIZE(lengths);
+/* What TunQueue.read_batch and Agent._on_tun_readable do: read up to a batch of packets; those
+ * C takes are sent, the first one it does not take and all after it go into the queue's slots
+ * (lengths[i]) for Python, and on_tun_rest(n, err, oversize) gets them (err: the errno that
+ * ended reading, oversize: packets over the MTU), unless all three are 0. */
+static void tun_burst(Engine *e) {
+    if (e->arena.obj == NULL)
+        return;
+    Py_ssize_t batch = PyList_GET_SIZE(e->lengths), slot_size = e->slot_size;
     if (batch > BATCH)
         batch = BATCH;
-    if (slot_size <= 0 || arena.len < slot_size * batch || e->tun_fd < 0) {
-        PyBuffer_Release(&arena);
-        PyErr_SetString(PyExc_ValueError, "no TUN, or the arena is smaller than its slots");
-        return NULL;
-    }
     PyObject *sockets = NULL;
-    int taking = e->peers != NULL && e->queued == 0;
+    int taking = e->peers != NULL;
     if (taking) {
         PyObject *closed = PyObject_GetAttr(e->node, s_closed);
         sockets = PyObject_GetAttr(e->node, s_send_sockets);
@@ -638,7 +653,7 @@ static PyObject *Engine_tun_to_udp(Engine *e, PyObject *args) {
     }
     Py_ssize_t n = 0, reads = 0;
     int err = 0, oversize = 0;
-    uint8_t *base = arena.buf;
+    uint8_t *base = e->arena.buf;
     long long now = monotonic_us();
     while (reads < batch) {
         uint8_t *slot = base + n * slot_size;
@@ -665,14 +680,24 @@ static PyObject *Engine_tun_to_udp(Engine *e, PyObject *args) {
             fault(e);
             break;
         }
-        PyList_SetItem(lengths, n, len);
+        PyList_SetItem(e->lengths, n, len);
         n++;
     }
     if (e->queued)
         flush(e, now);
     Py_XDECREF(sockets);
-    PyBuffer_Release(&arena);
-    return Py_BuildValue("nii", n, err, oversize);
+    if (n || err || oversize) {
+        PyObject *r = PyObject_CallFunction(e->on_tun_rest, "nii", n, err, oversize);
+        if (r == NULL)
+            hook_failed(e);
+        Py_XDECREF(r);
+    }
+}
+
+/* Engine.tun_readable(): the TUN fd's reader (the event loop calls it; it never raises). */
+static PyObject *Engine_tun_readable(Engine *e, PyObject *Py_UNUSED(ignored)) {
+    tun_burst(e);
+    Py_RETURN_NONE;
 }
 
 /* One received datagram: written to the TUN (1), or Python's (0). */
@@ -730,21 +755,26 @@ done:
     return taken;
 }
 
-/* Engine.udp_to_tun(fd, tuple_of) -> (taken, truncated, rest): one recvmmsg of up to BATCH
- * datagrams; C writes those it takes to the TUN; from the first it does not take on, every
- * datagram is in ``rest`` as (bytes, tuple_of(raw sockaddr)) for Node._on_datagrams, in order. */
-static PyObject *Engine_udp_to_tun(Engine *e, PyObject *args) {
-    int fd;
-    PyObject *tuple_of;
-    if (!PyArg_ParseTuple(args, "iO", &fd, &tuple_of))
-        return NULL;
+/* Engine.udp_readable(sock): a node UDP socket's reader (drasyl.net.udp.UdpSocket.set_intercept;
+ * the event loop calls it, it never raises). One recvmmsg of up to BATCH datagrams; C writes
+ * those it takes to the TUN and then reads the TUN at once (a ping's reply is there: the kernel
+ * made it inside the write); from the first datagram it does not take on, every one goes to
+ * sock.deliver([(bytes, address)]), in order, the address from the socket's address cache. */
+static PyObject *Engine_udp_readable(Engine *e, PyObject *sock) {
+    PyObject *fdo = PyObject_GetAttr(sock, s_fd);
+    int fd = fdo != NULL ? (int)PyLong_AsLong(fdo) : -1;
+    Py_XDECREF(fdo);
+    if (PyErr_Occurred() || fd < 0) {
+        hook_failed(e);
+        Py_RETURN_NONE;
+    }
     for (int i = 0; i < BATCH; i++) {
         e->rxmsgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
         e->rxmsgs[i].msg_hdr.msg_flags = 0;
     }
     int got = recvmmsg(fd, e->rxmsgs, BATCH, 0, NULL);
     if (got <= 0) /* an ICMP error reported once, or nothing: mmsg.Batcher.receive */
-        return Py_BuildValue("iiO", 0, 0, Py_None);
+        Py_RETURN_NONE;
     PyObject *short_ids = e->peers != NULL ? PyObject_GetAttr(e->core, s_short_ids) : NULL;
     if (short_ids != NULL && !PyDict_Check(short_ids))
         Py_CLEAR(short_ids);
@@ -752,7 +782,7 @@ static PyObject *Engine_udp_to_tun(Engine *e, PyObject *args) {
         fault(e);
     long long now = monotonic_us();
     int taken = 0, truncated = 0;
-    PyObject *rest = NULL;
+    PyObject *rest = NULL, *tuple_of = NULL;
     for (int i = 0; i < got; i++) {
         struct msghdr *h = &e->rxmsgs[i].msg_hdr;
         size_t len = e->rxmsgs[i].msg_len;
@@ -765,25 +795,41 @@ static PyObject *Engine_udp_to_tun(Engine *e, PyObject *args) {
             taken++;
             continue;
         }
-        if (rest == NULL && (rest = PyList_New(0)) == NULL) {
-            fault(e);
-            break;
+        if (rest == NULL) {
+            rest = PyList_New(0);
+            tuple_of = PyObject_GetAttrString(sock, "batcher");
+            Py_XSETREF(tuple_of, tuple_of != NULL ? PyObject_GetAttrString(tuple_of, "addresses") : NULL);
+            Py_XSETREF(tuple_of, tuple_of != NULL ? PyObject_GetAttrString(tuple_of, "tuple_of") : NULL);
+            if (rest == NULL || tuple_of == NULL) {
+                hook_failed(e);
+                break;
+            }
         }
         PyObject *raw = PyBytes_FromStringAndSize((const char *)h->msg_name, h->msg_namelen);
         PyObject *addr = raw != NULL ? PyObject_CallOneArg(tuple_of, raw) : NULL;
         PyObject *bytes = addr != NULL ? PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len) : NULL;
         PyObject *item = bytes != NULL ? PyTuple_Pack(2, bytes, addr) : NULL;
         if (item == NULL || PyList_Append(rest, item) < 0)
-            fault(e);
+            hook_failed(e);
         Py_XDECREF(raw);
         Py_XDECREF(addr);
         Py_XDECREF(bytes);
         Py_XDECREF(item);
     }
     Py_XDECREF(short_ids);
-    PyObject *result = Py_BuildValue("iiO", taken, truncated, rest != NULL ? rest : Py_None);
+    Py_XDECREF(tuple_of);
+    if (truncated && add_attr(sock, s_recv_truncated, truncated) < 0)
+        fault(e);
+    if (taken)
+        tun_burst(e);
+    if (rest != NULL && PyList_GET_SIZE(rest)) {
+        PyObject *r = PyObject_CallMethodOneArg(sock, s_deliver, rest);
+        if (r == NULL)
+            hook_failed(e);
+        Py_XDECREF(r);
+    }
     Py_XDECREF(rest);
-    return result;
+    Py_RETURN_NONE;
 }
 
 /* --- configuration from Python ----------------------------------------------------------------- */
@@ -870,15 +916,42 @@ fail:
     return NULL;
 }
 
-/* Engine.set_tun(fd, mtu): the TUN queue to read and write (fd -1: none; Python counts rx_no_tun). */
+static void tun_forget(Engine *e) {
+    if (e->arena.obj != NULL)
+        PyBuffer_Release(&e->arena);
+    e->arena.obj = NULL;
+    Py_CLEAR(e->lengths);
+    e->tun_fd = -1;
+}
+
+/* Engine.set_tun(fd, mtu, arena, slot_size, lengths): the TUN queue C reads and writes, with the
+ * slots Python reads (drasyl.tun.device.TunQueue); set_tun(-1, 1, None, 0, None): none (every
+ * packet is Python's, which counts rx_no_tun). */
 static PyObject *Engine_set_tun(Engine *e, PyObject *args) {
     int fd, mtu;
-    if (!PyArg_ParseTuple(args, "ii", &fd, &mtu))
+    PyObject *arena, *lengths;
+    Py_ssize_t slot_size;
+    if (!PyArg_ParseTuple(args, "iiOnO", &fd, &mtu, &arena, &slot_size, &lengths))
         return NULL;
-    if (mtu <= 0 || mtu >= SLOT - SHORT_HEADER) {
-        PyErr_SetString(PyExc_ValueError, "MTU out of range");
+    tun_forget(e);
+    if (fd < 0)
+        Py_RETURN_NONE;
+    if (mtu <= 0 || mtu >= SLOT - SHORT_HEADER || slot_size <= mtu || !PyList_Check(lengths)) {
+        PyErr_SetString(PyExc_ValueError, "MTU out of range, slots smaller than the MTU, or no lengths list");
         return NULL;
     }
+    if (PyObject_GetBuffer(arena, &e->arena, PyBUF_WRITABLE) < 0) {
+        e->arena.obj = NULL;
+        return NULL;
+    }
+    Py_ssize_t slots = PyList_GET_SIZE(lengths) < BATCH ? PyList_GET_SIZE(lengths) : BATCH;
+    if (e->arena.len < slot_size * slots) {
+        tun_forget(e);
+        PyErr_SetString(PyExc_ValueError, "the arena is smaller than its slots");
+        return NULL;
+    }
+    e->lengths = Py_NewRef(lengths);
+    e->slot_size = slot_size;
     e->tun_fd = fd;
     e->mtu = mtu;
     Py_RETURN_NONE;
@@ -941,16 +1014,17 @@ static PyObject *Engine_stats(Engine *e, PyObject *Py_UNUSED(ignored)) {
 
 /* --- the type ---------------------------------------------------------------------------------- */
 
-/* Engine(encrypt, decrypt, node, core, on_tun_error, max_payload, ping_ident, ping_token). */
+/* Engine(encrypt, decrypt, node, core, on_tun_error, on_tun_rest, on_fault, max_payload, ping_ident,
+ * ping_token): the hooks as described at the Engine struct. */
 static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
     unsigned long long enc, dec;
-    PyObject *node, *core, *on_error;
+    PyObject *node, *core, *on_error, *on_rest, *on_fault;
     int max_payload, ident;
     Py_buffer token;
-    static char *names[] = {"encrypt", "decrypt", "node", "core", "on_tun_error", "max_payload", "ping_ident",
-                            "ping_token", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKOOOiiy*", names, &enc, &dec, &node, &core, &on_error,
-                                     &max_payload, &ident, &token))
+    static char *names[] = {"encrypt", "decrypt", "node", "core", "on_tun_error", "on_tun_rest", "on_fault",
+                            "max_payload", "ping_ident", "ping_token", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKOOOOOiiy*", names, &enc, &dec, &node, &core, &on_error,
+                                     &on_rest, &on_fault, &max_payload, &ident, &token))
         return -1;
     int bad = token.len != PING_TOKEN || enc == 0 || dec == 0 || max_payload <= 0
         || max_payload > SLOT - SHORT_HEADER || ident < 0 || ident > 0xFFFF;
@@ -966,10 +1040,12 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
     Py_XSETREF(e->node, Py_NewRef(node));
     Py_XSETREF(e->core, Py_NewRef(core));
     Py_XSETREF(e->on_tun_error, Py_NewRef(on_error));
+    Py_XSETREF(e->on_tun_rest, Py_NewRef(on_rest));
+    Py_XSETREF(e->on_fault, Py_NewRef(on_fault));
+    tun_forget(e);
     e->max_payload = max_payload;
     e->ping_ident = (uint16_t)ident;
     e->ping_set = 1;
-    e->tun_fd = -1;
     e->mtu = 1;
     if (e->out == NULL)
         e->out = PyMem_Malloc((size_t)BATCH * SLOT);
@@ -994,6 +1070,9 @@ static int Engine_traverse(Engine *e, visitproc visit, void *arg) {
     Py_VISIT(e->node);
     Py_VISIT(e->core);
     Py_VISIT(e->on_tun_error);
+    Py_VISIT(e->on_tun_rest);
+    Py_VISIT(e->on_fault);
+    Py_VISIT(e->lengths);
     for (Py_ssize_t i = 0; i < e->npeers; i++) {
         Peer *p = &e->peers[i];
         Py_VISIT(p->handle);
@@ -1007,9 +1086,12 @@ static int Engine_traverse(Engine *e, visitproc visit, void *arg) {
 
 static int Engine_clear(Engine *e) {
     peers_clear(e);
+    tun_forget(e);
     Py_CLEAR(e->node);
     Py_CLEAR(e->core);
     Py_CLEAR(e->on_tun_error);
+    Py_CLEAR(e->on_tun_rest);
+    Py_CLEAR(e->on_fault);
     return 0;
 }
 
@@ -1022,8 +1104,8 @@ static void Engine_dealloc(Engine *e) {
 }
 
 static PyMethodDef Engine_methods[] = {
-    {"tun_to_udp", (PyCFunction)Engine_tun_to_udp, METH_VARARGS, "Read the TUN, send what C takes (see C source)."},
-    {"udp_to_tun", (PyCFunction)Engine_udp_to_tun, METH_VARARGS, "Receive datagrams, write what C takes to the TUN."},
+    {"tun_readable", (PyCFunction)Engine_tun_readable, METH_NOARGS, "The TUN's reader: send what C takes."},
+    {"udp_readable", (PyCFunction)Engine_udp_readable, METH_O, "A UDP socket's reader: write what C takes."},
     {"set_tables", (PyCFunction)Engine_set_tables, METH_VARARGS, "The policy snapshot and the send handles."},
     {"set_tun", (PyCFunction)Engine_set_tun, METH_VARARGS, "The TUN fd (-1: none) and its MTU."},
     {"seal", (PyCFunction)Engine_seal, METH_VARARGS, "A short-header APP armed by C (tests)."},
@@ -1073,6 +1155,9 @@ PyMODINIT_FUNC PyInit__fast(void) {
     INTERN(s_sock, "sock");
     INTERN(s_fileno, "fileno");
     INTERN(s_family, "family");
+    INTERN(s_fd, "fd");
+    INTERN(s_deliver, "deliver");
+    INTERN(s_recv_truncated, "recv_truncated");
     if (pthread_atfork(NULL, NULL, forget_pool) != 0)
         return NULL;
     if (PyType_Ready(&EngineType) < 0)

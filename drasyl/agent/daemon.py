@@ -205,6 +205,8 @@ class Agent:
         self._mapping_task: asyncio.Task | None = None
         #: The C data path (:mod:`.fast`) when built and allowed; None: every packet in Python.
         self._fast: FastPath | None = None
+        #: The TUN fd's reader: :meth:`_on_tun_readable`, or the C one (:attr:`FastPath.tun_readable`).
+        self._tun_reader: Callable[[], None] = self._on_tun_readable
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -235,8 +237,10 @@ class Agent:
         await self._on_host(cleanup_stale, DEFAULT_NAME)
         self.node = await Node.start(self.config.identity, self.config.super_peers, udp_port=udp_port,
                                      udp_addrs=udp_addrs, config=node_config, on_receive=self._on_receive)
-        self._fast = FastPath.start(self.node, self.pinger, self._on_tun_readable, self._faults,
+        self._fast = FastPath.start(self.node, self.pinger, self._send_from_tun, self._faults,
                                     self.config.arm_messages)
+        if self._fast is not None:
+            self._tun_reader = self._fast.tun_readable
         log.info("Node listening on UDP port %d (event loop: %s, data path: %s)", self.node.udp_port,
                  eventloop.name(), "native" if self._fast is not None else "python")
         if self.config.nat.port_mapping:
@@ -278,7 +282,7 @@ class Agent:
         self.tun = tun
         if self._fast is not None:
             self._fast.set_tun(tun)
-        asyncio.get_running_loop().add_reader(tun.fileno(), self._on_tun_readable)
+        asyncio.get_running_loop().add_reader(tun.fileno(), self._tun_reader)
         log.info("TUN device %s up, MTU %d", tun.name, tun.mtu)
 
     async def _close_tun(self) -> None:
@@ -399,11 +403,19 @@ class Agent:
     # --- data path --------------------------------------------------------------------------
 
     def _on_tun_readable(self) -> None:
-        """A burst from the TUN: check each packet, send all allowed ones in one batch."""
+        """The TUN fd's reader on the Python data path: read a burst (the C one reads in C)."""
+        try:
+            n = self.tun.read_batch()
+        except Exception:  # a bug must not stop the data path nor log per packet
+            self._faults.report("reading packets from the TUN")
+            return
+        self._send_from_tun(n)
+
+    def _send_from_tun(self, n: int) -> None:
+        """The burst in ``tun.slots[:n]``: check each packet, send all allowed ones in one batch."""
         batch = self._tx_batch
         try:
-            tun, fast = self.tun, self._fast
-            n = tun.read_batch() if fast is None else fast.read_tun(tun)  # C sent what it could take
+            tun = self.tun
             if not n:
                 if tun.detached:
                     self._tun_detached()
@@ -522,7 +534,7 @@ class Agent:
             self._faults.report("writing received packets to the TUN")
         # A reply the kernel made while we wrote (a ping's, a TCP ACK) is in the TUN already:
         # sending it now saves the loop round trip of the hop (bench/README.md "Tunnel latency")
-        self._on_tun_readable()
+        self._tun_reader()
 
     # --- telling the user what changed ---------------------------------------------------------
 

@@ -32,8 +32,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import native
 from ..net.faults import FaultLog
-from ..net.udp import UdpSocket
-from ..transmit import Address
 
 if TYPE_CHECKING:
     from ..node.api import Node
@@ -46,30 +44,38 @@ MODULE = "drasyl.agent._fast"
 
 
 class FastPath:
-    """One agent's C engine, fed the agent's TUN, node, ping identity and policy snapshot."""
+    """One agent's C engine, fed the agent's TUN, node, ping identity and policy snapshot.
 
-    def __init__(self, module: Any, node: Node, pinger: Pinger, on_written: Callable[[], None],
+    The event loop calls C directly: :attr:`tun_readable` is the TUN fd's reader, and the node's
+    UDP sockets are read by the engine (:meth:`~drasyl.node.api.Node.set_intercept`), so the
+    common packet costs no Python frame. C calls back into Python only for what it leaves:
+    ``on_tun_rest(n)`` with the TUN packets left in the slots, :meth:`UdpSocket.deliver` with
+    the datagrams left, and the counters of failures."""
+
+    def __init__(self, module: Any, node: Node, pinger: Pinger, on_tun_rest: Callable[[int], None],
                  faults: FaultLog) -> None:
-        """``on_written``: called after C wrote received packets to the TUN (the agent reads the
-        TUN right away: a ping's reply is there already)."""
+        """``on_tun_rest(n)``: the Python data path for ``tun.slots[:n]`` (``n`` may be 0 after a
+        failed read: it then checks whether the device is gone)."""
         encrypt, decrypt = native.aegis_functions()
         self._node = node
         self._tun: TunDevice | None = None
-        self._on_written = on_written
+        self._on_tun_rest = on_tun_rest
         self._faults = faults
-        self._engine = module.Engine(encrypt, decrypt, node, node.core, self._tun_failed,
-                                     node.core.send_limit, pinger.ident, pinger.token)
-        node.set_intercept(self.receive)
+        self._engine = module.Engine(encrypt, decrypt, node, node.core, self._tun_failed, self._tun_rest,
+                                     self._fault, node.core.send_limit, pinger.ident, pinger.token)
+        #: The TUN fd's reader (C): reads, sends what it takes, hands the rest to ``on_tun_rest``.
+        self.tun_readable: Callable[[], None] = self._engine.tun_readable
+        node.set_intercept(self._engine.udp_readable)
 
     @classmethod
-    def start(cls, node: Node, pinger: Pinger, on_written: Callable[[], None], faults: FaultLog,
+    def start(cls, node: Node, pinger: Pinger, on_tun_rest: Callable[[int], None], faults: FaultLog,
               armed: bool) -> FastPath | None:
         """The C path when it was built and ``DRASYL_NATIVE`` allows it, and the node arms its
         messages; None: pure Python. ConfigError for ``DRASYL_NATIVE=on`` without the module."""
         module = native.load(MODULE)
         if module is None or not armed:
             return None
-        return cls(module, node, pinger, on_written, faults)
+        return cls(module, node, pinger, on_tun_rest, faults)
 
     def close(self) -> None:
         """Hand everything back to Python (the node's sockets are read by the node again)."""
@@ -78,10 +84,14 @@ class FastPath:
         self._engine.set_tables([], [], [])
 
     def set_tun(self, tun: TunDevice | None) -> None:
-        """The TUN device C reads and writes (queue 0, as the Python path); None while there is
-        none (closed, being recreated): then every packet is Python's."""
+        """The TUN device C reads and writes (queue 0 and its slots, as the Python path); None
+        while there is none (closed, being recreated): then every packet is Python's."""
         self._tun = tun
-        self._engine.set_tun(tun.fileno() if tun is not None else -1, tun.mtu if tun is not None else 1)
+        if tun is None:
+            self._engine.set_tun(-1, 1, None, 0, None)
+        else:
+            queue = tun.queues[0]
+            self._engine.set_tun(queue.fd, tun.mtu, queue.arena, queue.slot_size, queue.lengths)
 
     def set_tables(self, tables: PolicyTables, handles: dict[bytes, NodePeer]) -> None:
         """The /32 policy entries and the send handles the agent holds now. A TX entry without a
@@ -100,37 +110,30 @@ class FastPath:
             tx.append((dst, src, index[pk]))
         self._engine.set_tables(held, tx, rx_pairs)
 
-    def read_tun(self, tun: TunDevice) -> int:
-        """What :meth:`TunDevice.read_batch` does, with C sending what it takes on the way: the
-        number of packets left in ``tun.slots`` / ``tun.lengths`` for the Python path."""
-        queue = tun.queues[0]
-        n, err, oversize = self._engine.tun_to_udp(queue.arena, queue.slot_size, queue.lengths)
-        if oversize:
-            tun.drops["tun_oversize"] += oversize
-        if err:
-            queue.failed("read", err)
-        return n
-
-    def receive(self, sock: UdpSocket) -> list[tuple[bytes, Address]]:
-        """The node sockets' :data:`~drasyl.net.udp.Intercept`: C receives the datagrams and
-        writes those it takes to the TUN; the rest go to the node, in order."""
-        try:
-            taken, truncated, rest = self._engine.udp_to_tun(sock.sock.fileno(), sock.batcher.addresses.tuple_of)
-            if truncated:
-                sock.recv_truncated += truncated
-            if taken:
-                self._on_written()
-        except Exception:  # a bug must not stop the receive path: counted, logged rate-limited
-            self._faults.report("receiving datagrams (native path)")
-            return []
-        return rest or []
-
     def stats(self) -> dict[str, int]:
         """``status`` ``native``: packets C sent and wrote, and its faults (each such packet
         went to Python)."""
         return self._engine.stats()
 
+    def _tun_rest(self, n: int, err: int, oversize: int) -> None:
+        """What C left of a TUN burst: its failures counted as :meth:`TunQueue.read_batch` counts
+        them, then the Python data path for the ``n`` packets in the slots."""
+        tun = self._tun
+        if tun is not None:
+            if oversize:
+                tun.drops["tun_oversize"] += oversize
+            if err:
+                tun.queues[0].failed("read", err)
+        self._on_tun_rest(n)
+
     def _tun_failed(self, what: str, code: int) -> None:
         """C's TUN write failed: counted as the Python path counts it."""
         if self._tun is not None:
             self._tun.queues[0].failed(what, code)
+
+    def _fault(self, exc: BaseException) -> None:
+        """A Python hook C called raised: counted and logged (rate-limited) like the Python path's."""
+        try:
+            raise exc
+        except BaseException:
+            self._faults.report("in the native data path")

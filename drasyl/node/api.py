@@ -264,14 +264,15 @@ class Node:
         return dropped
 
     def set_intercept(self, intercept: Intercept | None) -> None:
-        """Let ``intercept`` receive on the node's UDP sockets (those it binds later too) before
-        the core: the agent's C data path (:mod:`drasyl.agent.fast`), which takes the short-header
-        APPs of known peers and returns every other datagram, in order, for the core. It reads
+        """Let ``intercept`` read the node's UDP sockets (those it binds later too) before the
+        core: the agent's C data path (:mod:`drasyl.agent.fast`), which takes the short-header
+        APPs of known peers and delivers every other datagram, in order, to the core. It reads
         ``_send_sockets`` and ``_closed`` and the core's ``short_ids`` and peers' fields; only
-        sockets with batched syscalls (``recvmmsg``) are intercepted."""
+        sockets with batched syscalls (``recvmmsg``) are intercepted. None: the node reads again."""
         self._intercept = intercept
         for sock in self._sockets.values():
-            sock.intercept = intercept if sock.batcher is not None else None
+            if sock.batcher is not None:
+                sock.set_intercept(intercept)
 
     def set_advertised(self, endpoints: list[Address]) -> None:
         """Announce these public endpoints (a router's port mapping) to the super peers now and
@@ -478,8 +479,8 @@ class Node:
             if self._port == 0:
                 self._port = sock.getsockname()[1]
             udp = UdpSocket(sock, self._on_datagrams)
-            if udp.batcher is not None:
-                udp.intercept = self._intercept
+            if udp.batcher is not None and self._intercept is not None:
+                udp.set_intercept(self._intercept)
             self._sockets[udp.local] = udp
         for ip, local in current.items():
             if ip not in wanted:
