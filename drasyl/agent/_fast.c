@@ -13,6 +13,10 @@
  *     passes the /32 anti-spoofing check and is no reply to drasyl-agent ping, is written to
  *     the TUN.
  *
+ * The event loop calls C directly (Engine.tun_readable is the TUN fd's reader, Engine.udp_readable
+ * the node sockets' one): the common packet costs no Python frame. After writing to the TUN, C
+ * reads the TUN at once (a ping's reply or a TCP ACK is there already), as Agent._on_receive.
+ *
  * Everything else is handed to the Python code unchanged, in order: at the first packet of a
  * burst that C does not take, it stops taking packets and leaves that one and all later ones
  * to Python (so no packet overtakes another). The peer state stays in the Python objects: C
@@ -21,7 +25,8 @@
  * metrics and the core's timers see exactly what the Python path would have left. Drops that
  * only C can see (TUN write errors, send failures, truncated datagrams) go to the same Python
  * counters. An unexpected Python error inside C is cleared and counted (`faults`); the packet
- * then goes to Python. Nothing is logged here, nothing raises per packet.
+ * then goes to Python; an exception from a Python hook is counted and handed to on_fault (the
+ * agent's rate-limited FaultLog). Nothing is logged here, the readers never raise.
  *
  * AEGIS-256X2 comes from libaegis through aeg's cffi module (addresses from
  * drasyl.native.aegis_functions), with drasyl-rs' swap: key = the random R sent in clear,
@@ -447,6 +452,15 @@ static int same_dest(const Peer *a, const Peer *b) {
     return a->fd == b->fd && a->addrlen == b->addrlen && memcmp(&a->addr, &b->addr, a->addrlen) == 0;
 }
 
+/* UdpSocket.send: one sendto (retried after a signal, as Python does); 0 when it failed. */
+static int send_one(const Peer *p, const uint8_t *data, size_t len) {
+    ssize_t r;
+    do
+        r = sendto(p->fd, data, len, 0, (const struct sockaddr *)&p->addr, p->addrlen);
+    while (r < 0 && errno == EINTR);
+    return r >= 0;
+}
+
 /* Batcher._flush: sendmmsg, a partial send goes on, an error skips one, a full buffer drops the rest. */
 static long long send_many(int fd, struct mmsghdr *msgs, int count) {
     long long drops = 0;
@@ -472,7 +486,7 @@ static void send_singles(Engine *e, int i, int j) {
     Peer *p = &e->peers[e->queue[i].peer];
     if (j - i == 1) {
         Datagram *d = &e->queue[i];
-        if (sendto(p->fd, e->out + (size_t)d->off * SLOT, d->len, 0, (struct sockaddr *)&p->addr, p->addrlen) < 0)
+        if (!send_one(p, e->out + (size_t)d->off * SLOT, d->len))
             count_send_drops(e, p->udp, 1);
         return;
     }
@@ -544,10 +558,10 @@ static void send_segments(Engine *e, int i, int j) {
     int sent = 0;
     for (int k = i; k < j; k++) {
         Datagram *d = &e->queue[k];
-        if (sendto(p->fd, e->out + (size_t)d->off * SLOT, d->len, 0, (struct sockaddr *)&p->addr, p->addrlen) < 0)
-            drops++;
-        else
+        if (send_one(p, e->out + (size_t)d->off * SLOT, d->len))
             sent++;
+        else
+            drops++;
     }
     count_send_drops(e, udp, drops);
     if (use_gso && sent) {
