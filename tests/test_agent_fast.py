@@ -18,8 +18,9 @@ from collections.abc import Iterator
 
 import pytest
 from netns import Lab, require_lab_tools
-from test_agent_e2e import (OVERLAY, RECEIVER, ROUTED, SENDER, SETTLE_S, Cluster, _identities, _received,
-                            wait_until)
+from prometheus_client.parser import text_string_to_metric_families
+from test_agent_e2e import (METRICS, OVERLAY, RECEIVER, ROUTED, SCRAPE, SENDER, SETTLE_S, Cluster, _identities,
+                            _received, wait_until)
 
 from drasyl import native
 from drasyl.crypto import session_keys
@@ -176,6 +177,18 @@ def test_what_c_leaves_to_python(mixed: Cluster) -> None:
     assert after["native"]["tx_packets"] == before["native"]["tx_packets"], (before["native"], after["native"])
     grew = _row(after, mixed, "b")["tx_bytes"] - _row(before, mixed, "b")["tx_bytes"]
     assert grew == 3 * 84 + 3 * 36, grew  # 3 routed pings (84 bytes), 3 probes (20 + 8 + 8-byte token)
+
+
+def test_metrics_show_what_c_carried(mixed: Cluster) -> None:
+    """a (metrics on) exports the status' ``native`` counters; traffic is quiet, so they are equal."""
+    a = mixed.agents["a"]
+    status, _ = _quiet(mixed)
+    result = a.exec(sys.executable, "-c", SCRAPE, f"http://{METRICS}/metrics")
+    assert result.returncode == 0, result.stderr
+    samples = {(s.name, s.labels.get("direction")): s.value for f in text_string_to_metric_families(result.stdout)
+               for s in f.samples if s.name == "drasyl_agent_native_packets_total"}
+    assert samples == {("drasyl_agent_native_packets_total", "tx"): status["native"]["tx_packets"],
+                       ("drasyl_agent_native_packets_total", "rx"): status["native"]["rx_packets"]}, samples
 
 
 def test_sigterm_leaves_nothing_with_c(mixed: Cluster) -> None:

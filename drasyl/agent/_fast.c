@@ -372,22 +372,19 @@ static int peer_refresh(Engine *e, Peer *p, PyObject *best, PyObject *sid, PyObj
     if (!PyBytes_Check(sid) || PyBytes_GET_SIZE(sid) != SID_LEN || !PyDict_Check(sockets))
         return -1;
     PyObject *local = PyObject_GetAttr(best, s_local);
-    if (local == NULL) {
-        fault(e);
-        return -1;
-    }
+    if (local == NULL)
+        goto fault;
     PyObject *udp = PyDict_GetItemWithError(sockets, local); /* borrowed */
     Py_DECREF(local);
     if (udp == NULL) {
         if (PyErr_Occurred())
-            fault(e);
+            goto fault;
         return -1; /* send_transmits drops it silently: Python does that */
     }
+    p->udp = Py_NewRef(udp);
     PyObject *sock = PyObject_GetAttr(udp, s_sock);
-    if (sock == NULL) {
-        fault(e);
-        return -1;
-    }
+    if (sock == NULL)
+        goto fault;
     PyObject *fdo = PyObject_CallMethodNoArgs(sock, s_fileno);
     PyObject *fam = PyObject_GetAttr(sock, s_family);
     Py_DECREF(sock);
@@ -395,32 +392,31 @@ static int peer_refresh(Engine *e, Peer *p, PyObject *best, PyObject *sid, PyObj
     long family = fam != NULL ? PyLong_AsLong(fam) : -1;
     Py_XDECREF(fdo);
     Py_XDECREF(fam);
-    if (PyErr_Occurred()) {
-        fault(e);
-        return -1;
-    }
-    if (fd < 0)
-        return -1;
-    PyObject *remote = PyObject_GetAttr(best, s_remote);
+    if (PyErr_Occurred())
+        goto fault;
+    PyObject *remote = fd >= 0 ? PyObject_GetAttr(best, s_remote) : NULL;
     if (remote == NULL) {
-        fault(e);
+        if (PyErr_Occurred())
+            goto fault;
+        peer_forget(p);
         return -1;
     }
     int bad = to_sockaddr(remote, (int)family, &p->addr, &p->addrlen);
     Py_DECREF(remote);
-    if (bad)
+    if (bad) {
+        peer_forget(p);
         return -1;
+    }
     memcpy(p->sidb, PyBytes_AS_STRING(sid), SID_LEN);
     p->fd = (int)fd;
-    Py_INCREF(best);
-    Py_INCREF(sid);
-    Py_INCREF(sockets);
-    Py_INCREF(udp);
-    p->best = best;
-    p->sid = sid;
-    p->sockets = sockets;
-    p->udp = udp;
+    p->best = Py_NewRef(best);
+    p->sid = Py_NewRef(sid);
+    p->sockets = Py_NewRef(sockets);
     return 0;
+fault:
+    fault(e);
+    peer_forget(p);
+    return -1;
 }
 
 /* The peer if C may send to it now (best path and short id as cached), else NULL. */

@@ -111,8 +111,8 @@ class FastPath:
         self._engine.set_tables(held, tx, rx_pairs)
 
     def stats(self) -> dict[str, int]:
-        """``status`` ``native``: packets C sent and wrote, and its faults (each such packet
-        went to Python)."""
+        """``status`` ``native``: packets C sent and wrote, and its faults (unexpected errors:
+        the packet went to Python, or a Python hook raised)."""
         return self._engine.stats()
 
     def _tun_rest(self, n: int, err: int, oversize: int) -> None:
