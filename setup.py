@@ -7,9 +7,13 @@ Python code, which behaves the same (the tests run against both).
 
 from setuptools import Extension, setup
 
+#: The accelerators' sources; each builds the module of its path (drasyl/agent/_fast.c: drasyl.agent._fast).
+ACCELERATORS = ["drasyl/superpeer/_fast.c", "drasyl/agent/_fast.c"]
+
 setup(
     ext_modules=[
-        Extension("drasyl.superpeer._fast", ["drasyl/superpeer/_fast.c"], optional=True,
-                  extra_compile_args=["-O2", "-std=c11", "-Wall"]),
+        Extension(source[:-2].replace("/", "."), [source], depends=["drasyl/native.h"], optional=True,
+                  extra_compile_args=["-O2", "-std=c11", "-Wall"])
+        for source in ACCELERATORS
     ],
 )

@@ -1,13 +1,14 @@
 """The optional C accelerators: which are loaded, and what they need from Python.
 
-``pip install .`` compiles the hot paths (a super peer's HELLO→ACK and relay loop:
-:mod:`drasyl.superpeer._fast`) where a C compiler is found, and skips them otherwise
-(setup.py). The pure Python code stays the reference and is what runs without them; both
-give the same bytes, counters and state, and the tests run against each.
+``pip install .`` compiles the hot paths where a C compiler is found, and skips them otherwise
+(setup.py): a super peer's HELLO→ACK and relay loop (:mod:`drasyl.superpeer._fast`) and the
+agent's TUN ⇄ UDP path for established peers (:mod:`drasyl.agent._fast`). What they share in
+C is ``drasyl/native.h``. The pure Python code stays the reference and is what runs without
+them; both give the same bytes, counters and state, and the tests run against each.
 
 ``DRASYL_NATIVE`` chooses: ``auto`` (default) uses an accelerator that was built, ``off``
 never does (to rule it out when debugging), ``on`` requires it and fails at start-up when it
-was not built (CI uses it, so a build that silently fell back cannot pass as native).
+was not built (for deployments that count on it; CI's tests fail without the build).
 """
 
 from __future__ import annotations

@@ -249,6 +249,21 @@ def test_ingress_anti_spoofing(tables):
     assert not gw.ingress_ok(FILESERVER, ip("10.1.0.2"), ip("10.1.0.10"))  # policy denies
 
 
+def test_host_pairs_answer_as_egress_and_ingress(tables):
+    """The native data path's snapshot: every /32 × /32 entry gives the lookup's answer, and the
+    routed subnets (which only the lookups answer) are not in it."""
+    gw = tables["gw"]
+    tx, rx = gw.host_pairs()
+    assert tx and rx
+    for dst, src, pk in tx:
+        assert gw.egress(src, dst) == pk
+    for src, dst, pk in rx:
+        assert gw.ingress_ok(pk, src, dst)
+    assert (ip("10.1.0.1"), ip("192.168.50.77"), ALICE) not in tx  # routed: left to egress()
+    assert all(src != ip("10.1.0.1") or dst != ip("192.168.50.77") for src, dst, _ in rx)
+    assert PolicyTables().host_pairs() == ([], [])
+
+
 def test_empty_tables_drop_everything():
     empty = PolicyTables()
     assert empty.egress(ip("10.1.0.1"), ip("10.1.0.2")) is None

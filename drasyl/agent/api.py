@@ -87,7 +87,8 @@ and no URL credentials. The HTTP side is here; what the agent does is behind
                 "resolver_errors": {"<address>:53": "<why not>"},
                 "resolved": "registered" | "not running" | "<why not>",  # systemd-resolved
                 "queries": {"queries": 0, "answered": 0, "nxdomain": 0, "refused": 0,
-                            "malformed": 0, "rate_limited": 0}}
+                            "malformed": 0, "rate_limited": 0}},
+      "native": {"tx_packets": 0, "rx_packets": 0, "faults": 0} | null   # the C data path (agent/fast.py)
     }
 
 :func:`config_status` produces the parts config.toml knows; the agent fills in the rest.

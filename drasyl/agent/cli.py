@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .. import eventloop
+from .. import eventloop, native
 from ..env import TRACE, env_bool, env_int, log_level
 from ..errors import DrasylError
 from ..identity import DEFAULT_POW_DIFFICULTY, mode_warning
@@ -119,6 +119,8 @@ ENVIRONMENT = (
     ("DRASYL_PROCESS_UNITES", "false: no hole punching, always relayed (default true). A value that does not "
                               "parse is an error naming the variable"),
     ("DRASYL_EVENT_LOOP", "auto|uvloop|asyncio: the event loop of 'run' (default auto: uvloop where installed)"),
+    ("DRASYL_NATIVE", "auto|on|off: the C data path of 'run' for established peers (default auto: where it was "
+                      "built; on: an error when it was not; off: the Python data path)"),
 )
 SIGNALS = ("run: SIGHUP reloads super_peers and the [[network]]s of --config without dropping the TUN device "
            "(identity, mtu and [metrics] need a restart; a broken file is logged and the running configuration kept); "
@@ -176,6 +178,7 @@ def _run(args: argparse.Namespace) -> int:
 
     args.listen = _listen(args)
     eventloop.choice()  # a bad DRASYL_EVENT_LOOP fails before anything is created
+    native.choice()  # so does a bad DRASYL_NATIVE
     _configure_logging(args)
     args.agent_config = load_config(args.config)
     return daemon.run(args)

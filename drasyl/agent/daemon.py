@@ -22,7 +22,9 @@ UDP, allowed by a policy towards one peer) and hands the burst to :meth:`Node.se
 checked the other way (IPv4, not drasyl's, the sender is the peer the source address
 belongs to) and written to the TUN; echo replies to ``drasyl-agent ping`` (:mod:`.ping`) are
 taken off there instead. Drops are counted by reason (``status`` shows them),
-never logged per packet.
+never logged per packet. Where the C extension was built (:mod:`.fast`), it does this per-packet
+work for established peers (IPv4, /32 policy entries, direct path, short id) and leaves every
+other packet, in order, to the code here.
 
 IPv6 takes a branch off the IPv4 path (one test per packet on it): the same checks with the
 IPv6 tables, and an IPv6 packet goes only to a peer known to take IPv6 (:mod:`.ipv6`: learned
@@ -86,6 +88,7 @@ from .api import DEFAULT_RUN_DIR, ApiServer, TokenFile, config_status
 from .config import AgentConfig, NetworkEntry, mask_url
 from .consent import Decision, HostFacts, Request, decide
 from .explain import NO_ANSWER, PeerPath, nat_status, peer_path, punch_result, super_peer_state
+from .fast import FastPath
 from .fetch import FetchError, OnDemandSession, fetch_config_text
 from .ipv6 import Capabilities, announcement, announcement_flags
 from .isolate import document, parse_toml
@@ -200,6 +203,10 @@ class Agent:
         self.metrics: AgentMetrics | None = None  # only with [metrics] listen
         self.port_mapper: PortMapper | None = None  # only with [nat] port_mapping (the default)
         self._mapping_task: asyncio.Task | None = None
+        #: The C data path (:mod:`.fast`) when built and allowed; None: every packet in Python.
+        self._fast: FastPath | None = None
+        #: The TUN fd's reader: :meth:`_on_tun_readable`, or the C one (:attr:`FastPath.tun_readable`).
+        self._tun_reader: Callable[[], None] = self._on_tun_readable
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -230,7 +237,12 @@ class Agent:
         await self._on_host(cleanup_stale, DEFAULT_NAME)
         self.node = await Node.start(self.config.identity, self.config.super_peers, udp_port=udp_port,
                                      udp_addrs=udp_addrs, config=node_config, on_receive=self._on_receive)
-        log.info("Node listening on UDP port %d (event loop: %s)", self.node.udp_port, eventloop.name())
+        self._fast = FastPath.start(self.node, self.pinger, self._send_from_tun, self._faults,
+                                    self.config.arm_messages)
+        if self._fast is not None:
+            self._tun_reader = self._fast.tun_readable
+        log.info("Node listening on UDP port %d (event loop: %s, data path: %s)", self.node.udp_port,
+                 eventloop.name(), "native" if self._fast is not None else "python")
         if self.config.nat.port_mapping:
             self._start_port_mapping(self.node)
         await self._open_tun()
@@ -268,12 +280,16 @@ class Agent:
         tun = await self._on_host(TunDevice, DEFAULT_NAME, self.config.mtu)
         self.host = Host(tun.index, forwarding=self._forwarding)
         self.tun = tun
-        asyncio.get_running_loop().add_reader(tun.fileno(), self._on_tun_readable)
+        if self._fast is not None:
+            self._fast.set_tun(tun)
+        asyncio.get_running_loop().add_reader(tun.fileno(), self._tun_reader)
         log.info("TUN device %s up, MTU %d", tun.name, tun.mtu)
 
     async def _close_tun(self) -> None:
         """Stop reading and writing first, then close: no packet goes to a closed (reused) fd."""
         tun, self.tun = self.tun, None
+        if self._fast is not None:
+            self._fast.set_tun(None)
         if tun is not None:
             asyncio.get_running_loop().remove_reader(tun.fileno())
             await self._on_host(tun.close)
@@ -294,6 +310,8 @@ class Agent:
         if self._recreating is not None:
             self._recreating.cancel()
             await asyncio.gather(self._recreating, return_exceptions=True)
+        if self._fast is not None:
+            self._fast.close()
         if self.node is not None:  # before the TUN: nothing received is written after it closed
             await self.node.close()
         if self.host is not None:
@@ -385,11 +403,19 @@ class Agent:
     # --- data path --------------------------------------------------------------------------
 
     def _on_tun_readable(self) -> None:
-        """A burst from the TUN: check each packet, send all allowed ones in one batch."""
+        """The TUN fd's reader on the Python data path: read a burst (the C one reads in C)."""
+        try:
+            n = self.tun.read_batch()
+        except Exception:  # a bug must not stop the data path nor log per packet
+            self._faults.report("reading packets from the TUN")
+            return
+        self._send_from_tun(n)
+
+    def _send_from_tun(self, n: int) -> None:
+        """The burst in ``tun.slots[:n]``: check each packet, send all allowed ones in one batch."""
         batch = self._tx_batch
         try:
             tun = self.tun
-            n = tun.read_batch()
             if not n:
                 if tun.detached:
                     self._tun_detached()
@@ -508,7 +534,7 @@ class Agent:
             self._faults.report("writing received packets to the TUN")
         # A reply the kernel made while we wrote (a ping's, a TCP ACK) is in the TUN already:
         # sending it now saves the loop round trip of the hop (bench/README.md "Tunnel latency")
-        self._on_tun_readable()
+        self._tun_reader()
 
     # --- telling the user what changed ---------------------------------------------------------
 
@@ -724,6 +750,8 @@ class Agent:
         self._announce(self.ipv6.due(asyncio.get_running_loop().time()))
         for pk in self.handles.keys() - tables.peers:
             node.release(self.handles.pop(pk))
+        if self._fast is not None:  # before the next packet: nothing awaited since the swap
+            self._fast.set_tables(tables, self.handles)
         self._report("conflicts", list(tables.conflicts), logging.WARNING)
         log.info("Policy tables: %d network(s), %d peer(s)", len(self.decision.states), len(tables.peers))
 
@@ -923,6 +951,7 @@ class Agent:
         status["ipv6"] = {"device": self.tun is not None and self.tun.ipv6,
                           "announcements_sent": self.ipv6.sent, "announcements_received": self.ipv6.received}
         status["names"] = self.names.status()
+        status["native"] = self._fast.stats() if self._fast is not None else None
         return status
 
     def _ipv6_of(self, pk: bytes) -> str:

@@ -60,6 +60,14 @@ class StatusCollector:
         for reason, count in status["drops"].items():
             dropped.add_metric([reason], count)
         yield dropped
+        native = status.get("native")
+        if native is not None:  # the C data path runs (agent/fast.py)
+            carried = CounterMetricFamily("drasyl_agent_native_packets",
+                                          "Packets the C data path carried: tx sent, rx written to the TUN "
+                                          "(status 'native').", labels=["direction"])
+            carried.add_metric(["tx"], native["tx_packets"])
+            carried.add_metric(["rx"], native["rx_packets"])
+            yield carried
 
 
 def _super_peers(rows: list[dict[str, Any]]) -> Iterator[Metric]:

@@ -282,6 +282,14 @@ class PolicyTables:
         return inner is not None and (inner.hosts.get(dst_ip) or inner.get(dst_ip)) == sender_pk
 
 
+    def host_pairs(self) -> tuple[list[tuple[int, int, bytes]], list[tuple[int, int, bytes]]]:
+        """The /32 × /32 entries, the case :meth:`egress` and :meth:`ingress_ok` answer with one
+        dict lookup per level: ``(dst, src, peer)`` for TX and ``(src, dst, sender)`` for RX.
+        A lookup that hits one of them gets that answer; any other goes on to shorter prefixes.
+        For the native data path (:mod:`drasyl.agent.fast`), which answers only these."""
+        return ([(dst, src, pk) for dst, inner in self._tx_hosts.items() for src, pk in inner.hosts.items()],
+                [(src, dst, pk) for src, inner in self._rx_hosts.items() for dst, pk in inner.hosts.items()])
+
     def egress6(self, src_ip: int, dst_ip: int) -> bytes | None:
         """The peer to send an IPv6 TUN packet src → dst to (128-bit ints), or None."""
         tx6 = self._tx6

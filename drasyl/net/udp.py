@@ -40,6 +40,10 @@ GSO_MAX_BYTES = 65000  # a GSO sendmsg is one (up to 64 KiB) UDP datagram before
 GSO_STRIKES = 3  # GSO-only failures in a row before a socket gives GSO up
 
 BatchHandler = Callable[["UdpSocket", list[tuple[bytes, Address]]], None]
+#: A socket's reader in place of its own (the agent's C data path): called with the socket when
+#: it is readable, it receives the datagrams itself and passes those it leaves, in order, to
+#: :meth:`UdpSocket.deliver`.
+Intercept = Callable[["UdpSocket"], object]
 
 
 def bind_udp(host: str, port: int, *, reuse_port: bool = False, dual_stack: bool = False) -> socket.socket:
@@ -73,6 +77,7 @@ class UdpSocket:
 
     def __init__(self, sock: socket.socket, on_batch: BatchHandler, batch: int = 512) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.local: Address = sock.getsockname()[:2]  # (host, port) for IPv4 and IPv6 alike
         self.send_drops = 0
         self.recv_truncated = 0  # datagrams longer than RECV_SIZE, dropped
@@ -81,14 +86,25 @@ class UdpSocket:
         self._gso_strikes = 0
         self._on_batch = on_batch
         self.batch = batch  # datagrams per wake-up at most
+        self.intercepted = False
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
 
-    def read_with(self, reader: Callable[[], None]) -> None:
-        """Let ``reader`` drain the socket from now on instead of :meth:`_readable` (an
-        accelerator that receives and answers in C, e.g. :mod:`drasyl.superpeer._fast`)."""
-        self._loop.remove_reader(self.sock.fileno())
-        self._loop.add_reader(self.sock.fileno(), reader)
+    def set_intercept(self, intercept: Intercept | None) -> None:
+        """Let ``intercept(self)`` read the socket instead of :meth:`_readable` (None: back to
+        it). The loop calls it directly: no Python frame per wake-up when it is C."""
+        if self.sock.fileno() < 0:
+            return
+        self._loop.remove_reader(self.fd)
+        if intercept is None:
+            self._loop.add_reader(self.fd, self._readable)
+        else:
+            self._loop.add_reader(self.fd, intercept, self)
+        self.intercepted = intercept is not None
+
+    def deliver(self, packets: list[tuple[bytes, Address]]) -> None:
+        """Datagrams an intercept received and left: to the owner's batch handler."""
+        self._on_batch(self, packets)
 
     def _readable(self) -> None:
         if self.batcher is not None:

@@ -32,7 +32,7 @@ from ..identity import Identity
 from ..net.faults import FaultLog
 from ..net.interfaces import local_addresses
 from ..net.tcp import FramedProtocol
-from ..net.udp import UdpSocket, bind_udp, send_transmits
+from ..net.udp import Intercept, UdpSocket, bind_udp, send_transmits
 from ..transmit import Address
 from ..urls import SuperPeerUrl, parse_super_peers
 from .core import NodeConfig, NodeCore, NodePeer
@@ -120,6 +120,7 @@ class Node:
         self._timer_at = 0  # monotonic µs the timer is set for: earlier wishes of the core reset it
         self._faults = FaultLog(core.drops)
         self._drained = asyncio.Event()  # set by _flush when no APP waits for a super peer
+        self._intercept: Intercept | None = None  # see set_intercept
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
@@ -261,6 +262,17 @@ class Node:
         dropped = self._core.send_batch(items, self._now())
         self._flush()
         return dropped
+
+    def set_intercept(self, intercept: Intercept | None) -> None:
+        """Let ``intercept`` read the node's UDP sockets (those it binds later too) before the
+        core: the agent's C data path (:mod:`drasyl.agent.fast`), which takes the short-header
+        APPs of known peers and delivers every other datagram, in order, to the core. It reads
+        ``_send_sockets`` and ``_closed`` and the core's ``short_ids`` and peers' fields; only
+        sockets with batched syscalls (``recvmmsg``) are intercepted. None: the node reads again."""
+        self._intercept = intercept
+        for sock in self._sockets.values():
+            if sock.batcher is not None:
+                sock.set_intercept(intercept)
 
     def set_advertised(self, endpoints: list[Address]) -> None:
         """Announce these public endpoints (a router's port mapping) to the super peers now and
@@ -467,6 +479,8 @@ class Node:
             if self._port == 0:
                 self._port = sock.getsockname()[1]
             udp = UdpSocket(sock, self._on_datagrams)
+            if udp.batcher is not None and self._intercept is not None:
+                udp.set_intercept(self._intercept)
             self._sockets[udp.local] = udp
         for ip, local in current.items():
             if ip not in wanted:

@@ -253,6 +253,11 @@ class NodeCore:
         self._max_short = MTU - SHORT_ID_LEN - overhead  # 1420 armed
         self._max_long = MTU - LONG_HEADER_LEN - overhead  # 1345 armed
 
+    @property
+    def send_limit(self) -> int:
+        """The largest payload :meth:`send_batch` takes (1345 armed); larger ones are dropped."""
+        return self._max_long
+
     # --- adapter reports ------------------------------------------------------------------
 
     def set_local_addresses(self, locals_: list[Address]) -> None:

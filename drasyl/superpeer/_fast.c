@@ -24,6 +24,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#include "../native.h"
 #include <structmember.h>
 
 #include <errno.h>
@@ -52,43 +54,12 @@
 #define HELLO_MAX (16 + 18 * 15)
 #define ENDPOINT_LEN 18
 #define ACK_LEN (LONG_HEADER_LEN + ARM_OVERHEAD + 8)
-#define POOL_LEN (128 * RANDOM_LEN)
 
 /* µs and counters are C longs: 64 bits on the LP64 platforms this builds for (Linux), and
  * PyLong_AsLong is the quick conversion of multi-digit ints (PyLong_AsLongLong is not in 3.11). */
 #if LONG_MAX < INT64_MAX
 #error "a 64-bit long is needed (LP64)"
 #endif
-
-typedef int (*aegis_encrypt_fn)(uint8_t *c, uint8_t *mac, size_t maclen, const uint8_t *m, size_t mlen,
-                                const uint8_t *ad, size_t adlen, const uint8_t *npub, const uint8_t *k);
-typedef int (*aegis_decrypt_fn)(uint8_t *m, const uint8_t *c, size_t clen, const uint8_t *mac, size_t maclen,
-                                const uint8_t *ad, size_t adlen, const uint8_t *npub, const uint8_t *k);
-
-/* Random R for arming, from a pool refilled by getrandom; a forked child starts a new pool. */
-static uint8_t pool[POOL_LEN];
-static size_t pool_at = POOL_LEN;
-
-static void forget_pool(void) { pool_at = POOL_LEN; }
-
-static int next_random(uint8_t *out) {
-    if (pool_at >= POOL_LEN) {
-        size_t got = 0;
-        while (got < POOL_LEN) {
-            ssize_t n = getrandom(pool + got, POOL_LEN - got, 0);
-            if (n < 0) {
-                if (errno == EINTR)
-                    continue;
-                return -1;
-            }
-            got += (size_t)n;
-        }
-        pool_at = 0;
-    }
-    memcpy(out, pool + pool_at, RANDOM_LEN);
-    pool_at += RANDOM_LEN;
-    return 0;
-}
 
 /* The core's attributes, interned once. */
 static PyObject *s_peers, *s_held, *s_unites, *s_owned, *s_monotonic_ns, *s_time_ns;
@@ -349,7 +320,7 @@ static int hello_of(Fast *self, const Maps *maps, PyObject *peer, uint8_t *data,
     memcpy(ack, self->ack_header, LONG_HEADER_LEN);
     memcpy(ack + 10, PyBytes_AS_STRING(sender), 32);
     uint8_t *out_r = ack + LONG_HEADER_LEN;
-    if (next_random(out_r) < 0) {
+    if (native_random(out_r) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
@@ -542,8 +513,9 @@ static int report(Fast *self) {
     return rc == NULL ? -1 : 0;
 }
 
-/* Fast.readable(): the event loop's reader. One recvmmsg; each datagram is answered here or
- * given to handoff(), in order; what was prepared goes out before each handoff and at the end. */
+/* Fast.readable(sock): the event loop's reader (UdpSocket.set_intercept; sock is not used: this
+ * object has the socket's descriptor). One recvmmsg; each datagram is answered here or given to
+ * handoff(), in order; what was prepared goes out before each handoff and at the end. */
 static PyObject *Fast_readable(Fast *self, PyObject *unused) {
     long now, wall;
     if (clocks(self, &now, &wall) < 0)
@@ -743,7 +715,7 @@ static PyObject *Fast_counters(Fast *self, PyObject *unused) {
 }
 
 static PyMethodDef Fast_methods[] = {
-    {"readable", (PyCFunction)Fast_readable, METH_NOARGS,
+    {"readable", (PyCFunction)Fast_readable, METH_O,
      "The event loop's reader: answers what it can, hands the rest to handoff(data, address, now, "
      "wall_offset) in order."},
     {"counters", (PyCFunction)Fast_counters, METH_NOARGS,
@@ -777,8 +749,8 @@ PyMODINIT_FUNC PyInit__fast(void) {
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
-    if (pthread_atfork(NULL, NULL, forget_pool) != 0)
-        return NULL;
+    if (native_random_init() != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
     if (PyType_Ready(&FastType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);

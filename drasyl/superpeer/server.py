@@ -251,7 +251,7 @@ class SuperPeerServer:
             ack_header=core.ack_header(), encrypt=encrypt, decrypt=decrypt, capacity=sock.batch,
             handoff=handoff, fault=fault)
         self.fast[local] = fast
-        sock.read_with(fast.readable)
+        sock.set_intercept(fast.readable)
 
     async def _bind_tcp(self, name: str, listen: ListenAddress, dual_stack: bool) -> None:
         loop = asyncio.get_running_loop()
