@@ -295,8 +295,10 @@ def test_native_choice_is_checked(monkeypatch):
     assert native.load("drasyl.superpeer._fast") is None
 
 
-def test_an_error_in_c_is_counted_logged_and_serving_goes_on(caplog):
+def test_an_error_in_c_is_counted_logged_and_serving_goes_on(caplog, monkeypatch):
     """A peer whose state C cannot read (here a broken hello_time) costs that datagram only."""
+    monkeypatch.setenv("DRASYL_NATIVE", "on")  # also when the suite runs with it off
+
     async def scenario() -> None:
         server = SuperPeerServer(SP, config(tcp4_listen=None))
         await server.start()
