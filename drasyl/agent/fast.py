@@ -133,7 +133,4 @@ class FastPath:
 
     def _fault(self, exc: BaseException) -> None:
         """A Python hook C called raised: counted and logged (rate-limited) like the Python path's."""
-        try:
-            raise exc
-        except BaseException:
-            self._faults.report("in the native data path")
+        self._faults.report("in the native data path", exc)

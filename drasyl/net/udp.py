@@ -86,7 +86,6 @@ class UdpSocket:
         self._gso_strikes = 0
         self._on_batch = on_batch
         self.batch = batch  # datagrams per wake-up at most
-        self.intercepted = False
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
 
@@ -100,7 +99,6 @@ class UdpSocket:
             self._loop.add_reader(self.fd, self._readable)
         else:
             self._loop.add_reader(self.fd, intercept, self)
-        self.intercepted = intercept is not None
 
     def deliver(self, packets: list[tuple[bytes, Address]]) -> None:
         """Datagrams an intercept received and left: to the owner's batch handler."""
