@@ -518,6 +518,10 @@ static int report(Fast *self) {
  * handoff(), in order; what was prepared goes out before each handoff and at the end. */
 static PyObject *Fast_readable(Fast *self, PyObject *unused) {
     long now, wall;
+    if (self->core == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Fast is not initialised, or was cleared");
+        return NULL;
+    }
     if (clocks(self, &now, &wall) < 0)
         return NULL;
     PyObject *d = PyObject_GenericGetDict(self->core, NULL);
@@ -691,16 +695,36 @@ static int Fast_init(Fast *self, PyObject *args, PyObject *kwargs) {
     return 0;
 }
 
+/* The objects Fast holds (handoff and fault hold the server, which holds this: a cycle). */
+static int Fast_traverse(Fast *self, visitproc visit, void *arg) {
+    Py_VISIT(self->core);
+    Py_VISIT(self->local);
+    Py_VISIT(self->tuples);
+    Py_VISIT(self->raws);
+    Py_VISIT(self->tuple_of);
+    Py_VISIT(self->handoff);
+    Py_VISIT(self->fault);
+    Py_VISIT(self->time);
+    Py_VISIT((PyObject *)self->peer_type);
+    return 0;
+}
+
+static int Fast_clear(Fast *self) {
+    Py_CLEAR(self->core);
+    Py_CLEAR(self->local);
+    Py_CLEAR(self->tuples);
+    Py_CLEAR(self->raws);
+    Py_CLEAR(self->tuple_of);
+    Py_CLEAR(self->handoff);
+    Py_CLEAR(self->fault);
+    Py_CLEAR(self->time);
+    Py_CLEAR(self->peer_type);
+    return 0;
+}
+
 static void Fast_dealloc(Fast *self) {
-    Py_XDECREF(self->core);
-    Py_XDECREF(self->local);
-    Py_XDECREF(self->tuples);
-    Py_XDECREF(self->raws);
-    Py_XDECREF(self->tuple_of);
-    Py_XDECREF(self->handoff);
-    Py_XDECREF(self->fault);
-    Py_XDECREF(self->time);
-    Py_XDECREF((PyObject *)self->peer_type);
+    PyObject_GC_UnTrack(self);
+    Fast_clear(self);
     PyMem_Free(self->rx_msgs);
     PyMem_Free(self->rx_iov);
     PyMem_Free(self->rx_buf);
@@ -728,11 +752,13 @@ static PyTypeObject FastType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "drasyl.superpeer._fast.Fast",
     .tp_basicsize = sizeof(Fast),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One UDP socket's HELLO -> ACK and relay loop in C, around a SuperPeerCore.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Fast_init,
     .tp_dealloc = (destructor)Fast_dealloc,
+    .tp_traverse = (traverseproc)Fast_traverse,
+    .tp_clear = (inquiry)Fast_clear,
     .tp_methods = Fast_methods,
 };
 

@@ -194,7 +194,6 @@ class SuperPeerServer:
         for sock in self._udp.values():
             sock.close()
         self._udp.clear()
-        self.fast.clear()  # each holds callbacks that hold this server: a cycle the GC cannot see
         for client in list(self._connections.values()):
             client.close()
         for server in self._servers:
@@ -233,18 +232,13 @@ class SuperPeerServer:
 
         def handoff(data: bytes, remote: Address, now: int, wall_offset: int) -> None:
             """A datagram the C code leaves to the core (the rest of its batch waits)."""
-            core.wall_offset = wall_offset
-            try:
-                core.receive(data, UDP, local, remote, now)
-            except Exception:
-                self._faults.report("processing a UDP datagram")
-            self._send_outbox()
+            self._receive_udp(local, ((data, remote),), now, wall_offset)
 
         def fault(exc: BaseException) -> None:
             self._faults.report("processing a UDP datagram in C", exc)
 
         fast = self._fast_module.Fast(  # type: ignore[union-attr]  # checked by the caller
-            fd=sock.sock.fileno(), core=core, peer_type=Peer, local=local,
+            fd=sock.fd, core=core, peer_type=Peer, local=local,
             cache=sock.batcher.addresses,  # type: ignore[union-attr]
             public_key=core.public_key, network_id=cfg.network_id, timeout_us=_c_int(cfg.hello_timeout_ms * 1000),
             max_age_us=_c_int(cfg.hello_max_age_ms * 1000), unite_us=cfg.send_unites_ms * 1000,
@@ -290,10 +284,12 @@ class SuperPeerServer:
     # --- input -----------------------------------------------------------------------------
 
     def _on_datagrams(self, sock: UdpSocket, packets: list[tuple[bytes, Address]]) -> None:
-        now = monotonic_us()
-        self.core.wall_offset = wall_offset_us()
+        self._receive_udp(sock.local, packets, monotonic_us(), wall_offset_us())
+
+    def _receive_udp(self, local: Address, packets, now: int, wall_offset: int) -> None:
+        """Datagrams that arrived on the socket bound to ``local``: to the core, then the outbox."""
+        self.core.wall_offset = wall_offset
         receive = self.core.receive
-        local = sock.local
         for data, addr in packets:
             try:
                 receive(data, UDP, local, addr, now)
